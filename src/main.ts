@@ -1,0 +1,80 @@
+// loraserve command line.
+//   loraserve generate --model DIR --prompt TEXT [--max-tokens N --temperature T --top-p P --top-k K
+//                      --min-p P --seed S --stop STR (repeatable) --ignore-eos]
+//   loraserve serve [options]   (see src/server/config.ts)
+import { parseArgs } from 'node:util';
+import { EngineClient } from './runtime/engine-client.ts';
+import { parseSampling } from './server/sampling-fields.ts';
+import { TextTokenizer } from './runtime/tokenizer.ts';
+import { loadModel } from './runtime/model-loader.ts';
+import { toLoraserveError } from './runtime/errors.ts';
+import { DEFAULT_MODEL_DIR } from './server/default-model.ts';
+
+const [command, ...rest] = process.argv.slice(2);
+
+async function generate(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      model: { type: 'string', default: DEFAULT_MODEL_DIR },
+      prompt: { type: 'string', default: '' },
+      'max-tokens': { type: 'string' },
+      temperature: { type: 'string' },
+      'top-p': { type: 'string' },
+      'top-k': { type: 'string' },
+      'min-p': { type: 'string' },
+      seed: { type: 'string' },
+      'repetition-penalty': { type: 'string' },
+      'frequency-penalty': { type: 'string' },
+      'presence-penalty': { type: 'string' },
+      stop: { type: 'string', multiple: true },
+      'ignore-eos': { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+  const num = (flag: string): number | undefined => {
+    const v = values[flag as keyof typeof values] as string | undefined;
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n)) throw new Error(`--${flag} must be a number, got ${JSON.stringify(v)}`);
+    return n;
+  };
+  const model = loadModel(values.model!);
+  const tokenizer = new TextTokenizer(model.tokenizerJson, model.tokenizerConfig);
+  const engine = await EngineClient.start({ runtime: { modelDir: values.model! } });
+  try {
+    const fields = parseSampling({
+      max_tokens: num('max-tokens'), temperature: num('temperature'), top_p: num('top-p'), top_k: num('top-k'),
+      min_p: num('min-p'), seed: num('seed'), repetition_penalty: num('repetition-penalty'),
+      frequency_penalty: num('frequency-penalty'), presence_penalty: num('presence-penalty'),
+      stop: values.stop, ignore_eos: values['ignore-eos'],
+    }, { vocabSize: engine.info.vocabSize, maxContext: engine.info.maxContext, defaultMaxTokens: 128 });
+    const promptTokens = tokenizer.encode(values.prompt!);
+    for await (const ev of engine.generate({ ...fields, promptTokens, logprobs: null, adapter: null })) {
+      if (ev.type === 'token') process.stdout.write(ev.text);
+      else if (ev.type === 'error') throw new Error(ev.error.message);
+      else process.stdout.write('\n');
+    }
+  } finally {
+    await engine.close();
+  }
+}
+
+async function main(): Promise<void> {
+  switch (command) {
+    case 'generate':
+      return generate(rest);
+    case 'serve':
+    case undefined: {
+      const { serve } = await import('./server/serve.ts');
+      return serve(rest);
+    }
+    default:
+      throw new Error(`unknown command ${JSON.stringify(command)}; use 'generate' or 'serve'`);
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`loraserve: ${toLoraserveError(err).message}\n`);
+  process.exit(1);
+});

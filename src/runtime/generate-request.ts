@@ -1,0 +1,39 @@
+// The seam between the server and the runtime: what one generation asks for, and what it yields.
+import type { SamplingParams } from './sampler.ts';
+import type { SerializedError } from './errors.ts';
+
+export interface GenerateRequest {
+  promptTokens: number[];
+  maxTokens: number;
+  sampling: SamplingParams;
+  seed: number | null;          // null: a random seed
+  stop: string[];               // stop strings; never part of the output
+  stopTokenIds: number[];       // extra stop ids besides EOS
+  ignoreEos: boolean;
+  logprobs: number | null;      // null: none; k ≥ 0: the chosen token plus the top k alternatives
+  adapter: string | null;       // null: the base model
+}
+
+export interface TopLogprob {
+  id: number;
+  text: string;
+  logprob: number;
+}
+
+export type TokenEvent =
+  | { type: 'token'; id: number; text: string; tokenText: string; logprob?: number; top?: TopLogprob[] }
+  | { type: 'done'; finishReason: 'stop' | 'length'; stopReason: string | number | null; promptTokens: number; completionTokens: number; text: string }
+  | { type: 'error'; error: SerializedError };
+
+export type FinishReason = 'stop' | 'length';
+
+export interface ModelInfo {
+  name: string;
+  vocabSize: number;
+  maxContext: number;
+  eosTokenIds: number[];
+  bosTokenId: number | null;
+  numLayers: number;
+  hiddenSize: number;
+  weightBytes: number;
+}

@@ -1,0 +1,130 @@
+// Pure sampling over one logits row. Order (HF generation, shared/reference §5.6):
+// logit_bias → repetition/frequency/presence penalties → temperature → top-k → top-p → min-p → draw.
+// Greedy (temperature 0) is the argmax after bias and penalties.
+
+export interface SamplingParams {
+  temperature: number;        // 0 = greedy
+  topP: number;               // 1 = off
+  topK: number;               // 0 = off
+  minP: number;               // 0 = off
+  repetitionPenalty: number;  // 1 = off; applies to prompt and output tokens
+  frequencyPenalty: number;   // 0 = off; output tokens only
+  presencePenalty: number;    // 0 = off; output tokens only
+  logitBias: Map<number, number>;
+}
+
+export const DEFAULT_SAMPLING: SamplingParams = {
+  temperature: 1, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1, frequencyPenalty: 0, presencePenalty: 0, logitBias: new Map(),
+};
+
+// Token history a penalty needs: which ids occurred in prompt or output, and output counts.
+export interface PenaltyState {
+  seen: Set<number>;                 // prompt ∪ output
+  outputCounts: Map<number, number>; // output only
+}
+
+// logits[j] += bias[j]; repetition: l>0 ? l/p : l·p over seen; then −= freq·c_j + pres·[c_j>0].
+export function applyBiasAndPenalties(logits: Float32Array, p: SamplingParams, state: PenaltyState): void {
+  for (const [id, b] of p.logitBias) if (id >= 0 && id < logits.length) logits[id] += b;
+  if (p.repetitionPenalty !== 1) {
+    for (const id of state.seen) {
+      const l = logits[id];
+      logits[id] = l > 0 ? l / p.repetitionPenalty : l * p.repetitionPenalty;
+    }
+  }
+  if (p.frequencyPenalty !== 0 || p.presencePenalty !== 0) {
+    for (const [id, c] of state.outputCounts) logits[id] -= p.frequencyPenalty * c + p.presencePenalty * (c > 0 ? 1 : 0);
+  }
+}
+
+export function argmax(x: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
+  return best;
+}
+
+// The candidates that survive top-k / top-p / min-p, with their normalised probabilities,
+// sorted by probability descending (ties by id). `logits` must already be biased and penalised.
+export function candidateDistribution(logits: Float32Array, p: SamplingParams): { ids: Int32Array; probs: Float64Array } {
+  const V = logits.length;
+  const t = p.temperature;
+  let max = -Infinity;
+  for (let i = 0; i < V; i++) if (logits[i] > max) max = logits[i];
+  const prob = new Float64Array(V);
+  let sum = 0;
+  for (let i = 0; i < V; i++) {
+    const e = Math.exp((logits[i] - max) / t);
+    prob[i] = e;
+    sum += e;
+  }
+  // Sort only what can matter: with top-k, the k best; otherwise everything with non-zero mass.
+  let ids: number[] = [];
+  for (let i = 0; i < V; i++) if (prob[i] > 0) ids.push(i);
+  ids.sort((a, b) => prob[b] - prob[a] || a - b);
+  if (p.topK > 0 && ids.length > p.topK) ids = ids.slice(0, p.topK);
+  let keptMass = 0;
+  for (const id of ids) keptMass += prob[id];
+  if (p.topP < 1) {
+    // keep the smallest prefix whose mass reaches top_p of the (top-k) distribution; always ≥ 1 token
+    let cum = 0;
+    let n = 0;
+    while (n < ids.length) {
+      cum += prob[ids[n]] / keptMass;
+      n++;
+      if (cum >= p.topP) break;
+    }
+    ids = ids.slice(0, n);
+  }
+  if (p.minP > 0) {
+    const threshold = p.minP * prob[ids[0]];
+    ids = ids.filter((id, i) => i === 0 || prob[id] >= threshold);
+  }
+  let mass = 0;
+  for (const id of ids) mass += prob[id];
+  const probs = new Float64Array(ids.length);
+  ids.forEach((id, i) => { probs[i] = prob[id] / mass; });
+  void sum;
+  return { ids: Int32Array.from(ids), probs };
+}
+
+// Draw from a candidate distribution with a uniform coin in [0, 1).
+export function drawFrom(dist: { ids: Int32Array; probs: Float64Array }, coin: number): number {
+  let cum = 0;
+  for (let i = 0; i < dist.ids.length; i++) {
+    cum += dist.probs[i];
+    if (coin < cum) return dist.ids[i];
+  }
+  return dist.ids[dist.ids.length - 1];
+}
+
+export function sampleToken(logits: Float32Array, p: SamplingParams, coin: () => number): number {
+  if (p.temperature === 0) return argmax(logits);
+  return drawFrom(candidateDistribution(logits, p), coin());
+}
+
+// log_softmax of the raw model logits (before bias, penalties and temperature, as vLLM reports them).
+export function logSoftmax(logits: Float32Array): Float64Array {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  const lse = max + Math.log(sum);
+  const out = new Float64Array(logits.length);
+  for (let i = 0; i < logits.length; i++) out[i] = logits[i] - lse;
+  return out;
+}
+
+// The k largest entries, descending (ties by id).
+export function topK(values: Float64Array, k: number): { id: number; value: number }[] {
+  const best: { id: number; value: number }[] = [];
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (best.length < k || v > best[best.length - 1].value) {
+      let j = best.length < k ? best.length : best.length - 1;
+      if (best.length < k) best.push({ id: i, value: v });
+      while (j > 0 && best[j - 1].value < v) { best[j] = best[j - 1]; j--; }
+      best[j] = { id: i, value: v };
+    }
+  }
+  return best;
+}

@@ -1,0 +1,102 @@
+// Text ↔ token ids through @huggingface/tokenizers (a maintained port of HF tokenizers),
+// plus an incremental decoder for streaming.
+import { Tokenizer } from '@huggingface/tokenizers';
+
+export class TextTokenizer {
+  private readonly tok: Tokenizer;
+  readonly bosToken: string | null;
+  readonly eosToken: string | null;
+  readonly chatTemplate: string | null;
+  readonly addBosToken: boolean;
+  private readonly specialIds: Set<number>;
+  private readonly pieceText = new Map<number, string>();
+
+  constructor(tokenizerJson: Record<string, unknown>, tokenizerConfig: Record<string, unknown>) {
+    this.tok = new Tokenizer(tokenizerJson, tokenizerConfig);
+    this.bosToken = tokenString(tokenizerConfig.bos_token);
+    this.eosToken = tokenString(tokenizerConfig.eos_token);
+    this.chatTemplate = typeof tokenizerConfig.chat_template === 'string' ? tokenizerConfig.chat_template : null;
+    this.addBosToken = tokenizerConfig.add_bos_token !== false;
+    this.specialIds = new Set([...this.tok.get_added_tokens_decoder().entries()].filter(([, t]) => t.special).map(([id]) => id));
+  }
+
+  // add_special_tokens: true for completions (BOS via the post-processor), false for chat (the template adds it).
+  encode(text: string, addSpecialTokens = true): number[] {
+    return this.tok.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+  }
+
+  decode(ids: number[], skipSpecialTokens = true): string {
+    return this.tok.decode(ids, { skip_special_tokens: skipSpecialTokens });
+  }
+
+  isSpecial(id: number): boolean {
+    return this.specialIds.has(id);
+  }
+
+  tokenId(token: string): number | undefined {
+    return this.tok.token_to_id(token);
+  }
+
+  // The text one token stands for on its own, for logprobs ("▁there" → " there").
+  tokenText(id: number): string {
+    let t = this.pieceText.get(id);
+    if (t === undefined) {
+      const piece = this.tok.id_to_token(id) ?? '';
+      const decoded = this.tok.decode([id], { skip_special_tokens: false });
+      t = piece.startsWith('▁') && !decoded.startsWith(' ') ? ` ${decoded}` : decoded;
+      this.pieceText.set(id, t);
+    }
+    return t;
+  }
+
+  get vocabSize(): number {
+    return this.tok.get_vocab(true).size;
+  }
+}
+
+function tokenString(v: unknown): string | null {
+  if (typeof v === 'string') return v;
+  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  return null;
+}
+
+// Incremental detokenization (as vLLM's detokenize_incrementally): decode a short window of
+// context plus the new ids and emit only the new suffix. Text that ends in an incomplete UTF-8
+// sequence (U+FFFD) is held back until the next token completes it.
+export class StreamDecoder {
+  private ids: number[];
+  private prefixOffset: number;
+  private readOffset: number;
+
+  constructor(private readonly tok: TextTokenizer, contextIds: number[], private readonly skipSpecial = true) {
+    this.ids = contextIds.slice(-6);
+    this.prefixOffset = 0;
+    this.readOffset = this.ids.length;
+  }
+
+  push(id: number): string {
+    this.ids.push(id);
+    const prefix = this.tok.decode(this.ids.slice(this.prefixOffset, this.readOffset), this.skipSpecial);
+    const full = this.tok.decode(this.ids.slice(this.prefixOffset), this.skipSpecial);
+    if (full.length <= prefix.length || full.endsWith('\uFFFD')) return '';
+    const delta = full.startsWith(prefix) ? full.slice(prefix.length) : full.slice(commonPrefix(prefix, full));
+    this.prefixOffset = this.readOffset;
+    this.readOffset = this.ids.length;
+    return delta;
+  }
+
+  // Whatever is still held back (an incomplete character at the very end) as replacement text.
+  flush(): string {
+    if (this.readOffset >= this.ids.length) return '';
+    const prefix = this.tok.decode(this.ids.slice(this.prefixOffset, this.readOffset), this.skipSpecial);
+    const full = this.tok.decode(this.ids.slice(this.prefixOffset), this.skipSpecial);
+    this.readOffset = this.ids.length;
+    return full.slice(commonPrefix(prefix, full));
+  }
+}
+
+function commonPrefix(a: string, b: string): number {
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  return i;
+}

@@ -145,6 +145,6 @@ function parseRope(cfg: Json): { theta: number; scaling: RopeScaling } {
       };
     }
     default:
-      throw new ModelConfigError(`config.json: "${field}" type ${JSON.stringify(type)} is not supported (supported: default, linear, llama3)`, `${field}.rope_type`);
+      throw new ModelConfigError(`config.json: "${field}.rope_type" ${JSON.stringify(type)} is not supported (supported: default, linear, llama3)`, `${field}.rope_type`);
   }
 }

@@ -39,14 +39,13 @@ export class TextTokenizer {
 
   // The text one token stands for on its own, for logprobs ("▁there" → " there").
   tokenText(id: number): string {
-    let t = this.pieceText.get(id);
-    if (t === undefined) {
-      const piece = this.tok.id_to_token(id) ?? '';
-      const decoded = this.tok.decode([id], { skip_special_tokens: false });
-      t = piece.startsWith('▁') && !decoded.startsWith(' ') ? ` ${decoded}` : decoded;
-      this.pieceText.set(id, t);
-    }
-    return t;
+    const cached = this.pieceText.get(id);
+    if (cached !== undefined) return cached;
+    const piece = this.tok.id_to_token(id) ?? '';
+    const decoded = this.tok.decode([id], { skip_special_tokens: false });
+    const text = piece.startsWith('▁') && !decoded.startsWith(' ') ? ` ${decoded}` : decoded;
+    this.pieceText.set(id, text);
+    return text;
   }
 
   get vocabSize(): number {

@@ -1,0 +1,85 @@
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_SAMPLING, applyBiasAndPenalties, argmax, candidateDistribution, drawFrom, logSoftmax, sampleToken, topK } from '../../src/runtime/sampler.ts';
+import type { SamplingParams } from '../../src/runtime/sampler.ts';
+import { Rng } from '../../src/runtime/random.ts';
+
+const P = (over: Partial<SamplingParams>): SamplingParams => ({ ...DEFAULT_SAMPLING, ...over });
+// logits whose softmax is exactly [0.5, 0.3, 0.15, 0.05]
+const probs4 = [0.5, 0.3, 0.15, 0.05];
+const logits4 = Float32Array.from(probs4.map(Math.log));
+
+describe('candidate masks', () => {
+  it('top_k keeps the k most likely', () => {
+    const d = candidateDistribution(logits4, P({ topK: 2 }));
+    expect([...d.ids]).toEqual([0, 1]);
+    expect(d.probs[0]).toBeCloseTo(0.5 / 0.8, 6);
+  });
+  it('top_p keeps the smallest prefix reaching p', () => {
+    expect([...candidateDistribution(logits4, P({ topP: 0.8 })).ids]).toEqual([0, 1]);
+    expect([...candidateDistribution(logits4, P({ topP: 0.81 })).ids]).toEqual([0, 1, 2]);
+    expect([...candidateDistribution(logits4, P({ topP: 0.01 })).ids]).toEqual([0]);
+  });
+  it('min_p drops tokens below min_p · p_max', () => {
+    expect([...candidateDistribution(logits4, P({ minP: 0.5 })).ids]).toEqual([0, 1]);
+    expect([...candidateDistribution(logits4, P({ minP: 0.2 })).ids]).toEqual([0, 1, 2]);
+  });
+  it('temperature sharpens and flattens', () => {
+    const cold = candidateDistribution(logits4, P({ temperature: 0.5 }));
+    const hot = candidateDistribution(logits4, P({ temperature: 2 }));
+    expect(cold.probs[0]).toBeCloseTo(0.25 / (0.25 + 0.09 + 0.0225 + 0.0025), 6);
+    expect(hot.probs[0]).toBeLessThan(0.5);
+  });
+  it('top_k then top_p renormalise over the kept set', () => {
+    const d = candidateDistribution(logits4, P({ topK: 3, topP: 0.9 }));
+    expect([...d.ids]).toEqual([0, 1, 2]);
+    expect(d.probs.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 12);
+  });
+});
+
+describe('penalties and bias', () => {
+  it('repetition penalty divides positive and multiplies negative logits of prompt and output tokens', () => {
+    const l = Float32Array.of(2, -2, 2, -2);
+    applyBiasAndPenalties(l, P({ repetitionPenalty: 2 }), { seen: new Set([0, 1]), outputCounts: new Map() });
+    expect([...l]).toEqual([1, -4, 2, -2]);
+  });
+  it('frequency and presence count output tokens only', () => {
+    const l = Float32Array.of(0, 0, 0);
+    applyBiasAndPenalties(l, P({ frequencyPenalty: 0.5, presencePenalty: 1 }), { seen: new Set([0, 1, 2]), outputCounts: new Map([[1, 3]]) });
+    expect([...l]).toEqual([0, -2.5, 0]);
+  });
+  it('logit_bias -100 bans a token from greedy decoding, +100 forces it', () => {
+    const l = Float32Array.from(logits4);
+    applyBiasAndPenalties(l, P({ logitBias: new Map([[0, -100]]) }), { seen: new Set(), outputCounts: new Map() });
+    expect(argmax(l)).toBe(1);
+    const m = Float32Array.from(logits4);
+    applyBiasAndPenalties(m, P({ logitBias: new Map([[3, 100]]) }), { seen: new Set(), outputCounts: new Map() });
+    expect(sampleToken(m, P({ temperature: 1 }), () => 0.99)).toBe(3);
+  });
+});
+
+describe('sampling', () => {
+  it('the same seed gives the same tokens; another seed differs', () => {
+    const draw = (seed: number) => { const r = new Rng(seed); return Array.from({ length: 50 }, () => sampleToken(logits4, P({}), () => r.next())); };
+    expect(draw(7)).toEqual(draw(7));
+    expect(draw(7)).not.toEqual(draw(8));
+  });
+  it('draws follow the distribution (20k draws, each within 1.5% absolute)', () => {
+    const r = new Rng(123);
+    const counts = [0, 0, 0, 0];
+    const d = candidateDistribution(logits4, P({}));
+    for (let i = 0; i < 20000; i++) counts[drawFrom(d, r.next())]++;
+    counts.forEach((c, i) => expect(Math.abs(c / 20000 - probs4[i])).toBeLessThan(0.015));
+  });
+  it('greedy is the argmax', () => {
+    expect(sampleToken(Float32Array.of(0.1, 3, 2), P({ temperature: 0 }), () => { throw new Error('no coin for greedy'); })).toBe(1);
+  });
+});
+
+describe('log-probabilities', () => {
+  it('log_softmax and the top-k alternatives', () => {
+    const lp = logSoftmax(logits4);
+    probs4.forEach((p, i) => expect(lp[i]).toBeCloseTo(Math.log(p), 6));
+    expect(topK(lp, 3).map((t) => t.id)).toEqual([0, 1, 2]);
+    expect(topK(Float64Array.of(1, 5, 3, 5), 2).map((t) => t.id)).toEqual([1, 3]);
+  });
+});

@@ -1,0 +1,50 @@
+import { describe, expect, it } from 'vitest';
+import { StopMatcher } from '../../src/runtime/stop-matcher.ts';
+import { StreamDecoder, TextTokenizer } from '../../src/runtime/tokenizer.ts';
+import { loadModel } from '../../src/runtime/model-loader.ts';
+import { STORIES_DIR } from '../helpers/fixtures.ts';
+
+describe('stop strings', () => {
+  const run = (stops: string[], pieces: string[]) => {
+    const m = new StopMatcher(stops);
+    let out = '';
+    for (const p of pieces) {
+      const r = m.push(p);
+      out += r.emit;
+      if (r.stopped) return { out, stopped: r.stopped };
+    }
+    return { out: out + m.flush(), stopped: null };
+  };
+  it('a stop string split across tokens still stops and never appears', () => {
+    expect(run(['END'], ['The ', 'E', 'N', 'D', ' more'])).toEqual({ out: 'The ', stopped: 'END' });
+    expect(run(['\n\n'], ['a\n', '\nb'])).toEqual({ out: 'a', stopped: '\n\n' });
+  });
+  it('a partial match that does not complete is released', () => {
+    expect(run(['END'], ['EN', 'x', 'EN'])).toEqual({ out: 'ENxEN', stopped: null });
+  });
+  it('the earliest of several stop strings wins', () => {
+    expect(run(['cd', 'b'], ['abcd'])).toEqual({ out: 'a', stopped: 'b' });
+  });
+  it('text before a held prefix is emitted at once', () => {
+    const m = new StopMatcher(['STOP']);
+    expect(m.push('hello ST').emit).toBe('hello ');
+  });
+});
+
+describe('streaming decoder', () => {
+  const model = loadModel(STORIES_DIR);
+  const tok = new TextTokenizer(model.tokenizerJson, model.tokenizerConfig);
+  it('never emits half a UTF-8 character (byte-fallback tokens of é and 😀)', () => {
+    const ids = tok.encode('café naïve 😀 ok');
+    const dec = new StreamDecoder(tok, ids.slice(0, 1));
+    const pieces = ids.slice(1).map((id) => dec.push(id));
+    expect(pieces.join('') + dec.flush()).toBe('café naïve 😀 ok');
+    for (const p of pieces) expect(p).not.toContain('\uFFFD');
+    expect(pieces.filter((p) => p === '').length).toBeGreaterThan(0); // the 4 emoji bytes arrive as 3 empty pieces then the character
+  });
+  it('keeps the space of a word-initial token after the prompt', () => {
+    const prompt = tok.encode('Once upon a');
+    const dec = new StreamDecoder(tok, prompt);
+    expect(dec.push(tok.encode(' time', false).at(-1)!)).toBe(' time');
+  });
+});

@@ -3,10 +3,12 @@
 // One graph serves prefill, chunked prefill and decode for a batch of sequences:
 //   inputs   input_ids [B,S] int64, position_ids [B,S] int64,
 //            attention_bias [B,1,rep·S,P+S] float (0 or -1e9; built by kv-batch.ts),
-//            past_key.{l}, past_value.{l} [B,P,Hkv·d] float (token-major; fed zero-copy from the KV cache),
+//            past_key.{l} [B,Hkv,d,P] (keys transposed), past_value.{l} [B,Hkv,P,d]: the KV cache,
+//            fed in place from kv-cache.ts (P may exceed a row's length: the bias masks the rest),
 //            logit_rows [R] int64 (flat indices into B·S of the positions whose logits are wanted)
 //   outputs  logits [R,V], new_key.{l}, new_value.{l} [B,S,Hkv·d] (rotated keys and values of the new tokens)
-// The KV cache stays in JS memory; only the new rows come back (onnxruntime-node notes §2, pattern d).
+// The KV cache stays in JS memory in the layouts MatMul reads directly, so a step reads it in place
+// with no concat or transpose; only the new rows come back (onnxruntime-node notes §2, pattern d).
 //
 // Each of the seven target projections is one call to `linear`, the hook that multi-adapter LoRA
 // replaces to add its delta.
@@ -86,6 +88,11 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
   const embed = b.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight'), [V, D]);
   const scale = b.float32Scalar(1 / Math.sqrt(d));
 
+  // [P, S]: widths of the past and the new part of the attention scores
+  const pastWidth = b.op('Slice', [b.op('Shape', ['past_key.0']), b.int64([3]), b.int64([4])]);
+  const seqLen = b.op('Slice', [b.op('Shape', [ids]), b.int64([1]), b.int64([2])]);
+  const splitSizes = b.op('Concat', [pastWidth, seqLen], { axis: int(0) });
+
   let h = b.op('Gather', [embed, ids], { axis: int(0) }); // [B,S,D]
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}`;
@@ -99,21 +106,22 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
     b.op('Identity', [v], {}, { out: `new_value.${l}` });
     b.output(kRot, 'float32', ['batch', 'seq', kvDim]);
     b.output(`new_value.${l}`, 'float32', ['batch', 'seq', kvDim]);
-    const pastK = b.input(`past_key.${l}`, 'float32', ['batch', 'past', kvDim]);
-    const pastV = b.input(`past_value.${l}`, 'float32', ['batch', 'past', kvDim]);
+    const pastKT = b.input(`past_key.${l}`, 'float32', ['batch', Hkv, d, 'past']);   // Kᵀ per kv head
+    const pastV = b.input(`past_value.${l}`, 'float32', ['batch', Hkv, 'past', d]);
 
-    // K: [B,T,Hkv·d] → [B,Hkv,d,T];  V: → [B,Hkv,T,d]
-    const kAll = b.op('Concat', [pastK, kRot], { axis: int(1) });
-    const kT = b.op('Transpose', [b.op('Reshape', [kAll, b.int64([0, 0, Hkv, d])])], { perm: ints([0, 2, 3, 1]) });
-    const vAll = b.op('Concat', [pastV, v], { axis: int(1) });
-    const vH = b.op('Transpose', [b.op('Reshape', [vAll, b.int64([0, 0, Hkv, d])])], { perm: ints([0, 2, 1, 3]) });
     // Q: [B,S,H·d] → [B,Hkv,rep·S,d]; query head a = g·rep + r uses kv head g (repeat_kv)
     const qScaled = b.op('Mul', [qRot, scale]);
     const q5 = b.op('Transpose', [b.op('Reshape', [qScaled, b.int64([0, 0, Hkv, rep, d])])], { perm: ints([0, 2, 3, 1, 4]) });
     const qG = b.op('Reshape', [q5, b.int64([0, 0, -1, d])]);
-    const scores = b.op('Add', [b.op('MatMul', [qG, kT]), bias]);          // [B,Hkv,rep·S,T]
-    const probs = b.op('Softmax', [scores], { axis: int(-1) });
-    const ctx = b.op('MatMul', [probs, vH]);                                // [B,Hkv,rep·S,d]
+    // new keys/values of this step: kᵀ [B,Hkv,d,S], v [B,Hkv,S,d]
+    const kNewT = b.op('Transpose', [b.op('Reshape', [kRot, b.int64([0, 0, Hkv, d])])], { perm: ints([0, 2, 3, 1]) });
+    const vNew = b.op('Transpose', [b.op('Reshape', [v, b.int64([0, 0, Hkv, d])])], { perm: ints([0, 2, 1, 3]) });
+    // scores against the cached past and the new tokens, side by side: [B,Hkv,rep·S,P+S]
+    // (the cache is read in place: no concat of the past with the new rows)
+    const scores = b.op('Concat', [b.op('MatMul', [qG, pastKT]), b.op('MatMul', [qG, kNewT])], { axis: int(-1) });
+    const probs = b.op('Softmax', [b.op('Add', [scores, bias])], { axis: int(-1) });
+    const [probsPast, probsNew] = b.opN('Split', [probs, splitSizes], 2, { axis: int(-1) });
+    const ctx = b.op('Add', [b.op('MatMul', [probsPast, pastV]), b.op('MatMul', [probsNew, vNew])]); // [B,Hkv,rep·S,d]
     const ctx5 = b.op('Transpose', [b.op('Reshape', [ctx, b.int64([0, 0, rep, -1, d])])], { perm: ints([0, 3, 1, 2, 4]) });
     const attn = b.op('Reshape', [ctx5, b.int64([0, 0, -1])]);             // [B,S,H·d]
     h = b.op('Add', [h, linear(b, attn, l, 'o_proj')]);

@@ -49,6 +49,6 @@ export async function createModelRuntime(opts: RuntimeOptions): Promise<ModelRun
       hiddenSize: cfg.hiddenSize,
       weightBytes,
     },
-    limits: { numLayers: cfg.numLayers, kvDim: cfg.numKvHeads * cfg.headDim, maxContext, eosTokenIds: cfg.eosTokenIds },
+    limits: { numLayers: cfg.numLayers, numKvHeads: cfg.numKvHeads, headDim: cfg.headDim, maxContext, eosTokenIds: cfg.eosTokenIds },
   };
 }

@@ -11,7 +11,8 @@ import type { FinishReason, GenerateRequest, TokenEvent } from './generate-reque
 
 export interface SequenceLimits {
   numLayers: number;
-  kvDim: number;
+  numKvHeads: number;
+  headDim: number;
   maxContext: number;
   eosTokenIds: number[];
 }
@@ -30,7 +31,7 @@ export class Sequence {
   readonly enqueuedAt = performance.now();
 
   constructor(readonly id: string, readonly req: GenerateRequest, private readonly tok: TextTokenizer, private readonly limits: SequenceLimits) {
-    this.kv = new SequenceKv(limits.numLayers, limits.kvDim, roundUp(req.promptTokens.length + Math.min(req.maxTokens, 256), 64));
+    this.kv = new SequenceKv(limits.numLayers, limits.numKvHeads, limits.headDim, roundUp(req.promptTokens.length + Math.min(req.maxTokens, 256), 64));
     this.rng = new Rng(req.seed ?? randomSeed());
     this.penalty = { seen: new Set(req.promptTokens), outputCounts: new Map() };
     this.decoder = new StreamDecoder(tok, req.promptTokens);
@@ -40,7 +41,8 @@ export class Sequence {
 
   // KV bytes this sequence may need at most: reserved at admission so running sequences never break.
   get reservedKvBytes(): number {
-    return (this.req.promptTokens.length + this.req.maxTokens) * this.limits.kvDim * this.limits.numLayers * 2 * 4;
+    const { numLayers, numKvHeads, headDim } = this.limits;
+    return (this.req.promptTokens.length + this.req.maxTokens) * numKvHeads * headDim * numLayers * 2 * 4;
   }
 
   get remainingPrefill(): number {

@@ -37,19 +37,19 @@ class Staging {
 export class StepRunner {
   private readonly staging = new Staging();
   private readonly rep: number;
-  private readonly kvDim: number;
 
   constructor(private readonly session: ort.InferenceSession, private readonly cfg: ModelConfig, private readonly maxPositions: number) {
     this.rep = cfg.numHeads / cfg.numKvHeads;
-    this.kvDim = cfg.numKvHeads * cfg.headDim;
   }
 
   async run(rows: StepRow[], extraFeeds?: ExtraFeeds): Promise<StepResult> {
     const B = rows.length;
     const S = Math.max(...rows.map((r) => r.tokens.length));
-    const P = Math.max(...rows.map((r) => r.kv.length));
+    // past width: batch 1 feeds the cache in place at its full capacity; batches copy the prefixes
+    // (an empty cache is fed as width 0)
+    const P = B === 1 && rows[0].kv.length > 0 ? rows[0].kv.capacity : Math.max(...rows.map((r) => r.kv.length));
     const T = P + S;
-    const { rep, kvDim, cfg } = this;
+    const { rep, cfg } = this;
     for (const r of rows) {
       if (r.tokens.length === 0) throw new Error('runStep: a row has no tokens');
       if (r.kv.length + r.tokens.length > this.maxPositions) throw new Error(`runStep: position ${r.kv.length + r.tokens.length} exceeds the context of ${this.maxPositions}`);
@@ -88,33 +88,39 @@ export class StepRunner {
       logit_rows: new ort.Tensor('int64', BigInt64Array.from(logitRows.map(BigInt)), [logitRows.length]),
       ...extraFeeds?.(B, S),
     };
-    for (let l = 0; l < cfg.numLayers; l++) {
-      feeds[`past_key.${l}`] = this.pastTensor(rows, l, 'keys', P);
-      feeds[`past_value.${l}`] = this.pastTensor(rows, l, 'values', P);
-    }
+    for (let l = 0; l < cfg.numLayers; l++) Object.assign(feeds, this.pastFeeds(rows, l, P));
 
     const out = await this.session.run(feeds);
 
-    rows.forEach((r, b) => r.kv.reserve(r.tokens.length));
+    for (const r of rows) r.kv.reserve(r.tokens.length);
     for (let l = 0; l < cfg.numLayers; l++) {
       const nk = out[`new_key.${l}`].data as Float32Array;
       const nv = out[`new_value.${l}`].data as Float32Array;
-      rows.forEach((r, b) => r.kv.append(l, nk, nv, b * S, r.tokens.length));
+      rows.forEach((r, b) => r.kv.write(l, nk, nv, b * S, r.tokens.length));
     }
     for (const r of rows) r.kv.length += r.tokens.length;
     return { logits: out.logits.data as Float32Array, rowOffsets, vocabSize: cfg.vocabSize };
   }
 
-  // [B, P, kvDim]: batch 1 feeds the cache prefix itself (zero-copy); larger batches copy
-  // each sequence's prefix into a reused staging buffer (unused rows are masked).
-  private pastTensor(rows: StepRow[], layer: number, kind: 'keys' | 'values', P: number): ort.Tensor {
-    const { kvDim } = this;
-    if (rows.length === 1) {
-      const src = rows[0].kv[kind][layer];
-      return new ort.Tensor('float32', src.subarray(0, P * kvDim), [1, P, kvDim]);
+  // past_key [B,Hkv,d,P], past_value [B,Hkv,P,d]: batch 1 feeds the cache arrays themselves
+  // (zero-copy); larger batches copy each sequence's valid prefix into reused staging buffers.
+  private pastFeeds(rows: StepRow[], layer: number, P: number): Record<string, ort.Tensor> {
+    const { numKvHeads: Hkv, headDim: d } = this.cfg;
+    const B = rows.length;
+    let keysT: Float32Array;
+    let values: Float32Array;
+    if (B === 1 && P === rows[0].kv.capacity) {
+      keysT = rows[0].kv.keysT[layer];
+      values = rows[0].kv.values[layer];
+    } else {
+      const size = Hkv * d * P;
+      keysT = this.staging.get(`k.${layer}`, B * size);
+      values = this.staging.get(`v.${layer}`, B * size);
+      rows.forEach((r, b) => r.kv.copyPrefixTo(layer, keysT, values, b * size, P));
     }
-    const buf = this.staging.get(`${kind}.${layer}`, rows.length * P * kvDim);
-    rows.forEach((r, b) => buf.set(r.kv[kind][layer].subarray(0, r.kv.length * kvDim), b * P * kvDim));
-    return new ort.Tensor('float32', buf, [rows.length, P, kvDim]);
+    return {
+      [`past_key.${layer}`]: new ort.Tensor('float32', keysT, [B, Hkv, d, P]),
+      [`past_value.${layer}`]: new ort.Tensor('float32', values, [B, Hkv, P, d]),
+    };
   }
 }

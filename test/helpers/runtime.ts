@@ -9,7 +9,7 @@ import type { ModelConfig } from '../../src/runtime/model-config.ts';
 export async function makeRunner(cfgJson: Record<string, unknown>, weights: Map<string, Float32Array>, maxPositions = 128, opts: { useExternalData?: boolean } = {}): Promise<{ runner: StepRunner; cfg: ModelConfig; newKv: (cap?: number) => SequenceKv }> {
   const cfg = parseModelConfig(cfgJson);
   const session = await createSession(buildLlamaGraph(cfg, weights, { maxPositions }), { intraOpThreads: 1, useExternalData: opts.useExternalData });
-  return { runner: new StepRunner(session, cfg, maxPositions), cfg, newKv: (cap = 8) => new SequenceKv(cfg.numLayers, cfg.numKvHeads * cfg.headDim, cap) };
+  return { runner: new StepRunner(session, cfg, maxPositions), cfg, newKv: (cap = 8) => new SequenceKv(cfg.numLayers, cfg.numKvHeads, cfg.headDim, cap) };
 }
 
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {

@@ -5,7 +5,7 @@ import { buildLlamaGraph } from '../src/runtime/llama-graph.ts';
 import { createSession, ort } from '../src/runtime/session.ts';
 import { GraphBuilder, int } from '../src/runtime/graph/ir.ts';
 import { StepRunner } from '../src/runtime/step.ts';
-import { SequenceKv } from '../src/runtime/kv-cache.ts';
+import { KvArena } from '../src/runtime/kv-arena.ts';
 import { STORIES_DIR, llama110mDir } from './bench-models.ts';
 import { median, printTable } from './stats.ts';
 
@@ -49,7 +49,8 @@ async function benchModel(name: string, dir: string, bandwidth: number, quick: b
   const cfg = model.config;
   const maxPositions = Math.min(cfg.maxPositions, 2048);
   const session = await createSession(buildLlamaGraph(cfg, model.weights, { maxPositions }));
-  const runner = new StepRunner(session, cfg, maxPositions);
+  const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim);
+  const runner = new StepRunner(session, cfg, maxPositions, kv, null);
   let bytes = 0;
   let params = 0;
   for (const w of model.weights.values()) { bytes += w.byteLength; params += w.length; }
@@ -60,19 +61,21 @@ async function benchModel(name: string, dir: string, bandwidth: number, quick: b
   const P = Math.min(512, maxPositions - 64);
   const prefillTimes: number[] = [];
   for (let i = 0; i < (quick ? 2 : 3); i++) {
-    const kv = new SequenceKv(cfg.numLayers, cfg.numKvHeads, cfg.headDim, P + 64);
+    kv.release(0);
     const t0 = performance.now();
-    await runner.run([{ kv, tokens: prompt(P) }]);
+    await runner.run([{ row: 0, tokens: prompt(P) }]);
     prefillTimes.push(performance.now() - t0);
   }
 
+  // a fresh arena per context, so its capacity is that context's (the arena is shared by all rows)
   const decodeAt = async (ctx: number, steps: number): Promise<number> => {
-    const kv = new SequenceKv(cfg.numLayers, cfg.numKvHeads, cfg.headDim, ctx + steps + 8);
-    for (let off = 0; off < ctx; off += 256) await runner.run([{ kv, tokens: prompt(Math.min(256, ctx - off)) }]);
+    const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim);
+    const runner = new StepRunner(session, cfg, maxPositions, kv, null);
+    for (let off = 0; off < ctx; off += 256) await runner.run([{ row: 0, tokens: prompt(Math.min(256, ctx - off)) }]);
     const times: number[] = [];
     for (let s = 0; s < steps; s++) {
       const t0 = performance.now();
-      await runner.run([{ kv, tokens: [tok(ctx + s)] }]);
+      await runner.run([{ row: 0, tokens: [tok(ctx + s)] }]);
       times.push(performance.now() - t0);
     }
     return median(times.slice(2));

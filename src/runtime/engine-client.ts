@@ -4,10 +4,18 @@ import { Worker } from 'node:worker_threads';
 import { randomUUID } from 'node:crypto';
 import { deserializeError, LoraserveError } from './errors.ts';
 import type { GenerateRequest, ModelInfo, TokenEvent } from './generate-request.ts';
-import type { EngineOptions, FromWorker, ToWorker } from './engine-messages.ts';
-import type { StepStats } from './scheduler.ts';
+import type { AdapterOptions, EngineCall, EngineOptions, EngineStats, FromWorker, ToWorker } from './engine-messages.ts';
+import type { SchedulerLimits, StepStats } from './scheduler.ts';
+import type { LoraAdapter } from '../adapters/lora-adapter.ts';
 
-export const DEFAULT_SCHEDULER = { maxRunning: 32, maxStepTokens: 512, prefillChunk: 256, kvBudgetBytes: 2 * 1024 ** 3 };
+export const DEFAULT_SCHEDULER: SchedulerLimits = { maxRunning: 32, prefillChunk: 256, kvBudgetBytes: 2 * 1024 ** 3 };
+export const DEFAULT_ADAPTERS: AdapterOptions = { loraMode: 'auto', maxLoraRank: 64, hostCacheBytes: 1024 ** 3, mergedCacheBytes: 2 * 1024 ** 3 };
+
+export interface EngineStartOptions {
+  runtime: EngineOptions['runtime'];
+  scheduler?: Partial<SchedulerLimits>;
+  adapters?: Partial<AdapterOptions>;
+}
 
 interface Stream {
   push(events: TokenEvent[]): void;
@@ -16,6 +24,8 @@ interface Stream {
 export class EngineClient {
   private readonly worker: Worker;
   private readonly streams = new Map<string, Stream>();
+  private readonly calls = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private nextCall = 0;
   info!: ModelInfo;
   onStep?: (s: StepStats, running: number, waiting: number, kvBytes: number) => void;
 
@@ -23,8 +33,8 @@ export class EngineClient {
     this.worker = worker;
   }
 
-  static async start(opts: Omit<EngineOptions, 'scheduler'> & { scheduler?: Partial<EngineOptions['scheduler']> }): Promise<EngineClient> {
-    const workerData: EngineOptions = { runtime: opts.runtime, scheduler: { ...DEFAULT_SCHEDULER, ...opts.scheduler } };
+  static async start(opts: EngineStartOptions): Promise<EngineClient> {
+    const workerData: EngineOptions = { runtime: opts.runtime, scheduler: { ...DEFAULT_SCHEDULER, ...opts.scheduler }, adapters: { ...DEFAULT_ADAPTERS, ...opts.adapters } };
     const worker = new Worker(new URL('./worker-entry.mjs', import.meta.url), {
       workerData,
       env: { ...process.env },
@@ -37,6 +47,13 @@ export class EngineClient {
           case 'fatal': reject(deserializeError(msg.error)); break;
           case 'events': for (const { id, events } of msg.batch) client.streams.get(id)?.push(events); break;
           case 'step': client.onStep?.(msg.stats, msg.running, msg.waiting, msg.kvBytes); break;
+          case 'result': {
+            const c = client.calls.get(msg.callId);
+            client.calls.delete(msg.callId);
+            if (msg.error) c?.reject(deserializeError(msg.error));
+            else c?.resolve(msg.value);
+            break;
+          }
         }
       });
       worker.on('error', (err) => { reject(err); client.failAll(err); });
@@ -53,7 +70,39 @@ export class EngineClient {
     this.worker.postMessage(msg);
   }
 
+  private call<T>(call: EngineCall, transfer: ArrayBuffer[] = []): Promise<T> {
+    const callId = this.nextCall++;
+    return new Promise<T>((resolve, reject) => {
+      this.calls.set(callId, { resolve: resolve as (v: unknown) => void, reject });
+      this.worker.postMessage({ type: 'call', callId, call } satisfies ToWorker, transfer);
+    });
+  }
+
+  // Hands a validated adapter to the engine's host cache (its buffers move to the worker).
+  putAdapter(adapter: LoraAdapter): Promise<void> {
+    const transfer = adapter.targets.flatMap((t) => [t.a.buffer, t.b.buffer, ...(t.magnitude ? [t.magnitude.buffer] : [])]) as ArrayBuffer[];
+    return this.call({ op: 'adapter.put', adapter }, [...new Set(transfer)]);
+  }
+
+  dropAdapter(version: string): Promise<void> {
+    return this.call({ op: 'adapter.drop', version });
+  }
+
+  buildMerged(version: string): Promise<number> {
+    return this.call({ op: 'merged.build', version });
+  }
+
+  hasMerged(version: string): Promise<boolean> {
+    return this.call({ op: 'merged.has', version });
+  }
+
+  stats(): Promise<EngineStats> {
+    return this.call({ op: 'stats' });
+  }
+
   private failAll(err: Error): void {
+    for (const c of this.calls.values()) c.reject(err);
+    this.calls.clear();
     for (const s of this.streams.values()) s.push([{ type: 'error', error: { code: 'internal', message: err.message, param: null, problems: [] } }]);
     this.streams.clear();
   }

@@ -1,12 +1,14 @@
-// The engine thread: owns the onnxruntime session (whose run() blocks its thread), the scheduler
-// and every sequence. Talks to the main thread with messages only (engine-messages.ts).
+// The engine thread: owns the onnxruntime sessions (whose run() blocks its thread), the scheduler,
+// the adapter host cache and every sequence. Talks to the main thread with messages only.
 import { parentPort, workerData } from 'node:worker_threads';
 import { createModelRuntime } from './model-runtime.ts';
 import { Scheduler } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
-import { serializeError } from './errors.ts';
+import { LoraserveError, serializeError } from './errors.ts';
 import type { TokenEvent } from './generate-request.ts';
-import type { EngineOptions, FromWorker, ToWorker } from './engine-messages.ts';
+import type { EngineCall, EngineOptions, EngineStats, FromWorker, ToWorker } from './engine-messages.ts';
+import { HostCache } from '../adapters/host-cache.ts';
+import { MergedSessions } from '../merge/merged-sessions.ts';
 
 const port = parentPort!;
 const opts = workerData as EngineOptions;
@@ -17,8 +19,10 @@ function send(msg: FromWorker): void {
 
 async function main(): Promise<void> {
   const rt = await createModelRuntime(opts.runtime);
+  const hostCache = new HostCache(rt.config, rt.readBase, { maxRank: opts.adapters.maxLoraRank, modelName: rt.info.name }, opts.adapters.hostCacheBytes);
+  const merged = new MergedSessions(opts.adapters.loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.acquire({ name: '', version: v, dir: '' }), opts.adapters.mergedCacheBytes, rt.sessionOptions);
   let outbox: { id: string; events: TokenEvent[] }[] = [];
-  const scheduler = new Scheduler(rt.runner, opts.scheduler, (id, events) => outbox.push({ id, events }));
+  const scheduler = new Scheduler(rt.runner, opts.scheduler, (id, events) => outbox.push({ id, events }), hostCache, merged);
   scheduler.onStep = (s) => send({ type: 'step', stats: s, running: scheduler.runningCount, waiting: scheduler.waitingCount, kvBytes: scheduler.reservedKvBytes });
   let looping = false;
 
@@ -30,13 +34,47 @@ async function main(): Promise<void> {
     if (looping) return;
     looping = true;
     try {
-      while (!scheduler.idle) {
+      while (scheduler.busy) {
         await scheduler.tick();
         flush();
         await new Promise((r) => setImmediate(r)); // let new requests and cancels in between steps
       }
+      flush();
     } finally {
       looping = false;
+    }
+  };
+  hostCache.onSettled(() => void loop());
+
+  const call = async (c: EngineCall): Promise<unknown> => {
+    switch (c.op) {
+      case 'adapter.put':
+        hostCache.put(c.adapter);
+        return null;
+      case 'adapter.drop':
+        hostCache.forget(c.version);
+        await merged.drop(c.version);
+        return null;
+      case 'merged.build': {
+        const a = hostCache.acquire({ name: '', version: c.version, dir: '' });
+        if (!a) throw new LoraserveError('model_not_found', `adapter version ${c.version} is not in host memory`);
+        await merged.build(a);
+        return merged.stats.lastBuildMs;
+      }
+      case 'merged.has':
+        return merged.isMerged(c.version);
+      case 'stats': {
+        const stats: EngineStats = {
+          running: scheduler.runningCount,
+          waiting: scheduler.waitingCount,
+          kvReservedBytes: scheduler.reservedKvBytes,
+          kvArenaBytes: rt.runner.kv.bytes,
+          loraArenaBytes: rt.runner.lora?.bytes ?? 0,
+          hostCache: hostCache.snapshot(),
+          merged: { ...merged.stats },
+        };
+        return stats;
+      }
     }
   };
 
@@ -44,8 +82,7 @@ async function main(): Promise<void> {
     switch (msg.type) {
       case 'generate': {
         try {
-          const seq = new Sequence(msg.id, msg.request, rt.tokenizer, rt.limits);
-          scheduler.submit(seq);
+          scheduler.submit(new Sequence(msg.id, msg.request, rt.tokenizer, rt.limits));
           void loop();
         } catch (err) {
           send({ type: 'events', batch: [{ id: msg.id, events: [{ type: 'error', error: serializeError(err) }] }] });
@@ -54,6 +91,12 @@ async function main(): Promise<void> {
       }
       case 'cancel':
         scheduler.cancel(msg.id);
+        break;
+      case 'call':
+        call(msg.call).then(
+          (value) => send({ type: 'result', callId: msg.callId, value }),
+          (err) => send({ type: 'result', callId: msg.callId, error: serializeError(err) }),
+        );
         break;
       case 'shutdown':
         process.exit(0);

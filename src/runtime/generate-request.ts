@@ -11,7 +11,15 @@ export interface GenerateRequest {
   stopTokenIds: number[];       // extra stop ids besides EOS
   ignoreEos: boolean;
   logprobs: number | null;      // null: none; k ≥ 0: the chosen token plus the top k alternatives
-  adapter: string | null;       // null: the base model
+  adapter: AdapterRef | null;   // null: the base model
+}
+
+// An adapter version as the registry resolved it when the request started: the request keeps
+// this version even if the adapter is replaced meanwhile.
+export interface AdapterRef {
+  name: string;
+  version: string;
+  dir: string;
 }
 
 export interface TopLogprob {

@@ -54,14 +54,34 @@ export interface LlamaGraphOptions {
 
 // The default projection: W stored transposed [in, out] as an initializer, so MatMul can prepack it.
 export function bakedLinear(cfg: ModelConfig, weights: Weights): LinearHook {
+  return (b, x, layer, target) => addBias(b, weights, layer, target, bakedMatMul(b, cfg, weights, x, layer, target));
+}
+
+// y = g ⊙ (x·W0ᵀ + (x·Aᵀ)·(s·B)ᵀ) + bias, with the factors of each batch row fed as inputs
+// (lora-arena.ts): lora_at [rows, in, R], lora_bt [rows, R, out], lora_g [rows|1, 1, out|1].
+// R = 0 when no row has an adapter, which leaves only the base projection's cost.
+export function loraLinear(cfg: ModelConfig, weights: Weights): LinearHook {
   return (b, x, layer, target) => {
-    const name = `${targetPath(layer, target)}.weight`;
     const [out, inDim] = targetShape(cfg, target);
-    const wT = b.initializer(`${name}.T`, transpose(weights.get(name)!, out, inDim), [inDim, out]);
-    const y = b.op('MatMul', [x, wT]);
-    const bias = weights.get(`${targetPath(layer, target)}.bias`);
-    return bias ? b.op('Add', [y, b.initializer(`${targetPath(layer, target)}.bias`, bias, [out])]) : y;
+    const at = b.input(`lora_at.${layer}.${target}`, 'float32', ['lora_rows', inDim, 'lora_rank']);
+    const bt = b.input(`lora_bt.${layer}.${target}`, 'float32', ['lora_rows', 'lora_rank', out]);
+    const g = b.input(`lora_g.${layer}.${target}`, 'float32', ['dora_rows', 1, `dora_out_${target}`]);
+    const y0 = bakedMatMul(b, cfg, weights, x, layer, target);
+    const delta = b.op('MatMul', [b.op('MatMul', [x, at]), bt]);
+    return addBias(b, weights, layer, target, b.op('Mul', [b.op('Add', [y0, delta]), g]));
   };
+}
+
+function bakedMatMul(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: string, layer: number, target: Target): string {
+  const name = `${targetPath(layer, target)}.weight`;
+  const [out, inDim] = targetShape(cfg, target);
+  const wT = b.initializer(`${name}.T`, transpose(weights.get(name)!, out, inDim), [inDim, out]);
+  return b.op('MatMul', [x, wT]);
+}
+
+function addBias(b: GraphBuilder, weights: Weights, layer: number, target: Target, y: string): string {
+  const bias = weights.get(`${targetPath(layer, target)}.bias`);
+  return bias ? b.op('Add', [y, b.initializer(`${targetPath(layer, target)}.bias`, bias, [bias.length])]) : y;
 }
 
 export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaGraphOptions): Graph {

@@ -1,14 +1,21 @@
-// Everything one served model needs in the engine worker: weights → graph → session → step runner,
-// and the tokenizer. Created once at start-up.
+// Everything one served model needs in the engine worker: weights → graph → session → step runner
+// (with the KV and LoRA arenas) and the tokenizer. Created once at start-up. After the session is
+// built the JS copy of the weights is dropped: W0 stays resident once, inside the session, and is
+// read back from disk when an adapter is merged or a DoRA norm is computed.
 import { loadModel } from './model-loader.ts';
 import type { LoadedModel } from './model-loader.ts';
-import { buildLlamaGraph } from './llama-graph.ts';
+import { buildLlamaGraph, loraLinear } from './llama-graph.ts';
 import { createSession } from './session.ts';
-import type { ExecutionProvider } from './session.ts';
+import type { ExecutionProvider, SessionOptions } from './session.ts';
 import { StepRunner } from './step.ts';
+import { KvArena } from './kv-arena.ts';
+import { LoraArena } from './lora-arena.ts';
 import { TextTokenizer } from './tokenizer.ts';
+import { WeightReader } from './weight-reader.ts';
 import type { ModelInfo } from './generate-request.ts';
 import type { SequenceLimits } from './sequence.ts';
+import type { ModelConfig } from './model-config.ts';
+import { ModelConfigError } from './errors.ts';
 
 export interface RuntimeOptions {
   modelDir: string;
@@ -19,28 +26,38 @@ export interface RuntimeOptions {
 }
 
 export interface ModelRuntime {
-  model: LoadedModel;
+  model: Omit<LoadedModel, 'weights'>;
+  config: ModelConfig;
   tokenizer: TextTokenizer;
   runner: StepRunner;
   info: ModelInfo;
   limits: SequenceLimits;
+  sessionOptions: SessionOptions;
+  readBase: (name: string) => Float32Array;
 }
 
 export async function createModelRuntime(opts: RuntimeOptions): Promise<ModelRuntime> {
-  const model = loadModel(opts.modelDir, { name: opts.modelName });
-  const cfg = model.config;
+  const loaded = loadModel(opts.modelDir, { name: opts.modelName });
+  const cfg = loaded.config;
   const maxContext = Math.min(cfg.maxPositions, opts.maxContext ?? 4096);
-  const graph = buildLlamaGraph(cfg, model.weights, { maxPositions: maxContext });
-  const session = await createSession(graph, { executionProvider: opts.executionProvider, intraOpThreads: opts.intraOpThreads });
-  const tokenizer = new TextTokenizer(model.tokenizerJson, model.tokenizerConfig);
+  const tokenizer = new TextTokenizer(loaded.tokenizerJson, loaded.tokenizerConfig);
+  if (tokenizer.vocabSize > cfg.vocabSize) {
+    throw new ModelConfigError(`tokenizer.json has ${tokenizer.vocabSize} tokens but the model's vocab_size is ${cfg.vocabSize}`, 'vocab_size');
+  }
+  const sessionOptions: SessionOptions = { executionProvider: opts.executionProvider, intraOpThreads: opts.intraOpThreads };
+  const session = await createSession(buildLlamaGraph(cfg, loaded.weights, { maxPositions: maxContext, linear: loraLinear(cfg, loaded.weights) }), sessionOptions);
   let weightBytes = 0;
-  for (const w of model.weights.values()) weightBytes += w.byteLength;
+  for (const w of loaded.weights.values()) weightBytes += w.byteLength;
+  const { weights: _dropped, ...model } = loaded;
+  const reader = new WeightReader(loaded.dir);
+  const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim);
   return {
     model,
+    config: cfg,
     tokenizer,
-    runner: new StepRunner(session, cfg, maxContext),
+    runner: new StepRunner(session, cfg, maxContext, kv, new LoraArena(cfg)),
     info: {
-      name: model.name,
+      name: loaded.name,
       vocabSize: cfg.vocabSize,
       maxContext,
       eosTokenIds: cfg.eosTokenIds,
@@ -50,5 +67,7 @@ export async function createModelRuntime(opts: RuntimeOptions): Promise<ModelRun
       weightBytes,
     },
     limits: { numLayers: cfg.numLayers, numKvHeads: cfg.numKvHeads, headDim: cfg.headDim, maxContext, eosTokenIds: cfg.eosTokenIds },
+    sessionOptions,
+    readBase: (name) => reader.read(name),
   };
 }

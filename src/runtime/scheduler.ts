@@ -1,92 +1,124 @@
-// Continuous batching. Each tick: admit waiting sequences (bounded by running sequences and the KV
-// budget), run one prefill step over the prompt chunks in flight, then one decode step over every
-// decoding sequence, and emit their events. New requests join at the next tick; finished and
-// cancelled ones leave at once.
+// Continuous batching over arena rows. Each tick:
+//   1. admit  waiting sequences into free rows (bounded by running sequences and the KV budget);
+//             a sequence whose adapter is still loading from disk waits without holding others up
+//   2. prefill one prompt chunk of the oldest sequence still in prefill
+//   3. decode  one token for every decoding sequence, in one batched step (merged weights when
+//             every row uses the same adapter and the merge policy has them ready)
+//   4. retire  finished and cancelled sequences at once, freeing their rows
 import type { Sequence } from './sequence.ts';
 import type { StepRow, StepRunner } from './step.ts';
 import type { TokenEvent } from './generate-request.ts';
+import type { AdapterSource } from './adapter-source.ts';
+import type { ort } from './session.ts';
 import { serializeError } from './errors.ts';
 
 export interface SchedulerLimits {
-  maxRunning: number;        // sequences in the running batch
-  maxStepTokens: number;     // tokens per prefill step (chunked prefill)
-  prefillChunk: number;      // tokens of one sequence's prompt per step
-  kvBudgetBytes: number;     // reserved KV bytes of running sequences
+  maxRunning: number;        // sequences in the running batch (arena rows)
+  prefillChunk: number;      // prompt tokens of one sequence per step (chunked prefill)
+  kvBudgetBytes: number;     // KV bytes reserved by running sequences (prompt + max_tokens each)
+}
+
+// The merged-weights path (merge/merged-sessions.ts), consulted once per decode step.
+export interface MergedPath {
+  // A ready merged session for this adapter version, or undefined (then the step runs unmerged).
+  sessionFor(version: string | null, tokens: number): ort.InferenceSession | undefined;
 }
 
 export type EmitFn = (seqId: string, events: TokenEvent[]) => void;
 
 export interface StepStats {
   kind: 'prefill' | 'decode';
+  path: 'base' | 'unmerged' | 'merged';
   batch: number;
   tokens: number;
   ms: number;
+  adapters: (string | null)[]; // adapter name per sequence in the step
 }
 
 export class Scheduler {
   private readonly waiting: Sequence[] = [];
   private readonly running: Sequence[] = [];
+  private readonly freeRows: number[] = [];
+  private nextRow = 0;
   private reservedKv = 0;
   onStep?: (s: StepStats) => void;
 
-  constructor(private readonly runner: StepRunner, private readonly limits: SchedulerLimits, private readonly emit: EmitFn) {}
+  constructor(
+    private readonly runner: StepRunner,
+    private readonly limits: SchedulerLimits,
+    private readonly emit: EmitFn,
+    private readonly adapters: AdapterSource | null = null,
+    private readonly merged: MergedPath | null = null,
+  ) {}
 
   get waitingCount(): number { return this.waiting.length; }
   get runningCount(): number { return this.running.length; }
   get reservedKvBytes(): number { return this.reservedKv; }
   get idle(): boolean { return this.waiting.length === 0 && this.running.length === 0; }
+  get busy(): boolean { return this.running.length > 0 || this.waiting.some((s) => this.adapterReady(s)); }
 
   submit(seq: Sequence): void {
+    if (seq.req.adapter) this.adapters?.pin(seq.req.adapter.version);
     this.waiting.push(seq);
   }
 
-  // Cancellation frees the slot and the KV cache before the next step.
+  // Cancellation frees the row and the KV cache before the next step.
   cancel(seqId: string): void {
     const w = this.waiting.findIndex((s) => s.id === seqId);
-    if (w !== -1) { this.waiting[w].cancel(); this.waiting.splice(w, 1); return; }
+    if (w !== -1) { const [s] = this.waiting.splice(w, 1); s.cancel(); this.unpin(s); return; }
     const r = this.running.find((s) => s.id === seqId);
     if (r) { r.cancel(); this.retire(); }
   }
 
   async tick(): Promise<void> {
     this.admit();
-    const prefill = this.pickPrefill();
-    if (prefill.length) await this.step(prefill, 'prefill');
+    const prefill = this.running.find((s) => s.state === 'prefill');
+    if (prefill) await this.step([prefill], 'prefill');
     const decode = this.running.filter((s) => s.state === 'decode');
     if (decode.length) await this.step(decode, 'decode');
   }
 
+  private adapterReady(seq: Sequence): boolean {
+    return !seq.req.adapter || !this.adapters || this.adapters.acquire(seq.req.adapter) !== undefined || this.adapters.failure(seq.req.adapter) !== undefined;
+  }
+
   private admit(): void {
-    while (this.waiting.length && this.running.length < this.limits.maxRunning) {
-      const seq = this.waiting[0];
+    for (let i = 0; i < this.waiting.length && this.running.length < this.limits.maxRunning;) {
+      const seq = this.waiting[i];
+      const ref = seq.req.adapter;
+      const prepared = ref && this.adapters ? this.adapters.acquire(ref) : null;
+      if (ref && this.adapters && !prepared) {
+        const err = this.adapters.failure(ref);
+        if (err) {
+          this.waiting.splice(i, 1);
+          seq.cancel();
+          this.unpin(seq);
+          this.emit(seq.id, [{ type: 'error', error: serializeError(err) }]);
+        } else i++; // still loading from disk: the others go ahead
+        continue;
+      }
       if (this.running.length > 0 && this.reservedKv + seq.reservedKvBytes > this.limits.kvBudgetBytes) break;
-      this.waiting.shift();
+      this.waiting.splice(i, 1);
+      seq.row = this.freeRows.length ? this.freeRows.sort((a, b) => a - b).shift()! : this.nextRow++;
+      this.runner.kv.ensure(seq.row + 1, 1);
+      this.runner.kv.release(seq.row);
+      this.runner.lora?.setRow(seq.row, prepared ?? null);
       this.reservedKv += seq.reservedKvBytes;
       seq.state = 'prefill';
       this.running.push(seq);
     }
   }
 
-  // Prompt chunks of the sequences still in prefill, oldest first, within the step's token budget.
-  private pickPrefill(): Sequence[] {
-    const picked: Sequence[] = [];
-    let tokens = 0;
-    for (const s of this.running) {
-      if (s.state !== 'prefill') continue;
-      const n = Math.min(s.remainingPrefill, this.limits.prefillChunk);
-      if (picked.length && tokens + n > this.limits.maxStepTokens) break;
-      picked.push(s);
-      tokens += n;
-    }
-    return picked;
-  }
-
   private async step(seqs: Sequence[], kind: 'prefill' | 'decode'): Promise<void> {
-    const rows: StepRow[] = seqs.map((s) => ({ kv: s.kv, tokens: s.nextTokens(this.limits.prefillChunk) }));
+    const rows: StepRow[] = seqs.map((s) => ({ row: s.row, tokens: s.nextTokens(this.limits.prefillChunk) }));
+    const tokens = rows.reduce((a, r) => a + r.tokens.length, 0);
+    const versions = new Set(seqs.map((s) => s.req.adapter?.version ?? null));
+    const only = versions.size === 1 ? [...versions][0] : undefined;
+    const mergedSession = only !== undefined && only !== null ? this.merged?.sessionFor(only, tokens) : undefined;
     const t0 = performance.now();
     let result;
     try {
-      result = await this.runner.run(rows);
+      result = await this.runner.run(rows, { session: mergedSession });
     } catch (err) {
       for (const s of seqs) {
         s.cancel();
@@ -95,15 +127,15 @@ export class Scheduler {
       this.retire();
       return;
     }
-    this.onStep?.({ kind, batch: seqs.length, tokens: rows.reduce((a, r) => a + r.tokens.length, 0), ms: performance.now() - t0 });
+    const path = mergedSession ? 'merged' : versions.has(null) && versions.size === 1 ? 'base' : 'unmerged';
+    this.onStep?.({ kind, path, batch: seqs.length, tokens, ms: performance.now() - t0, adapters: seqs.map((s) => s.req.adapter?.name ?? null) });
     const V = result.vocabSize;
     seqs.forEach((s, i) => {
       if (s.state === 'done') return; // cancelled while the step ran
       const n = rows[i].tokens.length;
       const complete = kind === 'decode' || s.remainingPrefill === n;
       const off = result.rowOffsets[i];
-      const logits = complete ? result.logits.subarray(off * V, (off + 1) * V) : null;
-      const events = s.advance(n, logits);
+      const events = s.advance(n, complete ? result.logits.subarray(off * V, (off + 1) * V) : null);
       if (events.length) this.emit(s.id, events);
     });
     this.retire();
@@ -112,10 +144,17 @@ export class Scheduler {
   private retire(): void {
     for (let i = this.running.length - 1; i >= 0; i--) {
       const s = this.running[i];
-      if (s.state === 'done') {
-        this.running.splice(i, 1);
-        this.reservedKv -= s.reservedKvBytes;
-      }
+      if (s.state !== 'done') continue;
+      this.running.splice(i, 1);
+      this.reservedKv -= s.reservedKvBytes;
+      this.runner.kv.release(s.row);
+      if (s.req.adapter) this.runner.lora?.setRow(s.row, null);
+      this.freeRows.push(s.row);
+      this.unpin(s);
     }
+  }
+
+  private unpin(s: Sequence): void {
+    if (s.req.adapter) this.adapters?.unpin(s.req.adapter.version);
   }
 }

@@ -1,6 +1,5 @@
 // One generation: prompt, output so far, its KV cache, sampler state and stop rules.
 // Lifecycle: waiting → prefill (chunks) → decode → done(reason).
-import { SequenceKv } from './kv-cache.ts';
 import { Rng, randomSeed } from './random.ts';
 import { applyBiasAndPenalties, logSoftmax, sampleToken, topK } from './sampler.ts';
 import type { PenaltyState } from './sampler.ts';
@@ -18,7 +17,7 @@ export interface SequenceLimits {
 }
 
 export class Sequence {
-  readonly kv: SequenceKv;
+  row = -1;                        // arena row while running (KV cache and LoRA factors)
   readonly output: number[] = [];
   state: 'waiting' | 'prefill' | 'decode' | 'done' = 'waiting';
   private prefilled = 0;
@@ -31,7 +30,6 @@ export class Sequence {
   readonly enqueuedAt = performance.now();
 
   constructor(readonly id: string, readonly req: GenerateRequest, private readonly tok: TextTokenizer, private readonly limits: SequenceLimits) {
-    this.kv = new SequenceKv(limits.numLayers, limits.numKvHeads, limits.headDim, roundUp(req.promptTokens.length + Math.min(req.maxTokens, 256), 64));
     this.rng = new Rng(req.seed ?? randomSeed());
     this.penalty = { seen: new Set(req.promptTokens), outputCounts: new Map() };
     this.decoder = new StreamDecoder(tok, req.promptTokens);
@@ -94,7 +92,7 @@ export class Sequence {
     token.text = emit;
     this.text += emit;
     if (stopped !== null) return this.finish(events, 'stop', stopped, false);
-    if (this.output.length >= req.maxTokens || this.kv.length + 1 >= this.limits.maxContext) return this.finish(events, 'length', null);
+    if (this.output.length >= req.maxTokens || req.promptTokens.length + this.output.length >= this.limits.maxContext) return this.finish(events, 'length', null);
     return events;
   }
 
@@ -118,8 +116,4 @@ export class Sequence {
   cancel(): void {
     this.state = 'done';
   }
-}
-
-function roundUp(n: number, m: number): number {
-  return Math.ceil(n / m) * m;
 }

@@ -1,15 +1,26 @@
 // Test helpers: an in-process step runner over a config + weights, without the engine worker.
 import { parseModelConfig } from '../../src/runtime/model-config.ts';
-import { buildLlamaGraph } from '../../src/runtime/llama-graph.ts';
+import { buildLlamaGraph, loraLinear } from '../../src/runtime/llama-graph.ts';
 import { createSession } from '../../src/runtime/session.ts';
 import { StepRunner } from '../../src/runtime/step.ts';
-import { SequenceKv } from '../../src/runtime/kv-cache.ts';
+import { KvArena } from '../../src/runtime/kv-arena.ts';
+import { LoraArena } from '../../src/runtime/lora-arena.ts';
 import type { ModelConfig } from '../../src/runtime/model-config.ts';
 
-export async function makeRunner(cfgJson: Record<string, unknown>, weights: Map<string, Float32Array>, maxPositions = 128, opts: { useExternalData?: boolean } = {}): Promise<{ runner: StepRunner; cfg: ModelConfig; newKv: (cap?: number) => SequenceKv }> {
+export interface TestRunner {
+  runner: StepRunner;
+  cfg: ModelConfig;
+  newRow: () => number;        // a fresh arena row (a new sequence)
+}
+
+export async function makeRunner(cfgJson: Record<string, unknown>, weights: Map<string, Float32Array>, maxPositions = 128, opts: { useExternalData?: boolean; lora?: boolean } = {}): Promise<TestRunner> {
   const cfg = parseModelConfig(cfgJson);
-  const session = await createSession(buildLlamaGraph(cfg, weights, { maxPositions }), { intraOpThreads: 1, useExternalData: opts.useExternalData });
-  return { runner: new StepRunner(session, cfg, maxPositions), cfg, newKv: (cap = 8) => new SequenceKv(cfg.numLayers, cfg.numKvHeads, cfg.headDim, cap) };
+  const graph = buildLlamaGraph(cfg, weights, { maxPositions, linear: opts.lora ? loraLinear(cfg, weights) : undefined });
+  const session = await createSession(graph, { intraOpThreads: 1, useExternalData: opts.useExternalData });
+  const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim);
+  const runner = new StepRunner(session, cfg, maxPositions, kv, opts.lora ? new LoraArena(cfg) : null);
+  let next = 0;
+  return { runner, cfg, newRow: () => { const r = next++; kv.ensure(r + 1, 1); kv.release(r); return r; } };
 }
 
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {

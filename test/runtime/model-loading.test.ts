@@ -14,8 +14,8 @@ const cfgSmall = { hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
 async function logitsOf(dir: string, opts: { useExternalData?: boolean } = {}): Promise<Float32Array> {
   const m = loadModel(dir);
   const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
-  const { runner, newKv } = await makeRunner(cfg, m.weights, 64, opts);
-  const r = await runner.run([{ kv: newKv(), tokens: tokens(10, 320, 9), allLogits: true }]);
+  const { runner, newRow } = await makeRunner(cfg, m.weights, 64, opts);
+  const r = await runner.run([{ row: newRow(), tokens: tokens(10, 320, 9), allLogits: true }]);
   return r.logits;
 }
 

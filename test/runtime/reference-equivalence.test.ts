@@ -20,38 +20,38 @@ describe.each(CASES)('graph vs float64 reference: %s', (_name, c) => {
   const weights = randomWeights(cfg, 42);
 
   it('prefill (every position) and each decode step agree within 1e-4', async () => {
-    const { runner, newKv } = await makeRunner(cfg, weights);
+    const { runner, newRow } = await makeRunner(cfg, weights);
     const ref = new ReferenceLlama(cfg, weights);
     const prompt = tokens(9, 97, 1);
-    const kv = newKv(4);
-    const r = await runner.run([{ kv, tokens: prompt, allLogits: true }]);
+    const row = newRow();
+    const r = await runner.run([{ row, tokens: prompt, allLogits: true }]);
     const expected = ref.forward(prompt);
     for (let i = 0; i < prompt.length; i++) expect(maxAbsDiff(r.logits.subarray(i * 97, (i + 1) * 97), expected[i])).toBeLessThan(TOL);
     for (const t of tokens(12, 97, 2)) {
-      const step = await runner.run([{ kv, tokens: [t] }]);
+      const step = await runner.run([{ row, tokens: [t] }]);
       expect(maxAbsDiff(step.logits, ref.forward([t])[0])).toBeLessThan(TOL);
     }
-    expect(kv.length).toBe(21);
+    expect(runner.kv.lengths[row]).toBe(21);
   });
 
   it('a ragged batch (different prompt lengths, chunked prefill, batched decode) matches each sequence alone', async () => {
-    const { runner, newKv } = await makeRunner(cfg, weights);
+    const { runner, newRow } = await makeRunner(cfg, weights);
     const prompts = [tokens(5, 97, 3), tokens(11, 97, 4), tokens(2, 97, 5)];
     const refs = prompts.map(() => new ReferenceLlama(cfg, weights));
-    const kvs = prompts.map(() => newKv(2));
+    const rowsOf = prompts.map(() => newRow());
     // first chunk: up to 4 tokens of each prompt together
-    const first = await runner.run(prompts.map((p, i) => ({ kv: kvs[i], tokens: p.slice(0, 4), allLogits: true })));
+    const first = await runner.run(prompts.map((p, i) => ({ row: rowsOf[i], tokens: p.slice(0, 4), allLogits: true })));
     prompts.forEach((p, i) => {
       const exp = refs[i].forward(p.slice(0, 4));
       exp.forEach((e, j) => expect(maxAbsDiff(first.logits.subarray((first.rowOffsets[i] + j) * 97, (first.rowOffsets[i] + j + 1) * 97), e)).toBeLessThan(TOL));
     });
     // rest of the prompts (row 2 is done; it decodes in the same batch)
-    const second = await runner.run([{ kv: kvs[0], tokens: prompts[0].slice(4) }, { kv: kvs[1], tokens: prompts[1].slice(4) }, { kv: kvs[2], tokens: [7] }]);
+    const second = await runner.run([{ row: rowsOf[0], tokens: prompts[0].slice(4) }, { row: rowsOf[1], tokens: prompts[1].slice(4) }, { row: rowsOf[2], tokens: [7] }]);
     const exp2 = [refs[0].forward(prompts[0].slice(4)).at(-1)!, refs[1].forward(prompts[1].slice(4)).at(-1)!, refs[2].forward([7])[0]];
     exp2.forEach((e, i) => expect(maxAbsDiff(second.logits.subarray(i * 97, (i + 1) * 97), e)).toBeLessThan(TOL));
     for (let s = 0; s < 6; s++) {
       const toks = [s + 3, s + 10, s + 20];
-      const r = await runner.run(kvs.map((kv, i) => ({ kv, tokens: [toks[i]] })));
+      const r = await runner.run(rowsOf.map((row, i) => ({ row, tokens: [toks[i]] })));
       toks.forEach((t, i) => expect(maxAbsDiff(r.logits.subarray(i * 97, (i + 1) * 97), refs[i].forward([t])[0])).toBeLessThan(TOL));
     }
   });

@@ -23,10 +23,10 @@ function argmax(x: Float32Array): number {
 describe('stories260K: step runner', () => {
   it.each(E.generation_cases.map((c) => [c.prompt, c] as const))('prompt %j: greedy ids exact, top-5 logprobs within 1e-4', async (_p, c) => {
     const cfgJson = JSON.parse(readFileSync(`${STORIES_DIR}/config.json`, 'utf8'));
-    const { runner, newKv } = await makeRunner(cfgJson, model.weights, 512);
+    const { runner, newRow } = await makeRunner(cfgJson, model.weights, 512);
     expect(tok.encode(c.prompt)).toEqual(c.prompt_ids);
-    const kv = newKv(64);
-    let r = await runner.run([{ kv, tokens: c.prompt_ids }]);
+    const row = newRow();
+    let r = await runner.run([{ row, tokens: c.prompt_ids }]);
     const lp = logSoftmax(r.logits);
     for (const t of c.last_position_top5) expect(Math.abs(lp[t.id] - t.logprob)).toBeLessThan(1e-4);
     const top5 = [...lp.keys()].sort((a, b) => lp[b] - lp[a]).slice(0, 5);
@@ -34,7 +34,7 @@ describe('stories260K: step runner', () => {
     const out: number[] = [];
     for (let i = 0; i < 40; i++) {
       out.push(argmax(r.logits));
-      r = await runner.run([{ kv, tokens: [out[out.length - 1]] }]);
+      r = await runner.run([{ row, tokens: [out[out.length - 1]] }]);
     }
     expect(out).toEqual(c.greedy_ids);
     expect(tok.decode([...c.prompt_ids, ...out])).toBe(c.full_text);

@@ -1,0 +1,119 @@
+// The host-memory tier of adapters, in the engine worker: prepared adapters (factors transposed,
+// scale folded in, DoRA multipliers computed) in an LRU bounded in bytes. Versions used by
+// waiting or running sequences are pinned and never evicted. A version that is not in memory is
+// read from its directory on disk (the store) without stopping the running batch.
+import { LRUCache } from 'lru-cache';
+import { transpose, targetPath, targetShape } from '../runtime/llama-graph.ts';
+import type { ModelConfig } from '../runtime/model-config.ts';
+import type { PreparedAdapter, PreparedTarget } from '../runtime/lora-arena.ts';
+import type { AdapterRef } from '../runtime/generate-request.ts';
+import type { AdapterSource } from '../runtime/adapter-source.ts';
+import { LoraserveError } from '../runtime/errors.ts';
+import { doraScale } from '../merge/merge-lora.ts';
+import { adapterVersion, decodeAdapterOrThrow, readAdapterDir } from './lora-adapter.ts';
+import type { AdapterLimits, LoraAdapter } from './lora-adapter.ts';
+
+export interface HostCacheStats {
+  entries: number;
+  bytes: number;
+  loads: number;
+  evictions: number;
+  failures: number;
+}
+
+export class HostCache implements AdapterSource {
+  private readonly lru: LRUCache<string, PreparedAdapter>;
+  private readonly pinned = new Map<string, { adapter: PreparedAdapter | null; count: number }>();
+  private readonly loading = new Map<string, Promise<void>>();
+  private readonly failures = new Map<string, Error>();
+  private readonly listeners: (() => void)[] = [];
+  readonly stats: HostCacheStats = { entries: 0, bytes: 0, loads: 0, evictions: 0, failures: 0 };
+
+  constructor(
+    private readonly cfg: ModelConfig,
+    private readonly readBase: (name: string) => Float32Array,
+    private readonly limits: AdapterLimits,
+    maxBytes: number,
+  ) {
+    this.lru = new LRUCache<string, PreparedAdapter>({
+      maxSize: Math.max(1, maxBytes),
+      sizeCalculation: (a) => Math.max(1, a.bytes),
+      dispose: (a, version, reason) => {
+        if (reason === 'evict') this.stats.evictions++;
+        const p = this.pinned.get(version);
+        if (p && !p.adapter) p.adapter = a; // still in use: keep it alive outside the LRU
+      },
+    });
+  }
+
+  // A decoded adapter from the main thread (upload or load): prepared and cached.
+  put(adapter: LoraAdapter): PreparedAdapter {
+    const prepared = prepareAdapter(adapter, this.cfg, this.readBase);
+    this.lru.set(adapter.version, prepared);
+    this.failures.delete(adapter.version);
+    this.stats.loads++;
+    return prepared;
+  }
+
+  acquire(ref: AdapterRef): PreparedAdapter | undefined {
+    const hit = this.lru.get(ref.version) ?? this.pinned.get(ref.version)?.adapter ?? undefined;
+    if (hit) return hit;
+    if (!this.loading.has(ref.version) && !this.failures.has(ref.version)) this.loading.set(ref.version, this.load(ref));
+    return undefined;
+  }
+
+  failure(ref: AdapterRef): Error | undefined {
+    return this.failures.get(ref.version);
+  }
+
+  pin(version: string): void {
+    const p = this.pinned.get(version);
+    if (p) p.count++;
+    else this.pinned.set(version, { adapter: this.lru.get(version) ?? null, count: 1 });
+  }
+
+  unpin(version: string): void {
+    const p = this.pinned.get(version);
+    if (p && --p.count === 0) this.pinned.delete(version);
+  }
+
+  forget(version: string): void {
+    this.lru.delete(version);
+    this.failures.delete(version);
+  }
+
+  onSettled(listener: () => void): void {
+    this.listeners.push(listener);
+  }
+
+  snapshot(): HostCacheStats {
+    return { ...this.stats, entries: this.lru.size, bytes: this.lru.calculatedSize ?? 0 };
+  }
+
+  private async load(ref: AdapterRef): Promise<void> {
+    try {
+      const files = await readAdapterDir(ref.dir);
+      if (adapterVersion(files) !== ref.version) throw new LoraserveError('conflict', `adapter ${ref.name}: the files in ${ref.dir} changed since version ${ref.version} was registered`);
+      this.put(decodeAdapterOrThrow(files, this.cfg, this.limits, ref.name).adapter);
+    } catch (err) {
+      this.stats.failures++;
+      this.failures.set(ref.version, err as Error);
+    } finally {
+      this.loading.delete(ref.version);
+      for (const l of this.listeners) l();
+    }
+  }
+}
+
+// LoraAdapter → the arena's layout: Aᵀ [in, r], (s·B)ᵀ [r, out], DoRA g [out].
+export function prepareAdapter(adapter: LoraAdapter, cfg: ModelConfig, readBase: (name: string) => Float32Array): PreparedAdapter {
+  const targets: PreparedTarget[] = adapter.targets.map((t) => {
+    const [out, inDim] = targetShape(cfg, t.target);
+    const bt = transpose(t.b, out, t.rank);
+    for (let i = 0; i < bt.length; i++) bt[i] *= t.scale;
+    const g = t.magnitude ? doraScale(readBase(`${targetPath(t.layer, t.target)}.weight`), t, out, inDim) : null;
+    return { layer: t.layer, target: t.target, rank: t.rank, at: transpose(t.a, t.rank, inDim), bt, g };
+  });
+  const bytes = targets.reduce((s, t) => s + t.at.byteLength + t.bt.byteLength + (t.g?.byteLength ?? 0), 0);
+  return { version: adapter.version, rank: adapter.maxRank, useDora: adapter.useDora, targets, bytes };
+}

@@ -1,0 +1,166 @@
+// A PEFT LoRA adapter directory → LoraAdapter, validated once against the served model.
+// Every problem is collected, so one answer lists them all (P8 of docs/style).
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseSafetensors } from '../runtime/safetensors.ts';
+import type { TensorEntry } from '../runtime/safetensors.ts';
+import { bytesToF32 } from '../runtime/dtype.ts';
+import { TARGETS, targetShape } from '../runtime/llama-graph.ts';
+import type { Target } from '../runtime/llama-graph.ts';
+import type { ModelConfig } from '../runtime/model-config.ts';
+import { LoraserveError } from '../runtime/errors.ts';
+import { parsePeftConfig } from './peft-config.ts';
+import { isTargeted, moduleScaling } from './module-match.ts';
+
+export const CONFIG_FILE = 'adapter_config.json';
+export const WEIGHTS_FILE = 'adapter_model.safetensors';
+
+export interface LoraTargetWeights {
+  layer: number;
+  target: Target;
+  rank: number;
+  scale: number;                  // alpha/r or alpha/√r, resolved per module
+  a: Float32Array;                // lora_A [rank, in]
+  b: Float32Array;                // lora_B [out, rank]
+  magnitude: Float32Array | null; // DoRA m [out]
+}
+
+export interface LoraAdapter {
+  version: string;                // content hash of the two files
+  targets: LoraTargetWeights[];
+  maxRank: number;
+  useDora: boolean;
+  bytes: number;                  // decoded float32 bytes
+  baseModel: string | null;
+}
+
+export interface AdapterFiles {
+  config: Uint8Array;
+  weights: Uint8Array;
+}
+
+export interface AdapterLimits {
+  maxRank: number;
+  modelName: string;
+}
+
+export interface DecodeResult {
+  adapter: LoraAdapter | null;
+  problems: string[];
+  warnings: string[];
+}
+
+const NAME = /^(?:base_model\.model\.)?(model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+))\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|lora_B\.bias)$/;
+const BLOCK: Record<Target, string> = { q_proj: 'self_attn', k_proj: 'self_attn', v_proj: 'self_attn', o_proj: 'self_attn', gate_proj: 'mlp', up_proj: 'mlp', down_proj: 'mlp' };
+
+export async function readAdapterDir(dir: string): Promise<AdapterFiles> {
+  const cfgPath = join(dir, CONFIG_FILE);
+  const wPath = join(dir, WEIGHTS_FILE);
+  if (!existsSync(wPath) && existsSync(join(dir, 'adapter_model.bin'))) {
+    throw new LoraserveError('invalid_adapter', `${dir}: adapter_model.bin is a pickle file, which can run arbitrary code when loaded; only adapter_model.safetensors is accepted (convert with safetensors' save_file)`, { problems: ['adapter_model.bin (pickle) is refused; provide adapter_model.safetensors'] });
+  }
+  const missing = [cfgPath, wPath].filter((p) => !existsSync(p));
+  if (missing.length) throw new LoraserveError('invalid_adapter', `${dir}: missing ${missing.map((p) => p.slice(dir.length + 1)).join(' and ')}`, { problems: missing.map((p) => `missing ${p.slice(dir.length + 1)}`) });
+  const [config, weights] = await Promise.all([readFile(cfgPath), readFile(wPath)]);
+  return { config, weights };
+}
+
+export function adapterVersion(files: AdapterFiles): string {
+  return createHash('sha256').update(files.config).update(files.weights).digest('hex').slice(0, 16);
+}
+
+export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: AdapterLimits): DecodeResult {
+  const problems: string[] = [];
+  let rawConfig: unknown;
+  try {
+    rawConfig = JSON.parse(new TextDecoder().decode(files.config));
+  } catch (e) {
+    problems.push(`adapter_config.json is not valid JSON: ${(e as Error).message}`);
+  }
+  const { config, problems: cfgProblems, warnings } = rawConfig === undefined ? { config: null, problems: [], warnings: [] } : parsePeftConfig(rawConfig);
+  problems.push(...cfgProblems);
+  if (config && config.r > limits.maxRank) problems.push(`adapter_config.json: "r" ${config.r} exceeds the server's maximum LoRA rank ${limits.maxRank} (--max-lora-rank)`);
+  for (const [k, r] of config?.rankPattern ?? []) if (r > limits.maxRank) problems.push(`adapter_config.json: "rank_pattern.${k}" ${r} exceeds the server's maximum LoRA rank ${limits.maxRank}`);
+  if (config?.baseModel && config.baseModel !== limits.modelName && !config.baseModel.endsWith(`/${limits.modelName}`)) {
+    warnings.push(`adapter was trained on base model ${JSON.stringify(config.baseModel)}, served model is ${JSON.stringify(limits.modelName)}`);
+  }
+
+  let tensors: Map<string, TensorEntry> = new Map();
+  try {
+    tensors = parseSafetensors(files.weights, WEIGHTS_FILE).tensors;
+  } catch (e) {
+    problems.push((e as Error).message);
+  }
+  if (tensors.size === 0 && !problems.some((p) => p.startsWith(WEIGHTS_FILE))) problems.push(`${WEIGHTS_FILE} holds no tensors`);
+
+  // group tensors by module
+  const modules = new Map<string, { layer: number; target: Target; parts: Map<string, TensorEntry> }>();
+  for (const [name, t] of tensors) {
+    const m = NAME.exec(name);
+    if (!m) { problems.push(`tensor ${name} maps to no LoRA module (expected …model.layers.N.<self_attn|mlp>.<proj>.lora_A.weight / lora_B.weight / lora_magnitude_vector)`); continue; }
+    const [, key, layerStr, block, proj, kind] = m;
+    const layer = Number(layerStr);
+    if (!(TARGETS as readonly string[]).includes(proj) || BLOCK[proj as Target] !== block) { problems.push(`tensor ${name}: module ${key} is not a LoRA target of this model (targets: ${TARGETS.join(', ')})`); continue; }
+    if (layer >= model.numLayers) { problems.push(`tensor ${name}: layer ${layer} does not exist (the model has ${model.numLayers} layers)`); continue; }
+    if (kind === 'lora_B.bias') { problems.push(`tensor ${name}: lora_B.bias (lora_bias) is not supported`); continue; }
+    if (!['F32', 'F16', 'BF16'].includes(t.dtype)) { problems.push(`tensor ${name}: dtype ${t.dtype} is not supported (F32, F16, BF16)`); continue; }
+    let entry = modules.get(key);
+    if (!entry) modules.set(key, (entry = { layer, target: proj as Target, parts: new Map() }));
+    entry.parts.set(kind, t);
+  }
+
+  const targets: LoraTargetWeights[] = [];
+  let hiddenMismatch = false;
+  for (const [key, { layer, target, parts }] of modules) {
+    const A = parts.get('lora_A.weight');
+    const B = parts.get('lora_B.weight');
+    const M = parts.get('lora_magnitude_vector');
+    if (!A || !B) { problems.push(`module ${key}: needs both lora_A.weight and lora_B.weight`); continue; }
+    if (config && !isTargeted(config, key)) problems.push(`module ${key} has weights but is not targeted by adapter_config.json target_modules/layers_to_transform/exclude_modules`);
+    if (M && !config?.useDora) problems.push(`module ${key}: lora_magnitude_vector is present but use_dora is false`);
+    if (!M && config?.useDora) problems.push(`module ${key}: use_dora is true but lora_magnitude_vector is missing`);
+    const [out, inDim] = targetShape(model, target);
+    const r = A.shape[0];
+    let ok = true;
+    if (A.shape.length !== 2 || A.shape[1] !== inDim) {
+      problems.push(`module ${key}: lora_A has shape [${A.shape}], expected [r, ${inDim}]`);
+      if (A.shape[1] !== inDim && (target !== 'o_proj' && target !== 'down_proj')) hiddenMismatch = true;
+      ok = false;
+    }
+    if (B.shape.length !== 2 || B.shape[0] !== out || B.shape[1] !== r) { problems.push(`module ${key}: lora_B has shape [${B.shape}], expected [${out}, ${r}]`); ok = false; }
+    if (M && (M.shape.length !== 1 || M.shape[0] !== out)) { problems.push(`module ${key}: lora_magnitude_vector has shape [${M.shape}], expected [${out}]`); ok = false; }
+    if (!(r >= 1)) { problems.push(`module ${key}: rank 0 (lora_A has no rows)`); ok = false; }
+    else if (r > limits.maxRank) { problems.push(`module ${key}: rank ${r} exceeds the server's maximum LoRA rank ${limits.maxRank}`); ok = false; }
+    const scaling = config ? moduleScaling(config, key) : null;
+    if (scaling && ok && scaling.rank !== r) { problems.push(`module ${key}: lora_A has rank ${r} but adapter_config.json resolves r=${scaling.rank} for it`); ok = false; }
+    if (!ok || !scaling) continue;
+    const a = bytesToF32(A.bytes, A.dtype, A.name);
+    const b = bytesToF32(B.bytes, B.dtype, B.name);
+    const magnitude = M ? bytesToF32(M.bytes, M.dtype, M.name) : null;
+    for (const [t, arr] of [[A, a], [B, b], [M, magnitude]] as const) if (arr && !allFinite(arr)) problems.push(`tensor ${t!.name} contains NaN or Inf values`);
+    targets.push({ layer, target, rank: r, scale: scaling.scale, a, b, magnitude });
+  }
+  if (hiddenMismatch) problems.push(`the adapter's input sizes do not match this model's hidden size ${model.hiddenSize} (hint: trained for a different base model?)`);
+  if (problems.length) return { adapter: null, problems, warnings };
+  targets.sort((x, y) => x.layer - y.layer || TARGETS.indexOf(x.target) - TARGETS.indexOf(y.target));
+  const bytes = targets.reduce((s, t) => s + t.a.byteLength + t.b.byteLength + (t.magnitude?.byteLength ?? 0), 0);
+  return {
+    adapter: { version: adapterVersion(files), targets, maxRank: Math.max(...targets.map((t) => t.rank)), useDora: config!.useDora, bytes, baseModel: config!.baseModel },
+    problems,
+    warnings,
+  };
+}
+
+function allFinite(a: Float32Array): boolean {
+  for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) return false;
+  return true;
+}
+
+// decodeAdapter, throwing a 422 LoraserveError that lists every problem.
+export function decodeAdapterOrThrow(files: AdapterFiles, model: ModelConfig, limits: AdapterLimits, name: string): { adapter: LoraAdapter; warnings: string[] } {
+  const r = decodeAdapter(files, model, limits);
+  if (!r.adapter) throw new LoraserveError('invalid_adapter', `adapter ${JSON.stringify(name)} is invalid: ${r.problems.join('; ')}`, { problems: r.problems });
+  return { adapter: r.adapter, warnings: r.warnings };
+}

@@ -1,0 +1,169 @@
+// adapter_config.json (PEFT LoraConfig) → PeftConfig, with every problem collected.
+// Field semantics: shared/reference/formats-and-apis.md §1.2–1.3. Semantic fields we do not
+// implement are refused by name (fail closed); unknown non-semantic keys are ignored, as PEFT does.
+
+export type TargetModules = { kind: 'list'; names: string[] } | { kind: 'regex'; pattern: RegExp; source: string } | { kind: 'all-linear' };
+
+export interface PeftConfig {
+  r: number;
+  loraAlpha: number;
+  useRslora: boolean;
+  rankPattern: [string, number][];   // JSON order matters: first match wins
+  alphaPattern: [string, number][];
+  targetModules: TargetModules;
+  excludeModules: { kind: 'list'; names: string[] } | { kind: 'regex'; pattern: RegExp } | null;
+  layersToTransform: number[] | null;
+  layersPattern: string[] | null;
+  useDora: boolean;
+  baseModel: string | null;
+}
+
+export interface ConfigResult {
+  config: PeftConfig | null;
+  problems: string[];
+  warnings: string[];
+}
+
+// Llama's default targets when target_modules is null (PEFT's per-architecture mapping).
+const LLAMA_DEFAULT_TARGETS = ['q_proj', 'v_proj'];
+// Initialisations that rewrite the base weights: such an adapter is only right on a modified base.
+const BASE_MUTATING_INIT = /^(pissa|olora|corda|loftq|lora_ga|mica)/i;
+// Variant / feature fields that change the forward pass; refused unless empty or false.
+const UNSUPPORTED_TRUTHY = ['lora_bias', 'use_qalora', 'use_bdlora', 'layer_replication', 'trainable_token_indices', 'alora_invocation_tokens', 'arrow_config', 'kasa_config', 'monteclora_config', 'megatron_config'];
+
+export function parsePeftConfig(raw: unknown): ConfigResult {
+  const problems: string[] = [];
+  const warnings: string[] = [];
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return { config: null, problems: ['adapter_config.json must be a JSON object'], warnings };
+  const c = raw as Record<string, unknown>;
+  const field = (name: string): string => `adapter_config.json: "${name}"`;
+
+  const peftType = c.peft_type;
+  if (peftType === undefined) problems.push(`${field('peft_type')} is missing (expected "LORA")`);
+  else if (peftType !== 'LORA') problems.push(`${field('peft_type')} is ${JSON.stringify(peftType)}; only "LORA" adapters are served`);
+
+  const r = c.r;
+  if (r === undefined) problems.push(`${field('r')} is missing`);
+  else if (typeof r !== 'number' || !Number.isInteger(r) || r <= 0) problems.push(`${field('r')} must be a positive integer, got ${JSON.stringify(r)}`);
+  const alpha = c.lora_alpha;
+  if (alpha === undefined) problems.push(`${field('lora_alpha')} is missing`);
+  else if (typeof alpha !== 'number' || !Number.isFinite(alpha)) problems.push(`${field('lora_alpha')} must be a number, got ${JSON.stringify(alpha)}`);
+
+  const bias = c.bias ?? 'none';
+  if (bias !== 'none') problems.push(`${field('bias')} is ${JSON.stringify(bias)}; only "none" is supported (trained base-layer biases would replace the base model's)`);
+  if (Array.isArray(c.modules_to_save) && c.modules_to_save.length > 0) problems.push(`${field('modules_to_save')} ${JSON.stringify(c.modules_to_save)} is not supported: it replaces whole base modules`);
+  for (const f of UNSUPPORTED_TRUTHY) {
+    const v = c[f];
+    if (v !== undefined && v !== null && v !== false && !(Array.isArray(v) && v.length === 0) && !(typeof v === 'object' && !Array.isArray(v) && Object.keys(v as object).length === 0)) {
+      problems.push(`${field(f)} is set; this LoRA variant changes the forward pass and is not supported`);
+    }
+  }
+  if (Array.isArray(c.target_parameters) && c.target_parameters.length > 0) problems.push(`${field('target_parameters')} is not supported (LoRA on raw parameters)`);
+  if (typeof c.init_lora_weights === 'string' && BASE_MUTATING_INIT.test(c.init_lora_weights)) {
+    problems.push(`${field('init_lora_weights')} is ${JSON.stringify(c.init_lora_weights)}: this initialisation rewrites the base weights, so the adapter is only right on a modified base; convert it to a plain LoRA first (PEFT path_initial_model_for_weight_conversion)`);
+  }
+  if (c.use_dora === true && c.lora_bias === true) problems.push(`${field('use_dora')} together with lora_bias is invalid`);
+  if (c.fan_in_fan_out === true) warnings.push(`${field('fan_in_fan_out')} is true but Llama projections are nn.Linear; treated as false, as PEFT does`);
+
+  const rankPattern = patternField(c, 'rank_pattern', problems, true);
+  const alphaPattern = patternField(c, 'alpha_pattern', problems, false);
+  const targetModules = targetModulesField(c, problems);
+  const excludeModules = excludeField(c, problems);
+
+  let layersToTransform: number[] | null = null;
+  const ltt = c.layers_to_transform;
+  if (ltt !== undefined && ltt !== null) {
+    if (typeof ltt === 'number' && Number.isInteger(ltt) && ltt >= 0) layersToTransform = [ltt];
+    else if (Array.isArray(ltt) && ltt.every((v) => Number.isInteger(v) && v >= 0)) layersToTransform = ltt.length ? (ltt as number[]) : null;
+    else problems.push(`${field('layers_to_transform')} must be a layer index or a list of them`);
+  }
+  let layersPattern: string[] | null = null;
+  const lp = c.layers_pattern;
+  if (lp !== undefined && lp !== null && !(Array.isArray(lp) && lp.length === 0) && lp !== '') {
+    if (typeof lp === 'string') layersPattern = [lp];
+    else if (Array.isArray(lp) && lp.every((v) => typeof v === 'string')) layersPattern = lp as string[];
+    else problems.push(`${field('layers_pattern')} must be a string or a list of strings`);
+    if (!layersToTransform) problems.push(`${field('layers_pattern')} is given without layers_to_transform`);
+  }
+  if (targetModules?.kind === 'regex' && (layersToTransform || layersPattern)) {
+    problems.push(`${field('layers_to_transform')}/layers_pattern cannot be used with a regex string target_modules`);
+  }
+  const baseModel = typeof c.base_model_name_or_path === 'string' ? c.base_model_name_or_path : null;
+
+  if (problems.length || !targetModules) return { config: null, problems, warnings };
+  return {
+    config: {
+      r: r as number,
+      loraAlpha: alpha as number,
+      useRslora: c.use_rslora === true,
+      rankPattern,
+      alphaPattern,
+      targetModules,
+      excludeModules,
+      layersToTransform,
+      layersPattern,
+      useDora: c.use_dora === true,
+      baseModel,
+    },
+    problems,
+    warnings,
+  };
+}
+
+function patternField(c: Record<string, unknown>, name: string, problems: string[], integer: boolean): [string, number][] {
+  const v = c[name];
+  if (v === undefined || v === null) return [];
+  if (typeof v !== 'object' || Array.isArray(v)) { problems.push(`adapter_config.json: "${name}" must be an object`); return []; }
+  const out: [string, number][] = [];
+  for (const [k, n] of Object.entries(v as Record<string, unknown>)) {
+    if (typeof n !== 'number' || !Number.isFinite(n) || (integer && (!Number.isInteger(n) || n <= 0))) {
+      problems.push(`adapter_config.json: "${name}.${k}" must be a ${integer ? 'positive integer' : 'number'}, got ${JSON.stringify(n)}`);
+      continue;
+    }
+    if (!compilePython(`(.*\\.)?(${k})$`)) { problems.push(`adapter_config.json: "${name}" key ${JSON.stringify(k)} is not a valid regular expression`); continue; }
+    out.push([k, n]);
+  }
+  return out;
+}
+
+function targetModulesField(c: Record<string, unknown>, problems: string[]): TargetModules | null {
+  const v = c.target_modules;
+  if (v === undefined || v === null) return { kind: 'list', names: LLAMA_DEFAULT_TARGETS };
+  if (typeof v === 'string') {
+    if (v.toLowerCase() === 'all-linear') return { kind: 'all-linear' };
+    const pattern = compilePython(`^(?:${v})$`);
+    if (!pattern) { problems.push(`adapter_config.json: "target_modules" ${JSON.stringify(v)} is not a regular expression we can evaluate`); return null; }
+    return { kind: 'regex', pattern, source: v };
+  }
+  if (Array.isArray(v) && v.every((s) => typeof s === 'string')) {
+    if (v.length === 0) { problems.push('adapter_config.json: "target_modules" is an empty list'); return null; }
+    if (v.length === 1 && v[0].toLowerCase() === 'all-linear') return { kind: 'all-linear' };
+    return { kind: 'list', names: v as string[] };
+  }
+  problems.push('adapter_config.json: "target_modules" must be a list of module names, a regex string, or "all-linear"');
+  return null;
+}
+
+function excludeField(c: Record<string, unknown>, problems: string[]): PeftConfig['excludeModules'] {
+  const v = c.exclude_modules;
+  if (v === undefined || v === null) return null;
+  if (typeof v === 'string') {
+    const pattern = compilePython(`^(?:${v})$`);
+    if (!pattern) { problems.push(`adapter_config.json: "exclude_modules" ${JSON.stringify(v)} is not a regular expression we can evaluate`); return null; }
+    return { kind: 'regex', pattern };
+  }
+  if (Array.isArray(v) && v.every((s) => typeof s === 'string')) return { kind: 'list', names: v as string[] };
+  problems.push('adapter_config.json: "exclude_modules" must be a list of module names or a regex string');
+  return null;
+}
+
+// Python `re` → JS RegExp for the common subset; null when it cannot be translated faithfully.
+export function compilePython(source: string): RegExp | null {
+  if (/\(\?[aiLmsux]+\)|\(\?>|[*+?}]\+|\\[AZ]/.test(source.replace(/\\Z$/, ''))) return null;
+  const js = source.replace(/\(\?P<([A-Za-z_]\w*)>/g, '(?<$1>').replace(/\(\?P=([A-Za-z_]\w*)\)/g, '\\k<$1>').replace(/\\Z/g, '$');
+  try {
+    return new RegExp(js, 'u');
+  } catch {
+    try { return new RegExp(js); } catch { return null; }
+  }
+}

@@ -1,0 +1,132 @@
+// LoRA factors of every running sequence, one row per sequence (the row of its KV cache), so that
+// a step over rows [lo, hi) feeds views of these arrays: sequences with different adapters, ranks
+// or none share one batched step (S-LoRA/Punica), with no session per adapter and no graph rebuild.
+//   at[l,t]: [rows, in, R]   Aᵀ                      (zero-padded from the adapter's rank to R)
+//   bt[l,t]: [rows, R, out]  (s·B)ᵀ
+//   g[l,t]:  [rows, 1, out]  DoRA multiplier m/‖W0+ΔW‖ (ones for plain LoRA)
+// R is the largest rank among the rows; a step with no adapter feeds R = 0.
+import { ort } from './session.ts';
+import { TARGETS, targetShape } from './llama-graph.ts';
+import type { Target } from './llama-graph.ts';
+import type { ModelConfig } from './model-config.ts';
+
+export interface PreparedTarget {
+  layer: number;
+  target: Target;
+  rank: number;
+  at: Float32Array;       // [in, rank]
+  bt: Float32Array;       // [rank, out], scale folded in
+  g: Float32Array | null; // [out] DoRA multiplier
+}
+
+export interface PreparedAdapter {
+  version: string;
+  rank: number;           // max over targets
+  useDora: boolean;
+  targets: PreparedTarget[];
+  bytes: number;
+}
+
+export function loraInputNames(l: number, t: Target): { at: string; bt: string; g: string } {
+  return { at: `lora_at.${l}.${t}`, bt: `lora_bt.${l}.${t}`, g: `lora_g.${l}.${t}` };
+}
+
+export class LoraArena {
+  private rows = 0;
+  private R = 0;
+  private at: Float32Array[] = [];
+  private bt: Float32Array[] = [];
+  private g: Float32Array[] = [];
+  private rowAdapter: (PreparedAdapter | null)[] = [];
+  private readonly dims: { layer: number; target: Target; out: number; inDim: number }[] = [];
+  private readonly empty: Record<string, ort.Tensor> = {};
+
+  constructor(readonly cfg: ModelConfig) {
+    for (let l = 0; l < cfg.numLayers; l++) for (const t of TARGETS) {
+      const [out, inDim] = targetShape(cfg, t);
+      this.dims.push({ layer: l, target: t, out, inDim });
+      const n = loraInputNames(l, t);
+      this.empty[n.at] = new ort.Tensor('float32', new Float32Array(0), [1, inDim, 0]);
+      this.empty[n.bt] = new ort.Tensor('float32', new Float32Array(0), [1, 0, out]);
+    }
+  }
+
+  get bytes(): number {
+    return [...this.at, ...this.bt, ...this.g].reduce((s, a) => s + a.byteLength, 0);
+  }
+
+  adapterAt(row: number): PreparedAdapter | null {
+    return this.rowAdapter[row] ?? null;
+  }
+
+  // Put `adapter` (or none) into `row`: a copy of its factors, zero-padded to the arena's rank.
+  setRow(row: number, adapter: PreparedAdapter | null): void {
+    while (this.rowAdapter.length <= row) this.rowAdapter.push(null);
+    const prev = this.rowAdapter[row];
+    this.rowAdapter[row] = adapter;
+    if (!adapter && !prev) return;
+    this.ensure(Math.max(row + 1, this.rows), Math.max(this.R, adapter?.rank ?? 0));
+    const R = this.R;
+    this.dims.forEach(({ out, inDim }, k) => {
+      this.at[k].fill(0, row * inDim * R, (row + 1) * inDim * R);
+      this.bt[k].fill(0, row * R * out, (row + 1) * R * out);
+      this.g[k].fill(1, row * out, (row + 1) * out);
+    });
+    if (!adapter) return;
+    for (const t of adapter.targets) {
+      const k = t.layer * TARGETS.length + TARGETS.indexOf(t.target);
+      const { out, inDim } = this.dims[k];
+      const at = this.at[k];
+      for (let i = 0; i < inDim; i++) at.set(t.at.subarray(i * t.rank, (i + 1) * t.rank), (row * inDim + i) * R);
+      this.bt[k].set(t.bt, row * R * out); // rows k ≥ t.rank stay zero
+      if (t.g) this.g[k].set(t.g, row * out);
+    }
+  }
+
+  private ensure(rows: number, R: number): void {
+    if (rows <= this.rows && R <= this.R) return;
+    const newRows = rows > this.rows ? Math.max(rows, Math.ceil(this.rows * 1.5)) : this.rows;
+    const oldR = this.R;
+    this.dims.forEach(({ out, inDim }, k) => {
+      const at = new Float32Array(newRows * inDim * R);
+      const bt = new Float32Array(newRows * R * out);
+      const g = new Float32Array(newRows * out).fill(1);
+      for (let r = 0; r < this.rows; r++) {
+        for (let i = 0; i < inDim; i++) at.set(this.at[k].subarray((r * inDim + i) * oldR, (r * inDim + i + 1) * oldR), (r * inDim + i) * R);
+        bt.set(this.bt[k].subarray(r * oldR * out, (r + 1) * oldR * out), r * R * out);
+        g.set(this.g[k].subarray(r * out, (r + 1) * out), r * out);
+      }
+      this.at[k] = at;
+      this.bt[k] = bt;
+      this.g[k] = g;
+    });
+    this.rows = newRows;
+    this.R = R;
+  }
+
+  // Feeds for a step over rows [lo, hi), or for `lo` alone with the factors broadcast.
+  feeds(lo: number, hi: number): Record<string, ort.Tensor> {
+    let any = false;
+    let dora = false;
+    for (let r = lo; r < hi; r++) {
+      const a = this.rowAdapter[r];
+      if (a) { any = true; dora ||= a.useDora; }
+    }
+    const feeds: Record<string, ort.Tensor> = {};
+    const one = new ort.Tensor('float32', Float32Array.of(1), [1, 1, 1]);
+    const n = hi - lo;
+    const R = this.R;
+    this.dims.forEach(({ layer, target, out, inDim }, k) => {
+      const names = loraInputNames(layer, target);
+      if (!any) {
+        feeds[names.at] = this.empty[names.at];
+        feeds[names.bt] = this.empty[names.bt];
+      } else {
+        feeds[names.at] = new ort.Tensor('float32', this.at[k].subarray(lo * inDim * R, hi * inDim * R), [n, inDim, R]);
+        feeds[names.bt] = new ort.Tensor('float32', this.bt[k].subarray(lo * R * out, hi * R * out), [n, R, out]);
+      }
+      feeds[names.g] = dora ? new ort.Tensor('float32', this.g[k].subarray(lo * out, hi * out), [n, 1, out]) : one;
+    });
+    return feeds;
+  }
+}

@@ -135,12 +135,12 @@ export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: A
     else if (r > limits.maxRank) { problems.push(`module ${key}: rank ${r} exceeds the server's maximum LoRA rank ${limits.maxRank}`); ok = false; }
     const scaling = config ? moduleScaling(config, key) : null;
     if (scaling && ok && scaling.rank !== r) { problems.push(`module ${key}: lora_A has rank ${r} but adapter_config.json resolves r=${scaling.rank} for it`); ok = false; }
-    if (!ok || !scaling) continue;
+    if (!ok) continue;
     const a = bytesToF32(A.bytes, A.dtype, A.name);
     const b = bytesToF32(B.bytes, B.dtype, B.name);
     const magnitude = M ? bytesToF32(M.bytes, M.dtype, M.name) : null;
     for (const [t, arr] of [[A, a], [B, b], [M, magnitude]] as const) if (arr && !allFinite(arr)) problems.push(`tensor ${t!.name} contains NaN or Inf values`);
-    targets.push({ layer, target, rank: r, scale: scaling.scale, a, b, magnitude });
+    if (scaling) targets.push({ layer, target, rank: r, scale: scaling.scale, a, b, magnitude });
   }
   if (hiddenMismatch) problems.push(`the adapter's input sizes do not match this model's hidden size ${model.hiddenSize} (hint: trained for a different base model?)`);
   if (problems.length) return { adapter: null, problems, warnings };

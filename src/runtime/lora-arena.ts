@@ -112,6 +112,7 @@ export class LoraArena {
       const a = this.rowAdapter[r];
       if (a) { any = true; dora ||= a.useDora; }
     }
+    if (any) this.ensure(hi, this.R); // rows past the last adapter row may not be allocated yet
     const feeds: Record<string, ort.Tensor> = {};
     const one = new ort.Tensor('float32', Float32Array.of(1), [1, 1, 1]);
     const n = hi - lo;

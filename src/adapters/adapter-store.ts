@@ -1,0 +1,92 @@
+// The adapter store: a directory with one PEFT directory per adapter, named after it. The source
+// of truth for uploaded adapters, so they are served again after a restart. Writes are atomic: the
+// files go to a temporary directory (each fsynced), which is renamed into place.
+import { existsSync, mkdirSync, readdirSync, rmSync, renameSync, openSync, writeSync, fsyncSync, closeSync, statSync } from 'node:fs';
+import { join, resolve, sep } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { CONFIG_FILE, WEIGHTS_FILE } from './lora-adapter.ts';
+import type { AdapterFiles } from './lora-adapter.ts';
+import { invalidField } from '../runtime/errors.ts';
+
+export const ADAPTER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+export function checkAdapterName(name: unknown, param = 'name'): string {
+  if (typeof name !== 'string' || !ADAPTER_NAME.test(name) || name.includes('..')) {
+    throw invalidField(param, `'${param}' must be 1–128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit, with no path separators or '..' (got ${JSON.stringify(name)})`);
+  }
+  return name;
+}
+
+export class AdapterStore {
+  readonly root: string;
+
+  constructor(root: string) {
+    this.root = resolve(root);
+    mkdirSync(this.root, { recursive: true });
+    // leftovers of an interrupted write or replace
+    for (const e of readdirSync(this.root)) if (e.startsWith('.tmp-') || e.startsWith('.trash-')) rmSync(join(this.root, e), { recursive: true, force: true });
+  }
+
+  dirOf(name: string): string {
+    return join(this.root, checkAdapterName(name));
+  }
+
+  contains(path: string): boolean {
+    const p = resolve(path);
+    return p.startsWith(this.root + sep);
+  }
+
+  list(): string[] {
+    return readdirSync(this.root)
+      .filter((e) => ADAPTER_NAME.test(e) && statSync(join(this.root, e)).isDirectory())
+      .filter((e) => existsSync(join(this.root, e, CONFIG_FILE)) && existsSync(join(this.root, e, WEIGHTS_FILE)))
+      .sort();
+  }
+
+  write(name: string, files: AdapterFiles): string {
+    const target = this.dirOf(name);
+    const tmp = join(this.root, `.tmp-${randomBytes(6).toString('hex')}`);
+    mkdirSync(tmp);
+    try {
+      writeSynced(join(tmp, CONFIG_FILE), files.config);
+      writeSynced(join(tmp, WEIGHTS_FILE), files.weights);
+      let trash: string | null = null;
+      if (existsSync(target)) {
+        trash = join(this.root, `.trash-${randomBytes(6).toString('hex')}`);
+        renameSync(target, trash);
+      }
+      renameSync(tmp, target);
+      syncDir(this.root);
+      if (trash) rmSync(trash, { recursive: true, force: true });
+    } catch (err) {
+      rmSync(tmp, { recursive: true, force: true });
+      throw err;
+    }
+    return target;
+  }
+
+  remove(name: string): void {
+    const target = this.dirOf(name);
+    if (!existsSync(target)) return;
+    const trash = join(this.root, `.trash-${randomBytes(6).toString('hex')}`);
+    renameSync(target, trash);
+    syncDir(this.root);
+    rmSync(trash, { recursive: true, force: true });
+  }
+}
+
+function writeSynced(path: string, bytes: Uint8Array): void {
+  const fd = openSync(path, 'w');
+  try {
+    let done = 0;
+    while (done < bytes.byteLength) done += writeSync(fd, bytes, done, bytes.byteLength - done);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function syncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try { fsyncSync(fd); } finally { closeSync(fd); }
+}

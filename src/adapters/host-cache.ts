@@ -50,6 +50,8 @@ export class HostCache implements AdapterSource {
   put(adapter: LoraAdapter): PreparedAdapter {
     const prepared = prepareAdapter(adapter, this.cfg, this.readBase);
     this.lru.set(adapter.version, prepared);
+    const p = this.pinned.get(adapter.version);
+    if (p) p.adapter = prepared; // in use: held even if the LRU cannot keep it
     this.failures.delete(adapter.version);
     this.stats.loads++;
     return prepared;

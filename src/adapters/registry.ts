@@ -142,11 +142,14 @@ export class AdapterRegistry {
 
   // Unload: waits up to `waitMs` for in-flight requests, then refuses with 409. Deletes the
   // stored files too when `deleteFiles` (DELETE /v1/adapters/{name}).
-  unload(name: string, opts: { waitMs: number; deleteFiles: boolean }): Promise<void> {
+  async unload(name: string, opts: { waitMs: number; deleteFiles: boolean }): Promise<void> {
+    const current = this.entries.get(name);
+    if (!current) throw new LoraserveError('model_not_found', `The lora adapter '${name}' cannot be found.`, { param: 'lora_name' });
+    current.status = 'unloading'; // from now on, no new requests
     return this.locked(name, async () => {
       const e = this.entries.get(name);
       if (!e) throw new LoraserveError('model_not_found', `The lora adapter '${name}' cannot be found.`, { param: 'lora_name' });
-      e.status = 'unloading'; // no new requests
+      e.status = 'unloading';
       if (this.inFlight(e) > 0) {
         const drained = await new Promise<boolean>((resolve) => {
           const timer = setTimeout(() => resolve(false), opts.waitMs);

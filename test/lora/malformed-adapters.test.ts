@@ -62,7 +62,7 @@ describe('malformed adapters', () => {
     files.config.modules_to_save = ['lm_head'];
     const a = files.tensors['base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight'];
     new Float32Array(a.data.buffer, a.data.byteOffset, 1)[0] = Infinity;
-    const err = await registry.upload('x', { config: new TextEncoder().encode(JSON.stringify(files.config)), weights: encodeSafetensors(files.tensors) }, { replace: false }).catch((e) => e as LoraserveError);
+    const err = await registry.upload('x', { config: new TextEncoder().encode(JSON.stringify(files.config)), weights: encodeSafetensors(files.tensors) }, { replace: false }).then(() => { throw new Error("accepted"); }, (e: LoraserveError) => e);
     expect(err.problems.length).toBe(3);
     expect(err.problems.join('\n')).toMatch(/bias.*\n.*modules_to_save.*\n.*NaN or Inf/s);
   });

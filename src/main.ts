@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { EngineClient } from './runtime/engine-client.ts';
 import { parseSampling } from './server/sampling-fields.ts';
 import { TextTokenizer } from './runtime/tokenizer.ts';
-import { loadModel } from './runtime/model-loader.ts';
+import { loadModelFiles } from './runtime/model-loader.ts';
 import { toLoraserveError } from './runtime/errors.ts';
 import { DEFAULT_MODEL_DIR } from './server/default-model.ts';
 
@@ -39,7 +39,7 @@ async function generate(argv: string[]): Promise<void> {
     if (!Number.isFinite(n)) throw new Error(`--${flag} must be a number, got ${JSON.stringify(v)}`);
     return n;
   };
-  const model = loadModel(values.model!);
+  const model = loadModelFiles(values.model!);
   const tokenizer = new TextTokenizer(model.tokenizerJson, model.tokenizerConfig);
   const engine = await EngineClient.start({ runtime: { modelDir: values.model! } });
   try {

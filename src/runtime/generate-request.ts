@@ -11,6 +11,7 @@ export interface GenerateRequest {
   stopTokenIds: number[];       // extra stop ids besides EOS
   ignoreEos: boolean;
   logprobs: number | null;      // null: none; k ≥ 0: the chosen token plus the top k alternatives
+  promptLogprobs?: number | null; // logprobs of the prompt tokens too (echo), with top k alternatives
   adapter: AdapterRef | null;   // null: the base model
 }
 
@@ -28,9 +29,17 @@ export interface TopLogprob {
   logprob: number;
 }
 
+export interface PromptLogprob {
+  id: number;
+  tokenText: string;
+  logprob: number | null;       // null for the first prompt token
+  top: TopLogprob[];
+}
+
 export type TokenEvent =
+  | { type: 'prompt'; logprobs: PromptLogprob[] }
   | { type: 'token'; id: number; text: string; tokenText: string; logprob?: number; top?: TopLogprob[] }
-  | { type: 'done'; finishReason: 'stop' | 'length'; stopReason: string | number | null; promptTokens: number; completionTokens: number; text: string }
+  | { type: 'done'; finishReason: 'stop' | 'length'; stopReason: string | number | null; promptTokens: number; completionTokens: number; text: string; path: 'base' | 'merged' | 'unmerged' }
   | { type: 'error'; error: SerializedError };
 
 export type FinishReason = 'stop' | 'length';

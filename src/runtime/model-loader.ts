@@ -34,17 +34,20 @@ function readJson(path: string, required: boolean): Record<string, unknown> {
 }
 
 export function loadModel(dirArg: string, opts: { name?: string } = {}): LoadedModel {
+  const files = loadModelFiles(dirArg, opts);
+  const { weights, dtype } = readWeights(files.dir);
+  checkWeights(files.config, weights);
+  return { ...files, weights, weightDtype: dtype };
+}
+
+// Everything but the weights: config, tokenizer files and the served name (cheap).
+export function loadModelFiles(dirArg: string, opts: { name?: string } = {}): Omit<LoadedModel, 'weights' | 'weightDtype'> {
   const dir = resolve(dirArg);
   if (!existsSync(dir)) throw new ModelConfigError(`model directory ${dir} does not exist`);
-  const config = parseModelConfig(readJson(join(dir, 'config.json'), true), readJson(join(dir, 'generation_config.json'), false));
-  const { weights, dtype } = readWeights(dir);
-  checkWeights(config, weights);
   return {
     dir,
     name: opts.name ?? basename(dir),
-    config,
-    weights,
-    weightDtype: dtype,
+    config: parseModelConfig(readJson(join(dir, 'config.json'), true), readJson(join(dir, 'generation_config.json'), false)),
     tokenizerJson: readJson(join(dir, 'tokenizer.json'), true),
     tokenizerConfig: readJson(join(dir, 'tokenizer_config.json'), false),
   };

@@ -110,7 +110,7 @@ export class Scheduler {
   }
 
   private async step(seqs: Sequence[], kind: 'prefill' | 'decode'): Promise<void> {
-    const rows: StepRow[] = seqs.map((s) => ({ row: s.row, tokens: s.nextTokens(this.limits.prefillChunk) }));
+    const rows: StepRow[] = seqs.map((s) => ({ row: s.row, tokens: s.nextTokens(this.limits.prefillChunk), allLogits: s.wantsPromptLogits }));
     const tokens = rows.reduce((a, r) => a + r.tokens.length, 0);
     const versions = new Set(seqs.map((s) => s.req.adapter?.version ?? null));
     const only = versions.size === 1 ? [...versions][0] : undefined;
@@ -132,10 +132,11 @@ export class Scheduler {
     const V = result.vocabSize;
     seqs.forEach((s, i) => {
       if (s.state === 'done') return; // cancelled while the step ran
+      if (kind === 'decode') { if (mergedSession) s.mergedSteps++; else s.unmergedSteps++; }
       const n = rows[i].tokens.length;
-      const complete = kind === 'decode' || s.remainingPrefill === n;
       const off = result.rowOffsets[i];
-      const events = s.advance(n, complete ? result.logits.subarray(off * V, (off + 1) * V) : null);
+      const count = rows[i].allLogits ? n : 1;
+      const events = s.advance(n, result.logits.subarray(off * V, (off + count) * V), V);
       if (events.length) this.emit(s.id, events);
     });
     this.retire();

@@ -6,7 +6,7 @@ import type { PenaltyState } from './sampler.ts';
 import { StopMatcher } from './stop-matcher.ts';
 import { StreamDecoder } from './tokenizer.ts';
 import type { TextTokenizer } from './tokenizer.ts';
-import type { FinishReason, GenerateRequest, TokenEvent } from './generate-request.ts';
+import type { FinishReason, GenerateRequest, PromptLogprob, TokenEvent } from './generate-request.ts';
 
 export interface SequenceLimits {
   numLayers: number;
@@ -27,6 +27,8 @@ export class Sequence {
   private readonly stopper: StopMatcher;
   private readonly stopIds: Set<number>;
   private text = '';
+  mergedSteps = 0;
+  unmergedSteps = 0;
   readonly enqueuedAt = performance.now();
 
   constructor(readonly id: string, readonly req: GenerateRequest, private readonly tok: TextTokenizer, private readonly limits: SequenceLimits) {
@@ -56,16 +58,37 @@ export class Sequence {
     return [this.output[this.output.length - 1]];
   }
 
-  // After a step that consumed `n` tokens; `logits` is the row of the last one, if it was the
-  // last prompt token or a decode token. Returns the events the step produced.
-  advance(n: number, logits: Float32Array | null): TokenEvent[] {
+  // Whether the step should return logits for every prompt position (prompt logprobs).
+  get wantsPromptLogits(): boolean {
+    return this.state === 'prefill' && this.req.promptLogprobs != null;
+  }
+
+  // After a step that consumed `n` tokens. `logits` holds the rows the step returned for this
+  // sequence: every position's (wantsPromptLogits) or only the last one's. Returns the events.
+  advance(n: number, logits: Float32Array, vocab: number): TokenEvent[] {
+    const events: TokenEvent[] = [];
     if (this.state === 'prefill') {
+      if (this.req.promptLogprobs != null) events.push(this.promptLogprobs(n, logits, vocab));
       this.prefilled += n;
-      if (this.prefilled < this.req.promptTokens.length) return [];
+      if (this.prefilled < this.req.promptTokens.length) return events;
       this.state = 'decode';
+      if (this.req.maxTokens === 0) return this.finish(events, 'length', null);
     }
-    if (!logits) return [];
-    return this.sample(logits);
+    return [...events, ...this.sample(logits.subarray(logits.length - vocab))];
+  }
+
+  // Row i of a prefill chunk predicts prompt token prefilled + i + 1.
+  private promptLogprobs(n: number, logits: Float32Array, vocab: number): TokenEvent {
+    const k = this.req.promptLogprobs!;
+    const entries: PromptLogprob[] = [];
+    const prompt = this.req.promptTokens;
+    if (this.prefilled === 0) entries.push({ id: prompt[0], tokenText: this.tok.tokenText(prompt[0]), logprob: null, top: [] });
+    for (let i = 0; i < n && this.prefilled + i + 1 < prompt.length; i++) {
+      const id = prompt[this.prefilled + i + 1];
+      const lp = logSoftmax(logits.subarray(i * vocab, (i + 1) * vocab));
+      entries.push({ id, tokenText: this.tok.tokenText(id), logprob: lp[id], top: topK(lp, k).map((t) => ({ id: t.id, text: this.tok.tokenText(t.id), logprob: t.value })) });
+    }
+    return { type: 'prompt', logprobs: entries };
   }
 
   private sample(raw: Float32Array): TokenEvent[] {
@@ -108,7 +131,8 @@ export class Sequence {
         this.text += rest;
       }
     }
-    events.push({ type: 'done', finishReason: reason, stopReason, promptTokens: this.req.promptTokens.length, completionTokens: this.output.length, text: this.text });
+    const path = !this.req.adapter ? 'base' : this.mergedSteps > this.unmergedSteps ? 'merged' : 'unmerged';
+    events.push({ type: 'done', finishReason: reason, stopReason, promptTokens: this.req.promptTokens.length, completionTokens: this.output.length, text: this.text, path });
     return events;
   }
 

@@ -20,7 +20,7 @@ async function run(r: GenerateRequest, signal?: AbortSignal): Promise<{ tokens: 
   for await (const ev of engine.generate(r, signal)) {
     if (ev.type === 'token') tokens.push(ev);
     else if (ev.type === 'done') done = ev;
-    else throw new Error(ev.error.message);
+    else if (ev.type === 'error') throw new Error(ev.error.message);
   }
   return { tokens, done, text: tokens.map((t) => t.text).join('') };
 }

@@ -1,0 +1,33 @@
+// Bearer keys: --api-key guards inference, --admin-key guards adapter management. Without an admin
+// key, adapter management is refused unless --enable-local-admin is given.
+import { timingSafeEqual } from 'node:crypto';
+import type { FastifyRequest } from 'fastify';
+import { LoraserveError } from '../runtime/errors.ts';
+
+function bearer(req: FastifyRequest): string | null {
+  const h = req.headers.authorization;
+  if (typeof h !== 'string') return null;
+  const m = /^Bearer\s+(.+)$/i.exec(h.trim());
+  return m ? m[1] : null;
+}
+
+function same(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+export function checkApiKey(req: FastifyRequest, key: string | null): void {
+  if (key === null) return;
+  const got = bearer(req);
+  if (got === null || !same(got, key)) throw new LoraserveError('unauthorized', 'Incorrect or missing API key: send "Authorization: Bearer <key>"');
+}
+
+export function checkAdminKey(req: FastifyRequest, adminKey: string | null, enableLocalAdmin: boolean): void {
+  if (adminKey === null) {
+    if (enableLocalAdmin) return;
+    throw new LoraserveError('forbidden', 'adapter management is disabled: start the server with --admin-key KEY, or with --enable-local-admin for local use');
+  }
+  const got = bearer(req);
+  if (got === null || !same(got, adminKey)) throw new LoraserveError('unauthorized', 'Incorrect or missing admin key: send "Authorization: Bearer <admin key>"');
+}

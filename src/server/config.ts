@@ -1,0 +1,144 @@
+// Server configuration: one typed object, visible defaults, flags and LORASERVE_* env vars,
+// validated once at start-up. Model facts come from the model directory, never from flags.
+import { parseArgs } from 'node:util';
+import { existsSync, statSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { DEFAULT_MODEL_DIR } from './default-model.ts';
+import type { LoraMode } from '../merge/merged-sessions.ts';
+
+export interface ServerConfig {
+  model: string;               // --model DIR: Hugging Face model directory
+  modelName: string | null;    // --model-name: id served as the base model (default: directory name)
+  host: string;                // --host (default 127.0.0.1: local only)
+  port: number;                // --port (default 8080; 0 = any free port)
+  adapters: string;            // --adapters DIR: the adapter store; every adapter in it is served
+  allowAdapterDirs: string[];  // --allow-adapter-dir (repeatable): extra dirs load_lora_adapter may read
+  apiKey: string | null;       // --api-key: Bearer key for inference
+  adminKey: string | null;     // --admin-key: Bearer key for adapter management
+  enableLocalAdmin: boolean;   // --enable-local-admin: adapter management without a key (local use)
+  maxLoraRank: number;         // --max-lora-rank
+  loraMode: LoraMode;          // --lora-mode auto|merged|unmerged
+  maxBatch: number;            // --max-batch: running sequences per step
+  maxQueue: number;            // --max-queue: sequences waiting or running; beyond it, 429
+  maxUploadBytes: number;      // --max-upload-mb: adapter upload limit (413)
+  maxContext: number;          // --max-context: tokens per sequence (prompt + output)
+  maxTokensDefault: number;    // --default-max-tokens for completions without max_tokens
+  kvBudgetBytes: number;       // --kv-budget-mb
+  hostCacheBytes: number;      // --host-cache-mb: decoded adapters kept in memory
+  mergedCacheBytes: number;    // --merged-cache-mb: merged-weight sessions kept
+  prefillChunk: number;        // --prefill-chunk: prompt tokens per step
+  threads: number;             // --threads: onnxruntime intra-op threads (0 = all cores)
+  executionProvider: 'cpu' | 'cuda'; // --execution-provider
+  unloadWaitMs: number;        // --unload-wait-ms: how long an unload waits for in-flight requests
+  metricsTopAdapters: number;  // --metrics-top-adapters: adapters with their own metrics label
+  logLevel: string;            // --log-level
+  logPrompts: boolean;         // --log-prompts: prompt text in logs (off by default)
+}
+
+const MB = 1024 * 1024;
+
+export const DEFAULT_CONFIG: ServerConfig = {
+  model: DEFAULT_MODEL_DIR,
+  modelName: null,
+  host: '127.0.0.1',
+  port: 8080,
+  adapters: './adapters',
+  allowAdapterDirs: [],
+  apiKey: null,
+  adminKey: null,
+  enableLocalAdmin: false,
+  maxLoraRank: 64,
+  loraMode: 'auto',
+  maxBatch: 32,
+  maxQueue: 256,
+  maxUploadBytes: 512 * MB,
+  maxContext: 4096,
+  maxTokensDefault: 16,
+  kvBudgetBytes: 2048 * MB,
+  hostCacheBytes: 1024 * MB,
+  mergedCacheBytes: 2048 * MB,
+  prefillChunk: 256,
+  threads: 0,
+  executionProvider: 'cpu',
+  unloadWaitMs: 30_000,
+  metricsTopAdapters: 20,
+  logLevel: 'info',
+  logPrompts: false,
+};
+
+export class ConfigError extends Error {}
+
+type Flag = { type: 'string' | 'boolean'; multiple?: boolean };
+const FLAGS: Record<string, Flag> = {
+  model: { type: 'string' }, 'model-name': { type: 'string' }, host: { type: 'string' }, port: { type: 'string' },
+  adapters: { type: 'string' }, 'allow-adapter-dir': { type: 'string', multiple: true },
+  'api-key': { type: 'string' }, 'admin-key': { type: 'string' }, 'enable-local-admin': { type: 'boolean' },
+  'max-lora-rank': { type: 'string' }, 'lora-mode': { type: 'string' }, 'max-batch': { type: 'string' }, 'max-queue': { type: 'string' },
+  'max-upload-mb': { type: 'string' }, 'max-context': { type: 'string' }, 'default-max-tokens': { type: 'string' },
+  'kv-budget-mb': { type: 'string' }, 'host-cache-mb': { type: 'string' }, 'merged-cache-mb': { type: 'string' },
+  'prefill-chunk': { type: 'string' }, threads: { type: 'string' }, 'execution-provider': { type: 'string' },
+  'unload-wait-ms': { type: 'string' }, 'metrics-top-adapters': { type: 'string' }, 'log-level': { type: 'string' }, 'log-prompts': { type: 'boolean' },
+};
+
+// Flags win over env vars (LORASERVE_MAX_BATCH for --max-batch), env vars over defaults.
+export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
+  let values: Record<string, string | boolean | string[] | undefined>;
+  try {
+    values = parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false }).values as typeof values;
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
+  }
+  const get = (flag: string): string | boolean | string[] | undefined => {
+    if (values[flag] !== undefined) return values[flag];
+    const v = env[`LORASERVE_${flag.toUpperCase().replace(/-/g, '_')}`];
+    if (v === undefined) return undefined;
+    if (FLAGS[flag].type === 'boolean') return v === '1' || v.toLowerCase() === 'true';
+    if (FLAGS[flag].multiple) return v.split(',').filter(Boolean);
+    return v;
+  };
+  const str = (flag: string, def: string): string => (get(flag) as string | undefined) ?? def;
+  const int = (flag: string, def: number, min: number, max: number): number => {
+    const v = get(flag);
+    if (v === undefined) return def;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`--${flag} must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
+    return n;
+  };
+  const d = DEFAULT_CONFIG;
+  const loraMode = str('lora-mode', d.loraMode);
+  if (!['auto', 'merged', 'unmerged'].includes(loraMode)) throw new ConfigError(`--lora-mode must be auto, merged or unmerged, got ${JSON.stringify(loraMode)}`);
+  const ep = str('execution-provider', d.executionProvider);
+  if (!['cpu', 'cuda'].includes(ep)) throw new ConfigError(`--execution-provider must be cpu or cuda, got ${JSON.stringify(ep)}`);
+  const cfg: ServerConfig = {
+    model: resolve(str('model', d.model)),
+    modelName: (get('model-name') as string | undefined) ?? null,
+    host: str('host', d.host),
+    port: int('port', d.port, 0, 65535),
+    adapters: resolve(str('adapters', d.adapters)),
+    allowAdapterDirs: ((get('allow-adapter-dir') as string[] | undefined) ?? []).map((p) => resolve(p)),
+    apiKey: (get('api-key') as string | undefined) ?? null,
+    adminKey: (get('admin-key') as string | undefined) ?? null,
+    enableLocalAdmin: (get('enable-local-admin') as boolean | undefined) ?? d.enableLocalAdmin,
+    maxLoraRank: int('max-lora-rank', d.maxLoraRank, 1, 1024),
+    loraMode: loraMode as LoraMode,
+    maxBatch: int('max-batch', d.maxBatch, 1, 1024),
+    maxQueue: int('max-queue', d.maxQueue, 1, 1_000_000),
+    maxUploadBytes: int('max-upload-mb', d.maxUploadBytes / MB, 1, 1_000_000) * MB,
+    maxContext: int('max-context', d.maxContext, 16, 1_048_576),
+    maxTokensDefault: int('default-max-tokens', d.maxTokensDefault, 1, 1_048_576),
+    kvBudgetBytes: int('kv-budget-mb', d.kvBudgetBytes / MB, 1, 10_000_000) * MB,
+    hostCacheBytes: int('host-cache-mb', d.hostCacheBytes / MB, 1, 10_000_000) * MB,
+    mergedCacheBytes: int('merged-cache-mb', d.mergedCacheBytes / MB, 0, 10_000_000) * MB,
+    prefillChunk: int('prefill-chunk', d.prefillChunk, 16, 65536),
+    threads: int('threads', d.threads, 0, 1024),
+    executionProvider: ep as 'cpu' | 'cuda',
+    unloadWaitMs: int('unload-wait-ms', d.unloadWaitMs, 0, 3_600_000),
+    metricsTopAdapters: int('metrics-top-adapters', d.metricsTopAdapters, 0, 10_000),
+    logLevel: str('log-level', d.logLevel),
+    logPrompts: (get('log-prompts') as boolean | undefined) ?? d.logPrompts,
+  };
+  if (!existsSync(cfg.model) || !statSync(cfg.model).isDirectory()) throw new ConfigError(`--model ${cfg.model} is not a directory`);
+  for (const dir of cfg.allowAdapterDirs) if (!existsSync(dir)) throw new ConfigError(`--allow-adapter-dir ${dir} does not exist`);
+  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(cfg.logLevel)) throw new ConfigError(`--log-level must be one of fatal, error, warn, info, debug, trace, silent`);
+  return cfg;
+}

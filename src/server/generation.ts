@@ -1,0 +1,112 @@
+// One API request's generation: resolve the model name, admit the choices (bounded queue), run
+// every choice on the engine concurrently and merge their events, in order per choice. Releases
+// the adapter and the queue places however the request ends (done, error, client gone).
+import type { EngineClient } from '../runtime/engine-client.ts';
+import type { AdapterRegistry } from '../adapters/registry.ts';
+import type { AdapterRef, GenerateRequest, TokenEvent } from '../runtime/generate-request.ts';
+import { LoraserveError } from '../runtime/errors.ts';
+import type { GenerationJob } from './openai-request.ts';
+import type { Metrics } from './metrics.ts';
+
+export interface ChoiceEvent {
+  index: number;      // prompt index · n + sample index
+  prompt: number;
+  event: TokenEvent;
+}
+
+export interface GenerationDeps {
+  engine: EngineClient;
+  registry: AdapterRegistry;
+  modelName: string;
+  metrics: Metrics;
+  admission: Admission;
+}
+
+// Sequences admitted (waiting or running in the engine). Beyond the limit: 429 + Retry-After.
+export class Admission {
+  private used = 0;
+  constructor(readonly limit: number) {}
+  get inUse(): number { return this.used; }
+  acquire(n: number): void {
+    if (this.used + n > this.limit) {
+      throw new LoraserveError('overloaded', `the server is at its limit of ${this.limit} queued or running sequences; retry later`, { retryAfterSeconds: 1 });
+    }
+    this.used += n;
+  }
+  release(n: number): void {
+    this.used = Math.max(0, this.used - n);
+  }
+}
+
+// `model`: the base model's id, an adapter's name, or "<base>:<adapter>" (SGLang's form).
+export function resolveAdapter(model: string, modelName: string, registry: AdapterRegistry): string | null {
+  if (model === modelName) return null;
+  if (registry.has(model) && registry.get(model)!.status === 'ready') return model;
+  const colon = model.indexOf(':');
+  if (colon > 0 && model.slice(0, colon) === modelName) {
+    const name = model.slice(colon + 1);
+    if (registry.has(name) && registry.get(name)!.status === 'ready') return name;
+  }
+  throw new LoraserveError('model_not_found', `The model \`${model}\` does not exist.`, { param: 'model' });
+}
+
+export async function* runJob(job: GenerationJob, deps: GenerationDeps, signal: AbortSignal): AsyncGenerator<ChoiceEvent> {
+  const adapterName = resolveAdapter(job.model, deps.modelName, deps.registry);
+  const total = job.prompts.length * job.n;
+  deps.admission.acquire(total);
+  const refs: AdapterRef[] = [];
+  const abort = new AbortController();
+  const onAbort = (): void => abort.abort();
+  signal.addEventListener('abort', onAbort);
+  const queue: ChoiceEvent[] = [];
+  let wake: (() => void) | null = null;
+  let active = 0;
+  try {
+    const label = deps.metrics.adapterLabel(adapterName);
+    const t0 = performance.now();
+    job.prompts.forEach((prompt, p) => {
+      for (let j = 0; j < job.n; j++) {
+        const adapter = adapterName ? deps.registry.acquire(adapterName) : null;
+        if (adapter) refs.push(adapter);
+        const req: GenerateRequest = { ...job.request, promptTokens: prompt, adapter, seed: job.request.seed === null ? null : job.request.seed + j };
+        active++;
+        void pump(deps, req, p * job.n + j, p, label, t0, abort.signal, (ev) => { queue.push(ev); wake?.(); }, job.kind).finally(() => { active--; wake?.(); });
+      }
+    });
+    while (active > 0 || queue.length > 0) {
+      const ev = queue.shift();
+      if (ev) { yield ev; continue; }
+      await new Promise<void>((r) => { wake = r; });
+      wake = null;
+    }
+  } finally {
+    abort.abort(); // a consumer that stops early cancels every choice still running
+    signal.removeEventListener('abort', onAbort);
+    for (const r of refs) deps.registry.release(r);
+    deps.admission.release(total);
+  }
+}
+
+// One choice: engine events → the merged queue, with latency metrics.
+async function pump(deps: GenerationDeps, req: GenerateRequest, index: number, prompt: number, label: string, t0: number, signal: AbortSignal, push: (e: ChoiceEvent) => void, endpoint: string): Promise<void> {
+  const m = deps.metrics;
+  const tokenTimes: number[] = [];
+  try {
+    for await (const event of deps.engine.generate(req, signal)) {
+      if (event.type === 'token') tokenTimes.push(performance.now());
+      if (event.type === 'done') {
+        const end = performance.now();
+        const labels = { path: event.path, adapter: label };
+        if (tokenTimes.length) m.ttft.observe(labels, (tokenTimes[0] - t0) / 1000);
+        for (let i = 1; i < tokenTimes.length; i++) m.itl.observe(labels, (tokenTimes[i] - tokenTimes[i - 1]) / 1000);
+        m.duration.observe(labels, (end - t0) / 1000);
+        m.promptTokens.inc({ adapter: label }, event.promptTokens);
+        m.generationTokens.inc({ adapter: label }, event.completionTokens);
+        m.requests.inc({ endpoint, finish_reason: event.finishReason });
+      }
+      push({ index, prompt, event });
+    }
+  } catch (err) {
+    push({ index, prompt, event: { type: 'error', error: { code: 'internal', message: (err as Error).message, param: null, problems: [] } } });
+  }
+}

@@ -1,0 +1,87 @@
+// Prometheus metrics (prom-client), with Prometheus naming: base units, _seconds, _bytes, _total.
+// Latency histograms carry `path` (base, merged, unmerged) and `adapter`. The adapter label is
+// bounded: the top adapters by traffic keep their own value, the rest share "other".
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { EngineStats } from '../runtime/engine-messages.ts';
+
+const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly counts = new Map<string, number>();
+  private readonly labelled = new Set<string>();
+
+  readonly ttft = new Histogram({ name: 'loraserve_time_to_first_token_seconds', help: 'Time from request arrival to its first generated token', labelNames: ['path', 'adapter'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly itl = new Histogram({ name: 'loraserve_inter_token_latency_seconds', help: 'Time between consecutive generated tokens of a sequence', labelNames: ['path', 'adapter'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly duration = new Histogram({ name: 'loraserve_request_duration_seconds', help: 'Time from arrival to the last token of a sequence', labelNames: ['path', 'adapter'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly promptTokens = new Counter({ name: 'loraserve_prompt_tokens_total', help: 'Prompt tokens processed', labelNames: ['adapter'], registers: [this.registry] });
+  readonly generationTokens = new Counter({ name: 'loraserve_generation_tokens_total', help: 'Tokens generated', labelNames: ['adapter'], registers: [this.registry] });
+  readonly requests = new Counter({ name: 'loraserve_requests_total', help: 'Finished sequences by finish reason', labelNames: ['endpoint', 'finish_reason'], registers: [this.registry] });
+  readonly queueLength = new Gauge({ name: 'loraserve_queue_length', help: 'Sequences waiting for a place in the running batch', registers: [this.registry] });
+  readonly running = new Gauge({ name: 'loraserve_running_sequences', help: 'Sequences in the running batch', registers: [this.registry] });
+  readonly batchSize = new Histogram({ name: 'loraserve_batch_size', help: 'Sequences per decode step', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: [this.registry] });
+  readonly stepDuration = new Histogram({ name: 'loraserve_step_duration_seconds', help: 'Duration of one engine step', labelNames: ['kind', 'path'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly adapterLoads = new Counter({ name: 'loraserve_adapter_loads_total', help: 'Adapter loads (uploads, load_lora_adapter, start-up) by result', labelNames: ['result'], registers: [this.registry] });
+  readonly adapterUnloads = new Counter({ name: 'loraserve_adapter_unloads_total', help: 'Adapters unloaded or deleted', registers: [this.registry] });
+  readonly hostEvictions = new Counter({ name: 'loraserve_adapter_host_cache_evictions_total', help: 'Adapters evicted from the host-memory cache', registers: [this.registry] });
+  readonly hostLoads = new Counter({ name: 'loraserve_adapter_host_cache_loads_total', help: 'Adapters decoded into the host-memory cache (from uploads or disk)', registers: [this.registry] });
+  readonly hostFailures = new Counter({ name: 'loraserve_adapter_host_cache_failures_total', help: 'Adapter reloads from disk that failed', registers: [this.registry] });
+  readonly hostBytes = new Gauge({ name: 'loraserve_adapter_host_cache_bytes', help: 'Bytes of decoded adapters in host memory', registers: [this.registry] });
+  readonly mergedHits = new Counter({ name: 'loraserve_merged_cache_hits_total', help: 'Decode steps served from merged weights', registers: [this.registry] });
+  readonly mergedMisses = new Counter({ name: 'loraserve_merged_cache_misses_total', help: 'Single-adapter decode steps without merged weights ready', registers: [this.registry] });
+  readonly mergedBytes = new Gauge({ name: 'loraserve_merged_cache_bytes', help: 'Bytes of merged weights held', registers: [this.registry] });
+  readonly mergedBuilds = new Counter({ name: 'loraserve_merged_cache_builds_total', help: 'Merged-weight sessions built', registers: [this.registry] });
+  readonly kvReserved = new Gauge({ name: 'loraserve_kv_cache_reserved_bytes', help: 'KV cache bytes reserved by running sequences', registers: [this.registry] });
+  readonly kvBudget = new Gauge({ name: 'loraserve_kv_cache_budget_bytes', help: 'Configured KV cache budget', registers: [this.registry] });
+  readonly kvUsage = new Gauge({ name: 'loraserve_kv_cache_usage_ratio', help: 'Reserved KV bytes over the budget', registers: [this.registry] });
+  readonly kvArena = new Gauge({ name: 'loraserve_kv_cache_allocated_bytes', help: 'KV cache memory allocated', registers: [this.registry] });
+
+  private readonly mirrored = new Map<Counter, number>();
+
+  constructor(private readonly topAdapters: number, private readonly kvBudgetBytes: number, defaults = true) {
+    if (defaults) collectDefaultMetrics({ register: this.registry, prefix: 'loraserve_' });
+    this.kvBudget.set(kvBudgetBytes);
+  }
+
+  // The adapter label: own value for the top adapters by requests, "other" for the rest.
+  adapterLabel(name: string | null): string {
+    if (name === null) return 'base';
+    const c = (this.counts.get(name) ?? 0) + 1;
+    this.counts.set(name, c);
+    if (this.labelled.has(name)) return name;
+    if (this.labelled.size < this.topAdapters) { this.labelled.add(name); return name; }
+    let min: string | null = null;
+    for (const l of this.labelled) if (min === null || (this.counts.get(l) ?? 0) < (this.counts.get(min) ?? 0)) min = l;
+    if (min !== null && c > (this.counts.get(min) ?? 0)) {
+      this.labelled.delete(min);
+      for (const h of [this.ttft, this.itl, this.duration]) for (const path of ['base', 'merged', 'unmerged']) h.remove({ path, adapter: min });
+      for (const ctr of [this.promptTokens, this.generationTokens]) ctr.remove({ adapter: min });
+      this.labelled.add(name);
+      return name;
+    }
+    return 'other';
+  }
+
+  updateEngine(s: EngineStats): void {
+    this.queueLength.set(s.waiting);
+    this.running.set(s.running);
+    this.kvReserved.set(s.kvReservedBytes);
+    this.kvArena.set(s.kvArenaBytes);
+    this.kvUsage.set(this.kvBudgetBytes ? s.kvReservedBytes / this.kvBudgetBytes : 0);
+    this.mirror(this.hostEvictions, s.hostCache.evictions);
+    this.mirror(this.hostLoads, s.hostCache.loads);
+    this.mirror(this.hostFailures, s.hostCache.failures);
+    this.hostBytes.set(s.hostCache.bytes);
+    this.mirror(this.mergedHits, s.merged.hits);
+    this.mirror(this.mergedMisses, s.merged.misses);
+    this.mergedBytes.set(s.merged.bytes);
+    this.mirror(this.mergedBuilds, s.merged.builds);
+  }
+
+  // A counter that follows a total kept in the engine thread.
+  private mirror(c: Counter, total: number): void {
+    const last = this.mirrored.get(c) ?? 0;
+    if (total > last) c.inc(total - last);
+    this.mirrored.set(c, total);
+  }
+}

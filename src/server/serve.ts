@@ -1,0 +1,58 @@
+// `loraserve serve` / `npm start`: config → engine worker → adapter registry (serving the store) →
+// HTTP app → listen. Shuts down cleanly on SIGINT/SIGTERM.
+import { loadConfig, ConfigError } from './config.ts';
+import type { ServerConfig } from './config.ts';
+import { buildApp } from './app.ts';
+import { EngineClient } from '../runtime/engine-client.ts';
+import { AdapterRegistry } from '../adapters/registry.ts';
+import { AdapterStore } from '../adapters/adapter-store.ts';
+import { TextTokenizer } from '../runtime/tokenizer.ts';
+import { loadModelFiles } from '../runtime/model-loader.ts';
+import type { FastifyInstance } from 'fastify';
+
+export interface RunningServer {
+  app: FastifyInstance;
+  engine: EngineClient;
+  registry: AdapterRegistry;
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function startServer(config: ServerConfig): Promise<RunningServer> {
+  const files = loadModelFiles(config.model, { name: config.modelName ?? undefined });
+  const engine = await EngineClient.start({
+    runtime: { modelDir: config.model, modelName: files.name, maxContext: config.maxContext, executionProvider: config.executionProvider, intraOpThreads: config.threads },
+    scheduler: { maxRunning: config.maxBatch, prefillChunk: config.prefillChunk, kvBudgetBytes: config.kvBudgetBytes },
+    adapters: { loraMode: config.loraMode, maxLoraRank: config.maxLoraRank, hostCacheBytes: config.hostCacheBytes, mergedCacheBytes: config.mergedCacheBytes },
+  });
+  try {
+    const tokenizer = new TextTokenizer(files.tokenizerJson, files.tokenizerConfig);
+    const registry = new AdapterRegistry(engine, files.config, files.name, config.maxLoraRank, new AdapterStore(config.adapters));
+    const app = await buildApp({ config, engine, registry, tokenizer, modelName: files.name });
+    const stored = await registry.loadStore();
+    for (const f of stored.failed) app.log.warn({ adapter: f.name, error: f.error }, 'stored adapter not served');
+    app.log.info({ model: files.name, adapters: stored.loaded.length }, 'model and adapters loaded');
+    const url = await app.listen({ host: config.host, port: config.port });
+    return {
+      app, engine, registry, url,
+      close: async () => { await app.close(); await engine.close(); },
+    };
+  } catch (err) {
+    await engine.close();
+    throw err;
+  }
+}
+
+export async function serve(argv: string[]): Promise<void> {
+  let config: ServerConfig;
+  try {
+    config = loadConfig(argv);
+  } catch (e) {
+    if (e instanceof ConfigError) { process.stderr.write(`loraserve: ${e.message}\n`); process.exit(2); }
+    throw e;
+  }
+  const server = await startServer(config);
+  const stop = async (): Promise<void> => { await server.close(); process.exit(0); };
+  process.once('SIGINT', () => void stop());
+  process.once('SIGTERM', () => void stop());
+}

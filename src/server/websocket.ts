@@ -1,0 +1,97 @@
+// WebSocket streaming at GET /v1/stream, with the event vocabulary of OpenAI's Responses API
+// WebSocket mode (shared/reference/formats-and-apis.md §6):
+//   client  {"type": "response.create", "response_id": "<yours>", "model", "prompt" | "messages", …API fields}
+//           {"type": "response.cancel", "response_id"}
+//   server  response.created → response.output_text.delta … → response.output_text.done (per choice)
+//           → response.completed {usage}; response.incomplete {reason: "cancelled"}; error {status, error}
+// Every server event carries response_id and a per-socket sequence_number. Several responses may
+// run at once on one socket; closing the socket cancels all of them.
+import type { FastifyInstance } from 'fastify';
+import type { WebSocket } from 'ws';
+import { parseChatBody, parseCompletionBody } from './openai-request.ts';
+import { runJob } from './generation.ts';
+import type { CompletionDeps } from './completions.ts';
+import { ResponseBuilder } from './openai-response.ts';
+import { errorBody } from './http-errors.ts';
+import { checkApiKey } from './auth.ts';
+import { invalidField } from '../runtime/errors.ts';
+import { deserializeError } from '../runtime/errors.ts';
+
+export const WS_PATH = '/v1/stream';
+const MAX_PER_SOCKET = 64;
+
+export function registerWebSocket(app: FastifyInstance, deps: CompletionDeps, apiKey: string | null): void {
+  app.get(WS_PATH, { websocket: true }, (socket: WebSocket, req) => {
+    let seq = 0;
+    const running = new Map<string, AbortController>();
+    const send = (ev: Record<string, unknown>): void => {
+      if (socket.readyState === socket.OPEN) socket.send(JSON.stringify({ ...ev, sequence_number: seq++ }));
+    };
+    const fail = (responseId: string | null, err: unknown): void => {
+      const { status, body } = errorBody(err);
+      send({ type: 'error', response_id: responseId, status, error: body.error });
+    };
+    try {
+      checkApiKey(req, apiKey);
+    } catch (err) {
+      fail(null, err);
+      socket.close(1008, 'unauthorized');
+      return;
+    }
+    socket.on('close', () => { for (const ac of running.values()) ac.abort(); running.clear(); });
+
+    socket.on('message', (data) => {
+      let msg: Record<string, unknown>;
+      try {
+        msg = JSON.parse(String(data)) as Record<string, unknown>;
+        if (typeof msg !== 'object' || msg === null) throw new Error('not an object');
+      } catch {
+        fail(null, invalidField('message', 'each message must be a JSON object'));
+        return;
+      }
+      const id = msg.response_id;
+      if (typeof id !== 'string' || id.length === 0 || id.length > 256) { fail(null, invalidField('response_id', `'response_id' must be a string of 1–256 characters`)); return; }
+      if (msg.type === 'response.cancel') {
+        running.get(id)?.abort();
+        return;
+      }
+      if (msg.type !== 'response.create') { fail(id, invalidField('type', `'type' must be "response.create" or "response.cancel"`)); return; }
+      if (running.has(id)) { fail(id, invalidField('response_id', `response ${id} is already running on this socket`)); return; }
+      if (running.size >= MAX_PER_SOCKET) { fail(id, invalidField('response_id', `at most ${MAX_PER_SOCKET} responses may run at once on one socket`)); return; }
+      const ac = new AbortController();
+      running.set(id, ac);
+      void respond(id, msg, ac.signal).finally(() => running.delete(id));
+    });
+
+    const respond = async (id: string, body: Record<string, unknown>, signal: AbortSignal): Promise<void> => {
+      try {
+        const fields = { ...body, stream: false, stream_options: undefined };
+        const job = 'messages' in body ? parseChatBody(fields, deps.tokenizer, deps.chatTemplate, deps.limits) : parseCompletionBody(fields, deps.tokenizer, deps.limits);
+        const b = new ResponseBuilder(job);
+        const texts = new Map<number, string>();
+        const finish: { index: number; finish_reason: string; text: string }[] = [];
+        send({ type: 'response.created', response_id: id, model: job.model });
+        for await (const e of runJob(job, deps, signal)) {
+          const ev = e.event;
+          if (ev.type === 'error') throw deserializeError(ev.error);
+          if (ev.type === 'token') {
+            texts.set(e.index, (texts.get(e.index) ?? '') + ev.text);
+            const delta: Record<string, unknown> = { type: 'response.output_text.delta', response_id: id, output_index: e.index, delta: ev.text };
+            if (job.logprobs !== null) delta.logprobs = [{ token: b.tokenString(ev.id, ev.tokenText), logprob: ev.logprob, top_logprobs: (ev.top ?? []).map((t) => ({ token: b.tokenString(t.id, t.text), logprob: t.logprob })) }];
+            send(delta);
+          } else if (ev.type === 'done') {
+            b.noteDone(e.prompt, ev);
+            const text = texts.get(e.index) ?? '';
+            finish.push({ index: e.index, finish_reason: ev.finishReason, text });
+            send({ type: 'response.output_text.done', response_id: id, output_index: e.index, text, finish_reason: ev.finishReason });
+          }
+        }
+        if (signal.aborted) { send({ type: 'response.incomplete', response_id: id, reason: 'cancelled' }); return; }
+        send({ type: 'response.completed', response_id: id, response: { id: b.id, model: job.model, status: 'completed', output: finish.sort((x, y) => x.index - y.index), usage: b.totals() } });
+      } catch (err) {
+        if (signal.aborted) send({ type: 'response.incomplete', response_id: id, reason: 'cancelled' });
+        else fail(id, err);
+      }
+    };
+  });
+}

@@ -42,8 +42,8 @@ export function uploadForm(name: string, files: { config: Uint8Array; weights: U
   const form = new FormData();
   form.append('name', name);
   for (const [k, v] of Object.entries(extra)) form.append(k, v);
-  form.append('adapter_config.json', new Blob([files.config]), 'adapter_config.json');
-  form.append('adapter_model.safetensors', new Blob([files.weights]), 'adapter_model.safetensors');
+  form.append('adapter_config.json', new Blob([files.config as Uint8Array<ArrayBuffer>]), 'adapter_config.json');
+  form.append('adapter_model.safetensors', new Blob([files.weights as Uint8Array<ArrayBuffer>]), 'adapter_model.safetensors');
   return form;
 }
 

@@ -1,0 +1,116 @@
+// LoRA benchmark (issue: multi-adapter LoRA), on the synthetic 110M model with rank-16 adapters on
+// all seven targets. Ratios are measured in one run, interleaving the variants to spread noise.
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadModel } from '../src/runtime/model-loader.ts';
+import { buildLlamaGraph, loraLinear } from '../src/runtime/llama-graph.ts';
+import { createSession } from '../src/runtime/session.ts';
+import type { ort } from '../src/runtime/session.ts';
+import { StepRunner } from '../src/runtime/step.ts';
+import { KvArena } from '../src/runtime/kv-arena.ts';
+import { LoraArena } from '../src/runtime/lora-arena.ts';
+import type { PreparedAdapter } from '../src/runtime/lora-arena.ts';
+import { decodeAdapter } from '../src/adapters/lora-adapter.ts';
+import { prepareAdapter } from '../src/adapters/host-cache.ts';
+import { mergedWeights } from '../src/merge/merged-sessions.ts';
+import { encodeSafetensors } from '../src/runtime/safetensors.ts';
+import { EngineClient } from '../src/runtime/engine-client.ts';
+import { AdapterRegistry } from '../src/adapters/registry.ts';
+import { AdapterStore } from '../src/adapters/adapter-store.ts';
+import { DEFAULT_SAMPLING } from '../src/runtime/sampler.ts';
+import { buildAdapter } from '../scripts/make-test-adapters.ts';
+import type { AdapterSpec } from '../scripts/make-test-adapters.ts';
+import type { ModelConfig } from '../src/runtime/model-config.ts';
+import { llama110mDir } from './bench-models.ts';
+import { median, printTable } from './stats.ts';
+
+function adapterFiles(cfg: ModelConfig, spec: AdapterSpec): { config: Uint8Array; weights: Uint8Array } {
+  const f = buildAdapter(cfg, spec);
+  return { config: new TextEncoder().encode(JSON.stringify(f.config)), weights: encodeSafetensors(f.tensors) };
+}
+
+export async function loraBench(opts: { quick: boolean }): Promise<Record<string, unknown>> {
+  const dir = llama110mDir();
+  const model = loadModel(dir);
+  const cfg = model.config;
+  const readBase = (n: string) => model.weights.get(n)!;
+  const maxPositions = 512;
+  const nAdapters = opts.quick ? 8 : 32;
+  console.log(`\npreparing ${nAdapters} rank-16 adapters on all seven targets …`);
+  const adapters: PreparedAdapter[] = [];
+  for (let i = 0; i < nAdapters; i++) {
+    const r = decodeAdapter(adapterFiles(cfg, { rank: 16, alpha: 32, seed: 100 + i }), cfg, { maxRank: 64, modelName: 'llama-110m' });
+    adapters.push(prepareAdapter(r.adapter!, cfg, readBase));
+  }
+  const main = await createSession(buildLlamaGraph(cfg, model.weights, { maxPositions, linear: loraLinear(cfg, model.weights) }));
+  const t0 = performance.now();
+  const mergedW = mergedWeights(cfg, readBase, adapters[0]);
+  const mergeMs = performance.now() - t0;
+  const t1 = performance.now();
+  const merged = await createSession(buildLlamaGraph(cfg, mergedW, { maxPositions }));
+  const mergedSessionMs = performance.now() - t1;
+
+  // one arena set per scenario: rows with the given adapters, prefilled with a 32-token prompt
+  const scenario = async (rowAdapters: (PreparedAdapter | null)[], session?: ort.InferenceSession) => {
+    const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim);
+    const lora = new LoraArena(cfg);
+    const runner = new StepRunner(main, cfg, maxPositions, kv, lora);
+    rowAdapters.forEach((a, r) => { kv.ensure(r + 1, 1); lora.setRow(r, a); });
+    for (let r = 0; r < rowAdapters.length; r++) await runner.run([{ row: r, tokens: Array.from({ length: 32 }, (_, i) => (i * 31 + r) % cfg.vocabSize) }], { session });
+    let tok = 7;
+    return async (): Promise<number> => {
+      const t = performance.now();
+      await runner.run(rowAdapters.map((_, r) => ({ row: r, tokens: [tok++ % cfg.vocabSize] })), { session });
+      return performance.now() - t;
+    };
+  };
+  const B = nAdapters;
+  const variants: [string, () => Promise<number>][] = [
+    ['base_b1', await scenario([null])],
+    ['unmerged_b1', await scenario([adapters[0]])],
+    ['merged_b1', await scenario([adapters[0]], merged)],
+    [`base_b${B}`, await scenario(Array(B).fill(null))],
+    [`one_adapter_b${B}`, await scenario(Array(B).fill(adapters[0]))],
+    [`distinct_b${B}`, await scenario(adapters.slice(0, B))],
+  ];
+  const times = new Map<string, number[]>(variants.map(([n]) => [n, []]));
+  const rounds = opts.quick ? 8 : 25;
+  for (let i = 0; i < rounds; i++) for (const [name, step] of variants) times.get(name)!.push(await step());
+  const ms = (n: string) => median(times.get(n)!.slice(2));
+
+  // load-to-first-token and merge time through the engine, as a server does it
+  const engine = await EngineClient.start({ runtime: { modelDir: dir, maxContext: maxPositions }, adapters: { loraMode: 'unmerged' } });
+  const registry = new AdapterRegistry(engine, cfg, 'llama-110m', 64, new AdapterStore(mkdtempSync(join(tmpdir(), 'loraserve-bench-'))));
+  const warm = adapterFiles(cfg, { rank: 16, seed: 1 });
+  await registry.upload('warm', warm, { replace: false });
+  const firstToken = async (name: string, files: { config: Uint8Array; weights: Uint8Array }): Promise<number> => {
+    const t = performance.now();
+    await registry.upload(name, files, { replace: true });
+    const ref = registry.acquire(name);
+    for await (const ev of engine.generate({ promptTokens: [1, 2, 3, 4], maxTokens: 1, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, seed: null, stop: [], stopTokenIds: [], ignoreEos: true, logprobs: null, adapter: ref })) {
+      if (ev.type === 'token') break;
+    }
+    registry.release(ref);
+    return performance.now() - t;
+  };
+  const loadTimes: number[] = [];
+  for (let i = 0; i < (opts.quick ? 3 : 5); i++) loadTimes.push(await firstToken(`fresh${i}`, adapterFiles(cfg, { rank: 16, seed: 200 + i })));
+  const buildMs = await engine.buildMerged(registry.get('fresh0')!.version);
+  await engine.close();
+
+  const rows = [
+    { metric: 'merged single adapter vs base (b=1)', value: ms('merged_b1') / ms('base_b1'), target: '≤ 1.03' },
+    { metric: 'unmerged single adapter vs base (b=1)', value: ms('unmerged_b1') / ms('base_b1'), target: '≤ 1.25' },
+    { metric: `${B} distinct adapters vs ${B} on one adapter (tok/s)`, value: ms(`one_adapter_b${B}`) / ms(`distinct_b${B}`), target: '≥ 0.8' },
+    { metric: `${B} distinct adapters vs base only (tok/s)`, value: ms(`base_b${B}`) / ms(`distinct_b${B}`), target: '≥ 0.75' },
+    { metric: 'upload rank-16 adapter → first token (ms, median)', value: median(loadTimes), target: '≤ 100' },
+    { metric: 'merged weights: merge in JS (ms)', value: mergeMs, target: '' },
+    { metric: 'merged weights: merge + session (engine, ms)', value: buildMs, target: '' },
+    { metric: 'merged session creation alone (ms)', value: mergedSessionMs, target: '' },
+  ];
+  printTable('LoRA on the synthetic 110M model, rank 16, all seven targets', rows);
+  const stepRows = variants.map(([n]) => ({ variant: n, step_ms: ms(n), tok_s: (n.endsWith('b1') ? 1 : B) * 1000 / ms(n) }));
+  printTable('decode step per variant (median ms)', stepRows);
+  return { ratios: rows, steps: stepRows, loadToFirstTokenMs: loadTimes };
+}

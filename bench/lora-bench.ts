@@ -99,6 +99,8 @@ export async function loraBench(opts: { quick: boolean }): Promise<Record<string
   const buildMs = await engine.buildMerged(registry.get('fresh0')!.version);
   await engine.close();
 
+  const policy = await policyBench(dir, cfg, opts.quick);
+
   const rows = [
     { metric: 'merged single adapter vs base (b=1)', value: ms('merged_b1') / ms('base_b1'), target: '≤ 1.03' },
     { metric: 'unmerged single adapter vs base (b=1)', value: ms('unmerged_b1') / ms('base_b1'), target: '≤ 1.25' },
@@ -112,5 +114,32 @@ export async function loraBench(opts: { quick: boolean }): Promise<Record<string
   printTable('LoRA on the synthetic 110M model, rank 16, all seven targets', rows);
   const stepRows = variants.map(([n]) => ({ variant: n, step_ms: ms(n), tok_s: (n.endsWith('b1') ? 1 : B) * 1000 / ms(n) }));
   printTable('decode step per variant (median ms)', stepRows);
-  return { ratios: rows, steps: stepRows, loadToFirstTokenMs: loadTimes };
+  printTable('--lora-mode on one workload (4 streams × 96 tokens, one adapter, through the engine)', policy);
+  return { ratios: rows, steps: stepRows, loadToFirstTokenMs: loadTimes, policy };
+}
+
+// The same single-adapter workload under each --lora-mode: wall time, merged builds, and what the
+// auto policy's cost model saw.
+async function policyBench(dir: string, cfg: ModelConfig, quick: boolean): Promise<Record<string, string | number>[]> {
+  const out: Record<string, string | number>[] = [];
+  const files = adapterFiles(cfg, { rank: 16, seed: 300 });
+  for (const mode of ['unmerged', 'auto', 'merged'] as const) {
+    const engine = await EngineClient.start({ runtime: { modelDir: dir, maxContext: 512 }, adapters: { loraMode: mode } });
+    const registry = new AdapterRegistry(engine, cfg, 'llama-110m', 64, new AdapterStore(mkdtempSync(join(tmpdir(), 'loraserve-policy-'))));
+    await registry.upload('hot', files, { replace: false });
+    const paths = new Map<string, number>();
+    engine.onStep = (s) => { if (s.kind === 'decode') paths.set(s.path, (paths.get(s.path) ?? 0) + 1); };
+    const t0 = performance.now();
+    const n = quick ? 48 : 96;
+    await Promise.all(Array.from({ length: 4 }, async (_, i) => {
+      const ref = registry.acquire('hot');
+      for await (const ev of engine.generate({ promptTokens: [1, 2, 3, i + 4], maxTokens: n, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, seed: null, stop: [], stopTokenIds: [], ignoreEos: true, logprobs: null, adapter: ref })) void ev;
+      registry.release(ref);
+    }));
+    const wall = performance.now() - t0;
+    const st = await engine.stats();
+    out.push({ mode, wall_ms: wall, tok_s: (4 * n * 1000) / wall, builds: st.merged.builds, merged_steps: paths.get('merged') ?? 0, unmerged_steps: paths.get('unmerged') ?? 0, build_ms: st.merged.lastBuildMs });
+    await engine.close();
+  }
+  return out;
 }

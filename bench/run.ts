@@ -4,6 +4,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { runtimeBench } from './runtime-bench.ts';
+import { loraBench } from './lora-bench.ts';
 
 const { values } = parseArgs({ options: { only: { type: 'string', multiple: true }, quick: { type: 'boolean', default: false } } });
 const only = new Set(values.only ?? []);
@@ -16,6 +17,7 @@ const results: Record<string, unknown> = {
   cores: (await import('node:os')).cpus().length,
 };
 if (want('runtime')) results.runtime = await runtimeBench({ quick: values.quick });
+if (want('lora')) results.lora = await loraBench({ quick: values.quick });
 
 const dir = fileURLToPath(new URL('./results/', import.meta.url));
 mkdirSync(dir, { recursive: true });

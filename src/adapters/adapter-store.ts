@@ -1,7 +1,8 @@
 // The adapter store: a directory with one PEFT directory per adapter, named after it. The source
 // of truth for uploaded adapters, so they are served again after a restart. Writes are atomic: the
 // files go to a temporary directory (each fsynced), which is renamed into place.
-import { existsSync, mkdirSync, readdirSync, rmSync, renameSync, openSync, writeSync, fsyncSync, closeSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, renameSync, openSync, fsyncSync, closeSync, statSync } from 'node:fs';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { CONFIG_FILE, WEIGHTS_FILE } from './lora-adapter.ts';
@@ -43,25 +44,26 @@ export class AdapterStore {
       .sort();
   }
 
-  write(name: string, files: AdapterFiles): string {
+  // Async, so the engine can take the adapter while the bytes reach the disk.
+  async write(name: string, files: AdapterFiles): Promise<string> {
     const target = this.dirOf(name);
     const tmp = join(this.root, `.tmp-${randomBytes(6).toString('hex')}`);
-    mkdirSync(tmp);
+    await mkdir(tmp);
+    let trash: string | null = null;
     try {
-      writeSynced(join(tmp, CONFIG_FILE), files.config);
-      writeSynced(join(tmp, WEIGHTS_FILE), files.weights);
-      let trash: string | null = null;
+      await Promise.all([writeSynced(join(tmp, CONFIG_FILE), files.config), writeSynced(join(tmp, WEIGHTS_FILE), files.weights)]);
       if (existsSync(target)) {
         trash = join(this.root, `.trash-${randomBytes(6).toString('hex')}`);
-        renameSync(target, trash);
+        await rename(target, trash);
       }
-      renameSync(tmp, target);
+      await rename(tmp, target);
       syncDir(this.root);
-      if (trash) rmSync(trash, { recursive: true, force: true });
     } catch (err) {
-      rmSync(tmp, { recursive: true, force: true });
+      if (trash && !existsSync(target)) await rename(trash, target); // put the previous version back
+      await rm(tmp, { recursive: true, force: true });
       throw err;
     }
+    if (trash) await rm(trash, { recursive: true, force: true });
     return target;
   }
 
@@ -75,14 +77,13 @@ export class AdapterStore {
   }
 }
 
-function writeSynced(path: string, bytes: Uint8Array): void {
-  const fd = openSync(path, 'w');
+async function writeSynced(path: string, bytes: Uint8Array): Promise<void> {
+  const fh = await open(path, 'w');
   try {
-    let done = 0;
-    while (done < bytes.byteLength) done += writeSync(fd, bytes, done, bytes.byteLength - done);
-    fsyncSync(fd);
+    await fh.writeFile(bytes);
+    await fh.sync();
   } finally {
-    closeSync(fd);
+    await fh.close();
   }
 }
 

@@ -124,8 +124,7 @@ export class AdapterRegistry {
     return this.locked(name, async () => {
       this.checkReplace(name, opts.replace);
       const { adapter, warnings } = this.validate(name, files);
-      const dir = this.store.write(name, files);
-      return this.install(name, adapter, warnings, dir, 'store', files);
+      return this.install(name, adapter, warnings, this.store.dirOf(name), 'store', files, this.store.write(name, files));
     });
   }
 
@@ -178,11 +177,17 @@ export class AdapterRegistry {
     return { adapter: r.adapter, warnings: r.warnings };
   }
 
-  private async install(name: string, adapter: LoraAdapter, warnings: string[], dir: string, source: 'store' | 'path', files: AdapterFiles): Promise<AdapterInfo> {
+  // The engine takes the adapter while `written` (the store write, for uploads) completes; it serves
+  // only once both have succeeded.
+  private async install(name: string, adapter: LoraAdapter, warnings: string[], dir: string, source: 'store' | 'path', files: AdapterFiles, written: Promise<unknown> = Promise.resolve()): Promise<AdapterInfo> {
     const layers = new Set(adapter.targets.map((t) => t.layer)).size;
     const targets = TARGETS.filter((t) => adapter.targets.some((x) => x.target === t));
     const info = { version: adapter.version, rank: adapter.maxRank, useDora: adapter.useDora, decodedBytes: adapter.bytes, fileBytes: files.config.byteLength + files.weights.byteLength, layers, targets: [...targets] };
-    await this.engine.putAdapter(adapter); // the buffers move to the engine
+    const [put, write] = await Promise.allSettled([this.engine.putAdapter(adapter), written]); // the buffers move to the engine
+    if (put.status === 'rejected' || write.status === 'rejected') {
+      if (put.status === 'fulfilled' && this.entries.get(name)?.version !== info.version) await this.engine.dropAdapter(info.version);
+      throw put.status === 'rejected' ? put.reason : (write as PromiseRejectedResult).reason;
+    }
     const prev = this.entries.get(name);
     if (prev && prev.version !== info.version) {
       const stillUsed = prev.inFlightByVersion.get(prev.version) ?? 0;

@@ -5,11 +5,15 @@
 // Policy (--lora-mode):
 //   unmerged  never merge.
 //   merged    merge every adapter that has a single-adapter step, at its first such step.
-//   auto      (default; after dLoRA) merge an adapter once it has carried ≥ AUTO_SHARE of the decode
-//             tokens over the last AUTO_WINDOW single- or multi-adapter steps, and at least
-//             AUTO_MIN_STEPS of those steps were its alone. Building blocks the engine thread for the
-//             session creation (see docs/lora-modes.md for the measured cost), so auto only pays it
-//             for adapters that dominate the traffic.
+//   auto      (default; after dLoRA's cost model) merge adapter X when what merging would save over
+//             the next AUTO_WINDOW steps exceeds what building costs:
+//                 overhead(b) · steps_X  >  build_ms
+//             overhead(b) = measured step time of single-adapter unmerged steps minus base steps at
+//             the same batch size (EWMA, per power-of-two batch bucket); steps_X = X's single-adapter
+//             steps among the last AUTO_WINDOW decode steps (its traffic is assumed to continue);
+//             build_ms = the last build's duration, or an estimate from the model's size before the
+//             first build. Building blocks the engine thread (session creation), so on CPUs, where the
+//             unmerged overhead is a few percent, auto rarely merges; see docs/lora-modes.md.
 import { buildLlamaGraph, TARGETS, targetPath, targetShape } from '../runtime/llama-graph.ts';
 import type { Weights } from '../runtime/llama-graph.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
@@ -21,9 +25,10 @@ import { mergePrepared } from './merge-lora.ts';
 
 export type LoraMode = 'auto' | 'merged' | 'unmerged';
 
-export const AUTO_WINDOW = 64;
-export const AUTO_SHARE = 0.9;
-export const AUTO_MIN_STEPS = 32;
+export const AUTO_WINDOW = 256;
+const EWMA = 0.1;
+// Until a build has been timed: about this many ms per GB of weights (measured here: ~23 s/GB on a 2-core VM).
+const BUILD_MS_PER_GB = 25_000;
 
 interface Entry { session: ort.InferenceSession; bytes: number; lastUsed: number }
 
@@ -40,6 +45,8 @@ export class MergedSessions implements MergedPath {
   private readonly cache = new Map<string, Entry>();
   private readonly building = new Set<string>();
   private readonly recent: (string | null)[] = []; // adapter version of each of the last steps (null: mixed/base)
+  private readonly baseMs = new Map<number, number>();      // EWMA step ms of base-only steps, by batch bucket
+  private readonly unmergedMs = new Map<number, number>();  // EWMA step ms of single-adapter unmerged steps
   readonly stats: MergedStats = { hits: 0, misses: 0, builds: 0, evictions: 0, bytes: 0, lastBuildMs: 0 };
   private clock = 0;
 
@@ -51,17 +58,35 @@ export class MergedSessions implements MergedPath {
     private readonly lookup: (version: string) => PreparedAdapter | undefined,
     private readonly maxBytes: number,
     private readonly sessionOptions: SessionOptions,
+    private readonly weightBytes: number,
   ) {}
 
-  sessionFor(version: string | null, _tokens: number): ort.InferenceSession | undefined {
+  sessionFor(version: string | null, batch: number): ort.InferenceSession | undefined {
     this.recent.push(version);
     if (this.recent.length > AUTO_WINDOW) this.recent.shift();
     if (this.mode === 'unmerged' || version === null) return undefined;
     const hit = this.cache.get(version);
     if (hit) { hit.lastUsed = ++this.clock; this.stats.hits++; return hit.session; }
     this.stats.misses++;
-    if (this.shouldBuild(version)) this.scheduleBuild(version);
+    if (this.shouldBuild(version, batch)) this.scheduleBuild(version);
     return undefined;
+  }
+
+  // Step timings feed the auto policy's cost model.
+  observe(path: 'base' | 'unmerged' | 'merged', batch: number, ms: number): void {
+    const table = path === 'base' ? this.baseMs : path === 'unmerged' ? this.unmergedMs : null;
+    if (!table) return;
+    const k = bucket(batch);
+    const prev = table.get(k);
+    table.set(k, prev === undefined ? ms : prev + EWMA * (ms - prev));
+  }
+
+  // What auto would decide for an adapter now (exposed for the benchmark and the docs).
+  autoEstimate(version: string, batch: number): { overheadMs: number; steps: number; buildMs: number } {
+    const k = bucket(batch);
+    const overheadMs = Math.max(0, (this.unmergedMs.get(k) ?? 0) - (this.baseMs.get(k) ?? Infinity));
+    const steps = this.recent.filter((v) => v === version).length;
+    return { overheadMs, steps, buildMs: this.stats.lastBuildMs || (this.weightBytes / 1e9) * BUILD_MS_PER_GB };
   }
 
   isMerged(version: string): boolean {
@@ -77,11 +102,11 @@ export class MergedSessions implements MergedPath {
     await e.session.release();
   }
 
-  private shouldBuild(version: string): boolean {
+  private shouldBuild(version: string, batch: number): boolean {
     if (this.building.has(version)) return false;
     if (this.mode === 'merged') return true;
-    const alone = this.recent.filter((v) => v === version).length;
-    return this.recent.length >= AUTO_MIN_STEPS && alone >= AUTO_MIN_STEPS && alone / this.recent.length >= AUTO_SHARE;
+    const { overheadMs, steps, buildMs } = this.autoEstimate(version, batch);
+    return overheadMs * steps > buildMs;
   }
 
   private scheduleBuild(version: string): void {
@@ -114,6 +139,10 @@ export class MergedSessions implements MergedPath {
     for (const [v, e] of this.cache) if (e.lastUsed < t) { t = e.lastUsed; oldest = v; }
     if (oldest) { await this.drop(oldest); this.stats.evictions++; }
   }
+}
+
+function bucket(batch: number): number {
+  return 2 ** Math.ceil(Math.log2(Math.max(1, batch)));
 }
 
 // Base weights with every targeted projection replaced by W0 + ΔW (DoRA-scaled).

@@ -20,7 +20,7 @@ function send(msg: FromWorker): void {
 async function main(): Promise<void> {
   const rt = await createModelRuntime(opts.runtime);
   const hostCache = new HostCache(rt.config, rt.readBase, { maxRank: opts.adapters.maxLoraRank, modelName: rt.info.name }, opts.adapters.hostCacheBytes);
-  const merged = new MergedSessions(opts.adapters.loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.acquire({ name: '', version: v, dir: '' }), opts.adapters.mergedCacheBytes, rt.sessionOptions);
+  const merged = new MergedSessions(opts.adapters.loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.acquire({ name: '', version: v, dir: '' }), opts.adapters.mergedCacheBytes, rt.sessionOptions, rt.info.weightBytes);
   let outbox: { id: string; events: TokenEvent[] }[] = [];
   const scheduler = new Scheduler(rt.runner, opts.scheduler, (id, events) => outbox.push({ id, events }), hostCache, merged);
   scheduler.onStep = (s) => send({ type: 'step', stats: s, running: scheduler.runningCount, waiting: scheduler.waitingCount, kvBytes: scheduler.reservedKvBytes });

@@ -21,7 +21,9 @@ export interface SchedulerLimits {
 // The merged-weights path (merge/merged-sessions.ts), consulted once per decode step.
 export interface MergedPath {
   // A ready merged session for this adapter version, or undefined (then the step runs unmerged).
-  sessionFor(version: string | null, tokens: number): ort.InferenceSession | undefined;
+  sessionFor(version: string | null, batch: number): ort.InferenceSession | undefined;
+  // Every decode step's timing, for the merge policy's cost model.
+  observe(path: 'base' | 'unmerged' | 'merged', batch: number, ms: number): void;
 }
 
 export type EmitFn = (seqId: string, events: TokenEvent[]) => void;
@@ -114,7 +116,7 @@ export class Scheduler {
     const tokens = rows.reduce((a, r) => a + r.tokens.length, 0);
     const versions = new Set(seqs.map((s) => s.req.adapter?.version ?? null));
     const only = versions.size === 1 ? [...versions][0] : undefined;
-    const mergedSession = only !== undefined && only !== null ? this.merged?.sessionFor(only, tokens) : undefined;
+    const mergedSession = kind === 'decode' && only !== undefined ? this.merged?.sessionFor(only, seqs.length) : undefined;
     const t0 = performance.now();
     let result;
     try {
@@ -128,7 +130,9 @@ export class Scheduler {
       return;
     }
     const path = mergedSession ? 'merged' : versions.has(null) && versions.size === 1 ? 'base' : 'unmerged';
-    this.onStep?.({ kind, path, batch: seqs.length, tokens, ms: performance.now() - t0, adapters: seqs.map((s) => s.req.adapter?.name ?? null) });
+    const ms = performance.now() - t0;
+    if (kind === 'decode' && (path !== 'unmerged' || versions.size === 1)) this.merged?.observe(path, seqs.length, ms);
+    this.onStep?.({ kind, path, batch: seqs.length, tokens, ms, adapters: seqs.map((s) => s.req.adapter?.name ?? null) });
     const V = result.vocabSize;
     seqs.forEach((s, i) => {
       if (s.state === 'done') return; // cancelled while the step ran

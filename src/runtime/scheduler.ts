@@ -1,7 +1,9 @@
 // Continuous batching over arena rows. Each tick:
 //   1. admit  waiting sequences into free rows (bounded by running sequences and the KV budget);
 //             a sequence whose adapter is still loading from disk waits without holding others up
-//   2. prefill one prompt chunk of the oldest sequence still in prefill
+//   2. prefill one prompt chunk of the oldest sequence still in prefill; while other sequences
+//             decode, the chunk is sized so that it costs about PREFILL_SHARE of a decode step
+//             (measured), so a long prompt arriving never stalls the running streams
 //   3. decode  one token for every decoding sequence, in one batched step (merged weights when
 //             every row uses the same adapter and the merge policy has them ready)
 //   4. retire  finished and cancelled sequences at once, freeing their rows
@@ -14,7 +16,7 @@ import { serializeError } from './errors.ts';
 
 export interface SchedulerLimits {
   maxRunning: number;        // sequences in the running batch (arena rows)
-  prefillChunk: number;      // prompt tokens of one sequence per step (chunked prefill)
+  prefillChunk: number;      // most prompt tokens of one sequence per step (chunked prefill)
   kvBudgetBytes: number;     // KV bytes reserved by running sequences (prompt + max_tokens each)
 }
 
@@ -25,6 +27,11 @@ export interface MergedPath {
   // Every decode step's timing, for the merge policy's cost model.
   observe(path: 'base' | 'unmerged' | 'merged', batch: number, ms: number): void;
 }
+
+// While sequences decode, a prefill chunk may cost this share of a decode step.
+export const PREFILL_SHARE = 0.6;
+const MIN_CHUNK = 16;
+const EWMA = 0.2;
 
 export type EmitFn = (seqId: string, events: TokenEvent[]) => void;
 
@@ -43,6 +50,8 @@ export class Scheduler {
   private readonly freeRows: number[] = [];
   private nextRow = 0;
   private reservedKv = 0;
+  private decodeMs = 0;          // EWMA of decode step time
+  private prefillMsPerToken = 0; // EWMA of prefill time per token
   onStep?: (s: StepStats) => void;
 
   constructor(
@@ -75,7 +84,7 @@ export class Scheduler {
   async tick(): Promise<void> {
     this.admit();
     const prefill = this.running.find((s) => s.state === 'prefill');
-    if (prefill) await this.step([prefill], 'prefill');
+    if (prefill) await this.step([prefill], 'prefill', this.chunkSize());
     const decode = this.running.filter((s) => s.state === 'decode');
     if (decode.length) await this.step(decode, 'decode');
   }
@@ -111,8 +120,16 @@ export class Scheduler {
     }
   }
 
-  private async step(seqs: Sequence[], kind: 'prefill' | 'decode'): Promise<void> {
-    const rows: StepRow[] = seqs.map((s) => ({ row: s.row, tokens: s.nextTokens(this.limits.prefillChunk), allLogits: s.wantsPromptLogits }));
+  // Prompt tokens for the next prefill step: the full chunk when nothing decodes, else what fits
+  // in PREFILL_SHARE of a decode step at the measured prefill speed.
+  chunkSize(): number {
+    const max = this.limits.prefillChunk;
+    if (!this.running.some((s) => s.state === 'decode') || this.prefillMsPerToken === 0 || this.decodeMs === 0) return max;
+    return Math.max(MIN_CHUNK, Math.min(max, Math.floor((PREFILL_SHARE * this.decodeMs) / this.prefillMsPerToken)));
+  }
+
+  private async step(seqs: Sequence[], kind: 'prefill' | 'decode', chunk = 1): Promise<void> {
+    const rows: StepRow[] = seqs.map((s) => ({ row: s.row, tokens: s.nextTokens(chunk), allLogits: s.wantsPromptLogits }));
     const tokens = rows.reduce((a, r) => a + r.tokens.length, 0);
     const versions = new Set(seqs.map((s) => s.req.adapter?.version ?? null));
     const only = versions.size === 1 ? [...versions][0] : undefined;
@@ -131,6 +148,8 @@ export class Scheduler {
     }
     const path = mergedSession ? 'merged' : versions.has(null) && versions.size === 1 ? 'base' : 'unmerged';
     const ms = performance.now() - t0;
+    if (kind === 'decode') this.decodeMs = this.decodeMs ? this.decodeMs + EWMA * (ms - this.decodeMs) : ms;
+    else if (tokens >= MIN_CHUNK) this.prefillMsPerToken = this.prefillMsPerToken ? this.prefillMsPerToken + EWMA * (ms / tokens - this.prefillMsPerToken) : ms / tokens;
     if (kind === 'decode' && (path !== 'unmerged' || versions.size === 1)) this.merged?.observe(path, seqs.length, ms);
     this.onStep?.({ kind, path, batch: seqs.length, tokens, ms, adapters: seqs.map((s) => s.req.adapter?.name ?? null) });
     const V = result.vocabSize;

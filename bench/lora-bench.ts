@@ -53,10 +53,10 @@ export async function loraBench(opts: { quick: boolean }): Promise<Record<string
 
   // one arena set per scenario: rows with the given adapters, prefilled with a 32-token prompt
   const scenario = async (rowAdapters: (PreparedAdapter | null)[], session?: ort.InferenceSession) => {
-    const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim);
+    const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim, 128);
     const lora = new LoraArena(cfg);
     const runner = new StepRunner(main, cfg, maxPositions, kv, lora);
-    rowAdapters.forEach((a, r) => { kv.ensure(r + 1, 1); lora.setRow(r, a); });
+    rowAdapters.forEach((a, r) => { kv.ensure(r + 1); lora.setRow(r, a); });
     for (let r = 0; r < rowAdapters.length; r++) await runner.run([{ row: r, tokens: Array.from({ length: 32 }, (_, i) => (i * 31 + r) % cfg.vocabSize) }], { session });
     let tok = 7;
     return async (): Promise<number> => {

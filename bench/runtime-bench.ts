@@ -6,6 +6,9 @@ import { createSession, ort } from '../src/runtime/session.ts';
 import { GraphBuilder, int } from '../src/runtime/graph/ir.ts';
 import { StepRunner } from '../src/runtime/step.ts';
 import { KvArena } from '../src/runtime/kv-arena.ts';
+import { BASE_CAPACITY } from '../src/runtime/lanes.ts';
+
+const laneCapacity = (n: number): number => { let c = BASE_CAPACITY; while (c < n) c *= 2; return c; };
 import { STORIES_DIR, llama110mDir } from './bench-models.ts';
 import { median, printTable } from './stats.ts';
 
@@ -49,8 +52,6 @@ async function benchModel(name: string, dir: string, bandwidth: number, quick: b
   const cfg = model.config;
   const maxPositions = Math.min(cfg.maxPositions, 2048);
   const session = await createSession(buildLlamaGraph(cfg, model.weights, { maxPositions }));
-  const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim);
-  const runner = new StepRunner(session, cfg, maxPositions, kv, null);
   let bytes = 0;
   let params = 0;
   for (const w of model.weights.values()) { bytes += w.byteLength; params += w.length; }
@@ -59,6 +60,8 @@ async function benchModel(name: string, dir: string, bandwidth: number, quick: b
 
   // prefill: one 512-token step (context limit permitting), best of 3
   const P = Math.min(512, maxPositions - 64);
+  const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim, P + 64);
+  const runner = new StepRunner(session, cfg, maxPositions, kv, null);
   const prefillTimes: number[] = [];
   for (let i = 0; i < (quick ? 2 : 3); i++) {
     kv.release(0);
@@ -69,7 +72,8 @@ async function benchModel(name: string, dir: string, bandwidth: number, quick: b
 
   // a fresh arena per context, so its capacity is that context's (the arena is shared by all rows)
   const decodeAt = async (ctx: number, steps: number): Promise<number> => {
-    const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim);
+    // the lane a sequence of this context lives in (lanes.ts): capacity = next power of two
+    const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim, laneCapacity(ctx + steps));
     const runner = new StepRunner(session, cfg, maxPositions, kv, null);
     for (let off = 0; off < ctx; off += 256) await runner.run([{ row: 0, tokens: prompt(Math.min(256, ctx - off)) }]);
     const times: number[] = [];

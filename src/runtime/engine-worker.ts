@@ -22,7 +22,7 @@ async function main(): Promise<void> {
   const hostCache = new HostCache(rt.config, rt.readBase, { maxRank: opts.adapters.maxLoraRank, modelName: rt.info.name }, opts.adapters.hostCacheBytes);
   const merged = new MergedSessions(opts.adapters.loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.acquire({ name: '', version: v, dir: '' }), opts.adapters.mergedCacheBytes, rt.sessionOptions, rt.info.weightBytes);
   let outbox: { id: string; events: TokenEvent[] }[] = [];
-  const scheduler = new Scheduler(rt.runner, opts.scheduler, (id, events) => outbox.push({ id, events }), hostCache, merged);
+  const scheduler = new Scheduler(rt.runner, rt.lanes, opts.scheduler, (id, events) => outbox.push({ id, events }), hostCache, merged);
   scheduler.onStep = (s) => send({ type: 'step', stats: s, running: scheduler.runningCount, waiting: scheduler.waitingCount, kvBytes: scheduler.reservedKvBytes });
   let looping = false;
 
@@ -68,8 +68,8 @@ async function main(): Promise<void> {
           running: scheduler.runningCount,
           waiting: scheduler.waitingCount,
           kvReservedBytes: scheduler.reservedKvBytes,
-          kvArenaBytes: rt.runner.kv.bytes,
-          loraArenaBytes: rt.runner.lora?.bytes ?? 0,
+          kvArenaBytes: rt.lanes.kvBytes,
+          loraArenaBytes: rt.lanes.loraBytes,
           hostCache: hostCache.snapshot(),
           merged: { ...merged.stats },
         };

@@ -55,6 +55,16 @@ export class LoraArena {
     return [...this.at, ...this.bt, ...this.g].reduce((s, a) => s + a.byteLength, 0);
   }
 
+  // Frees the memory (an idle lane).
+  reset(): void {
+    this.rows = 0;
+    this.R = 0;
+    this.at = [];
+    this.bt = [];
+    this.g = [];
+    this.rowAdapter = [];
+  }
+
   adapterAt(row: number): PreparedAdapter | null {
     return this.rowAdapter[row] ?? null;
   }

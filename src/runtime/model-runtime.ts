@@ -8,8 +8,7 @@ import { buildLlamaGraph, loraLinear } from './llama-graph.ts';
 import { createSession } from './session.ts';
 import type { ExecutionProvider, SessionOptions } from './session.ts';
 import { StepRunner } from './step.ts';
-import { KvArena } from './kv-arena.ts';
-import { LoraArena } from './lora-arena.ts';
+import { LanePool } from './lanes.ts';
 import { TextTokenizer } from './tokenizer.ts';
 import { WeightReader } from './weight-reader.ts';
 import type { ModelInfo } from './generate-request.ts';
@@ -30,6 +29,7 @@ export interface ModelRuntime {
   config: ModelConfig;
   tokenizer: TextTokenizer;
   runner: StepRunner;
+  lanes: LanePool;
   info: ModelInfo;
   limits: SequenceLimits;
   sessionOptions: SessionOptions;
@@ -50,12 +50,12 @@ export async function createModelRuntime(opts: RuntimeOptions): Promise<ModelRun
   for (const w of loaded.weights.values()) weightBytes += w.byteLength;
   const { weights: _dropped, ...model } = loaded;
   const reader = new WeightReader(loaded.dir);
-  const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim);
   return {
     model,
     config: cfg,
     tokenizer,
-    runner: new StepRunner(session, cfg, maxContext, kv, new LoraArena(cfg)),
+    runner: new StepRunner(session, cfg, maxContext),
+    lanes: new LanePool(cfg, maxContext),
     info: {
       name: loaded.name,
       vocabSize: cfg.vocabSize,

@@ -8,6 +8,7 @@
 //             every row uses the same adapter and the merge policy has them ready)
 //   4. retire  finished and cancelled sequences at once, freeing their rows
 import type { Sequence } from './sequence.ts';
+import type { LanePool } from './lanes.ts';
 import type { StepRow, StepRunner } from './step.ts';
 import type { TokenEvent } from './generate-request.ts';
 import type { AdapterSource } from './adapter-source.ts';
@@ -28,6 +29,8 @@ export interface MergedPath {
   observe(path: 'base' | 'unmerged' | 'merged', batch: number, ms: number): void;
 }
 
+// A new sequence's first lane holds its prompt and this many more tokens (or max_tokens if fewer).
+const INITIAL_ROOM = 64;
 // While sequences decode, a prefill chunk may cost this share of a decode step.
 export const PREFILL_SHARE = 0.6;
 const MIN_CHUNK = 16;
@@ -47,8 +50,6 @@ export interface StepStats {
 export class Scheduler {
   private readonly waiting: Sequence[] = [];
   private readonly running: Sequence[] = [];
-  private readonly freeRows: number[] = [];
-  private nextRow = 0;
   private reservedKv = 0;
   private decodeMs = 0;          // EWMA of decode step time
   private prefillMsPerToken = 0; // EWMA of prefill time per token
@@ -56,6 +57,7 @@ export class Scheduler {
 
   constructor(
     private readonly runner: StepRunner,
+    private readonly lanes: LanePool,
     private readonly limits: SchedulerLimits,
     private readonly emit: EmitFn,
     private readonly adapters: AdapterSource | null = null,
@@ -85,8 +87,11 @@ export class Scheduler {
     this.admit();
     const prefill = this.running.find((s) => s.state === 'prefill');
     if (prefill) await this.step([prefill], 'prefill', this.chunkSize());
-    const decode = this.running.filter((s) => s.state === 'decode');
-    if (decode.length) await this.step(decode, 'decode');
+    // one decode step per lane (capacity class), shortest first
+    for (const lane of this.lanes.lanes) {
+      const decode = this.running.filter((s) => s.state === 'decode' && s.lane === lane);
+      if (decode.length) await this.step(decode, 'decode');
+    }
   }
 
   private adapterReady(seq: Sequence): boolean {
@@ -110,10 +115,8 @@ export class Scheduler {
       }
       if (this.running.length > 0 && this.reservedKv + seq.reservedKvBytes > this.limits.kvBudgetBytes) break;
       this.waiting.splice(i, 1);
-      seq.row = this.freeRows.length ? this.freeRows.sort((a, b) => a - b).shift()! : this.nextRow++;
-      this.runner.kv.ensure(seq.row + 1, 1);
-      this.runner.kv.release(seq.row);
-      this.runner.lora?.setRow(seq.row, prepared ?? null);
+      seq.lane = this.lanes.laneFor(Math.min(seq.req.promptTokens.length + Math.min(seq.req.maxTokens, INITIAL_ROOM), this.runner.maxPositions));
+      seq.row = seq.lane.allocRow(prepared ?? null);
       this.reservedKv += seq.reservedKvBytes;
       seq.state = 'prefill';
       this.running.push(seq);
@@ -129,7 +132,19 @@ export class Scheduler {
   }
 
   private async step(seqs: Sequence[], kind: 'prefill' | 'decode', chunk = 1): Promise<void> {
-    const rows: StepRow[] = seqs.map((s) => ({ row: s.row, tokens: s.nextTokens(chunk), allLogits: s.wantsPromptLogits }));
+    const tokensOf = seqs.map((s) => s.nextTokens(chunk));
+    // a sequence that outgrows its lane moves up first (then decodes with that lane next tick)
+    seqs.forEach((s, i) => {
+      const need = s.lane!.kv.lengths[s.row] + tokensOf[i].length;
+      if (need > s.lane!.capacity) ({ lane: s.lane, row: s.row } = this.lanes.migrate(s.lane!, s.row, need, s.lane!.lora.adapterAt(s.row)));
+    });
+    const lanes = new Set(seqs.map((s) => s.lane!));
+    if (lanes.size > 1) {
+      for (const l of lanes) await this.step(seqs.filter((s) => s.lane === l), kind, chunk);
+      return;
+    }
+    const lane = seqs[0].lane!;
+    const rows: StepRow[] = seqs.map((s, i) => ({ row: s.row, tokens: tokensOf[i], allLogits: s.wantsPromptLogits }));
     const tokens = rows.reduce((a, r) => a + r.tokens.length, 0);
     const versions = new Set(seqs.map((s) => s.req.adapter?.version ?? null));
     const only = versions.size === 1 ? [...versions][0] : undefined;
@@ -137,7 +152,7 @@ export class Scheduler {
     const t0 = performance.now();
     let result;
     try {
-      result = await this.runner.run(rows, { session: mergedSession });
+      result = await this.runner.run(rows, { session: mergedSession, lane });
     } catch (err) {
       for (const s of seqs) {
         s.cancel();
@@ -171,9 +186,8 @@ export class Scheduler {
       if (s.state !== 'done') continue;
       this.running.splice(i, 1);
       this.reservedKv -= s.reservedKvBytes;
-      this.runner.kv.release(s.row);
-      if (s.req.adapter) this.runner.lora?.setRow(s.row, null);
-      this.freeRows.push(s.row);
+      s.lane?.releaseRow(s.row);
+      s.lane = null;
       this.unpin(s);
     }
   }

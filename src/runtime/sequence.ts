@@ -6,6 +6,7 @@ import type { PenaltyState } from './sampler.ts';
 import { StopMatcher } from './stop-matcher.ts';
 import { StreamDecoder } from './tokenizer.ts';
 import type { TextTokenizer } from './tokenizer.ts';
+import type { Lane } from './lanes.ts';
 import type { FinishReason, GenerateRequest, PromptLogprob, TokenEvent } from './generate-request.ts';
 
 export interface SequenceLimits {
@@ -17,7 +18,8 @@ export interface SequenceLimits {
 }
 
 export class Sequence {
-  row = -1;                        // arena row while running (KV cache and LoRA factors)
+  lane: Lane | null = null;        // while running: the lane (capacity class) and row of its
+  row = -1;                        // KV cache and LoRA factors
   readonly output: number[] = [];
   state: 'waiting' | 'prefill' | 'decode' | 'done' = 'waiting';
   private prefilled = 0;

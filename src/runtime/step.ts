@@ -21,7 +21,8 @@ export interface StepResult {
 }
 
 export interface StepOptions {
-  session?: ort.InferenceSession; // a merged-weights session instead of the main one
+  session?: ort.InferenceSession;                   // a merged-weights session instead of the main one
+  lane?: { kv: KvArena; lora: LoraArena | null };  // the arenas of the rows (default: the runner's own)
 }
 
 const MASKED = -1e9;
@@ -48,8 +49,8 @@ export class StepRunner {
     private readonly session: ort.InferenceSession,
     private readonly cfg: ModelConfig,
     readonly maxPositions: number,
-    readonly kv: KvArena,
-    readonly lora: LoraArena | null,
+    readonly kv: KvArena | null = null,       // default arenas (tests, benchmarks); the scheduler passes lanes
+    readonly lora: LoraArena | null = null,
   ) {
     this.rep = cfg.numHeads / cfg.numKvHeads;
     const { numKvHeads: Hkv, headDim: d } = cfg;
@@ -57,7 +58,10 @@ export class StepRunner {
   }
 
   async run(rows: StepRow[], opts: StepOptions = {}): Promise<StepResult> {
-    const { kv, cfg, rep } = this;
+    const { cfg, rep } = this;
+    const kv = opts.lane?.kv ?? this.kv;
+    if (!kv) throw new Error('runStep: no KV arena');
+    const lora = opts.lane ? opts.lane.lora : this.lora;
     const lo = Math.min(...rows.map((r) => r.row));
     const hi = Math.max(...rows.map((r) => r.row)) + 1;
     const B = hi - lo;
@@ -66,7 +70,8 @@ export class StepRunner {
       if (r.tokens.length === 0) throw new Error('runStep: a row has no tokens');
       if ((kv.lengths[r.row] ?? 0) + r.tokens.length > this.maxPositions) throw new Error(`runStep: position ${(kv.lengths[r.row] ?? 0) + r.tokens.length} exceeds the context of ${this.maxPositions}`);
     }
-    kv.ensure(hi, Math.max(...rows.map((r) => (kv.lengths[r.row] ?? 0) + r.tokens.length)));
+    for (const r of rows) if ((kv.lengths[r.row] ?? 0) + r.tokens.length > kv.capacity) throw new Error(`runStep: row ${r.row} needs ${(kv.lengths[r.row] ?? 0) + r.tokens.length} positions; its arena holds ${kv.capacity}`);
+    kv.ensure(hi);
     // past width: the arena capacity (fed in place), or 0 when no row has a past yet
     const P = rows.some((r) => kv.lengths[r.row] > 0) ? kv.capacity : 0;
     const T = P + S;
@@ -110,7 +115,7 @@ export class StepRunner {
       feeds[`past_value.${l}`] = P === 0 ? this.emptyPast[1] : new ort.Tensor('float32', kv.values[l].subarray(lo * rowFloats, hi * rowFloats), [B, Hkv, P, d]);
     }
     const session = opts.session ?? this.session;
-    if (!opts.session && this.lora) Object.assign(feeds, this.lora.feeds(lo, hi));
+    if (!opts.session && lora) Object.assign(feeds, lora.feeds(lo, hi));
 
     const out = await session.run(feeds);
 

@@ -17,10 +17,10 @@ export async function makeRunner(cfgJson: Record<string, unknown>, weights: Map<
   const cfg = parseModelConfig(cfgJson);
   const graph = buildLlamaGraph(cfg, weights, { maxPositions, linear: opts.lora ? loraLinear(cfg, weights) : undefined });
   const session = await createSession(graph, { intraOpThreads: 1, useExternalData: opts.useExternalData });
-  const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim);
+  const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim, maxPositions);
   const runner = new StepRunner(session, cfg, maxPositions, kv, opts.lora ? new LoraArena(cfg) : null);
   let next = 0;
-  return { runner, cfg, newRow: () => { const r = next++; kv.ensure(r + 1, 1); kv.release(r); return r; } };
+  return { runner, cfg, newRow: () => { const r = next++; kv.ensure(r + 1); kv.release(r); return r; } };
 }
 
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {

@@ -31,7 +31,7 @@ describe.each(CASES)('graph vs float64 reference: %s', (_name, c) => {
       const step = await runner.run([{ row, tokens: [t] }]);
       expect(maxAbsDiff(step.logits, ref.forward([t])[0])).toBeLessThan(TOL);
     }
-    expect(runner.kv.lengths[row]).toBe(21);
+    expect(runner.kv!.lengths[row]).toBe(21);
   });
 
   it('a ragged batch (different prompt lengths, chunked prefill, batched decode) matches each sequence alone', async () => {

@@ -5,7 +5,8 @@ import { Scheduler } from '../../src/runtime/scheduler.ts';
 import type { SchedulerLimits, StepStats } from '../../src/runtime/scheduler.ts';
 import { Sequence } from '../../src/runtime/sequence.ts';
 import type { SequenceLimits } from '../../src/runtime/sequence.ts';
-import type { StepRow, StepRunner } from '../../src/runtime/step.ts';
+import type { StepOptions, StepRow, StepRunner } from '../../src/runtime/step.ts';
+import { LanePool } from '../../src/runtime/lanes.ts';
 import type { AdapterSource } from '../../src/runtime/adapter-source.ts';
 import type { AdapterRef, GenerateRequest, TokenEvent } from '../../src/runtime/generate-request.ts';
 import type { PreparedAdapter } from '../../src/runtime/lora-arena.ts';
@@ -19,20 +20,24 @@ const tok = new TextTokenizer(files.tokenizerJson, files.tokenizerConfig);
 const V = 512;
 const LIMITS: SequenceLimits = { numLayers: 1, numKvHeads: 1, headDim: 8, maxContext: 4096, eosTokenIds: [2] };
 
-function fakeRunner(log: { kind: string; rows: number[]; tokens: number }[]) {
-  const rowsInUse = new Set<number>();
+// Runs no model: records each step, advances the lane's KV lengths, and always picks token 300.
+function fakeRunner(log: { kind: string; rows: number[]; tokens: number; capacity: number }[]) {
   const runner = {
-    kv: { ensure() {}, release(row: number) { rowsInUse.delete(row); }, lengths: [] as number[] },
-    lora: { setRow(row: number) { rowsInUse.add(row); } },
-    async run(rows: StepRow[]) {
-      log.push({ kind: rows.some((r) => r.tokens.length > 1) ? 'prefill' : 'decode', rows: rows.map((r) => r.row), tokens: rows.reduce((a, r) => a + r.tokens.length, 0) });
+    maxPositions: 4096,
+    async run(rows: StepRow[], opts: StepOptions) {
+      const kv = opts.lane!.kv;
+      for (const r of rows) {
+        if (kv.lengths[r.row] + r.tokens.length > kv.capacity) throw new Error('row overflows its lane');
+        kv.lengths[r.row] += r.tokens.length;
+      }
+      log.push({ kind: rows.some((r) => r.tokens.length > 1) ? 'prefill' : 'decode', rows: rows.map((r) => r.row), tokens: rows.reduce((a, r) => a + r.tokens.length, 0), capacity: kv.capacity });
       await new Promise((r) => setImmediate(r));
       const logits = new Float32Array(rows.length * V);
       rows.forEach((_, i) => { logits[i * V + 300] = 10; });
       return { logits, rowOffsets: rows.map((_, i) => i), vocabSize: V };
     },
   };
-  return { runner: runner as unknown as StepRunner, rowsInUse };
+  return { runner: runner as unknown as StepRunner };
 }
 
 const ref = (name: string): AdapterRef => ({ name, version: `v-${name}`, dir: '/nowhere' });
@@ -41,12 +46,13 @@ const request = (over: Partial<GenerateRequest> = {}): GenerateRequest => ({
 });
 
 function harness(limits: Partial<SchedulerLimits> = {}, adapters: AdapterSource | null = null) {
-  const log: { kind: string; rows: number[]; tokens: number }[] = [];
+  const log: { kind: string; rows: number[]; tokens: number; capacity: number }[] = [];
   const { runner } = fakeRunner(log);
   const finished: string[] = [];
   const doneAt = new Map<string, number>();
   const events = new Map<string, TokenEvent[]>();
-  const s = new Scheduler(runner, { maxRunning: 4, prefillChunk: 256, kvBudgetBytes: 1 << 30, ...limits }, (id, evs) => {
+  const lanes = new LanePool({ ...files.config, numLayers: 1, numKvHeads: 1, headDim: 8 }, 4096);
+  const s = new Scheduler(runner, lanes, { maxRunning: 4, prefillChunk: 256, kvBudgetBytes: 1 << 30, ...limits }, (id, evs) => {
     events.set(id, [...(events.get(id) ?? []), ...evs]);
     if (evs.some((e) => e.type === 'done' || e.type === 'error')) { finished.push(id); doneAt.set(id, log.length); }
   }, adapters);
@@ -54,7 +60,7 @@ function harness(limits: Partial<SchedulerLimits> = {}, adapters: AdapterSource 
   s.onStep = (st) => steps.push(st);
   const submit = (id: string, r: GenerateRequest) => s.submit(new Sequence(id, r, tok, LIMITS));
   const drain = async (max = 10_000) => { let n = 0; while (!s.idle && n++ < max) await s.tick(); return n; };
-  return { s, log, finished, doneAt, events, steps, submit, drain };
+  return { s, log, finished, doneAt, events, steps, submit, drain, lanes };
 }
 
 const readySource = (): AdapterSource => ({
@@ -133,6 +139,22 @@ describe('scheduler', () => {
     expect(h.log.filter((l) => l.kind === 'prefill' && l.tokens > 3).every((l) => l.tokens <= 64)).toBe(true);
   });
 
+  it('sequences live in lanes by length; one that outgrows its lane moves up and keeps its tokens', async () => {
+    const h = harness({}, null);
+    h.submit('short', request({ maxTokens: 20 }));
+    h.submit('grows', request({ maxTokens: 300 }));
+    h.submit('long', request({ promptTokens: Array.from({ length: 600 }, (_, i) => 3 + (i % 400)), maxTokens: 5 }));
+    await h.drain();
+    expect([...h.finished].sort()).toEqual(['grows', 'long', 'short']);
+    for (const id of ['short', 'grows', 'long']) expect(h.events.get(id)!.filter((e) => e.type === 'token')).toHaveLength(id === 'short' ? 20 : id === 'grows' ? 300 : 5);
+    // decode steps ran per lane: the 600-token sequence never shared a step with the short ones
+    const caps = new Set(h.log.filter((l) => l.kind === 'decode').map((l) => l.capacity));
+    expect([...caps].sort((a, b) => a - b)).toEqual([128, 256, 512, 1024]);
+    expect(h.log.filter((l) => l.kind === 'decode' && l.capacity === 1024).every((l) => l.rows.length === 1)).toBe(true);
+    // every lane gave its memory back
+    expect(h.lanes.kvBytes).toBe(0);
+  });
+
   it('cancelling a running sequence frees its row before the next step; the row is reused', async () => {
     const h = harness({ maxRunning: 2 }, null);
     h.submit('a', request({ maxTokens: 100 }));
@@ -143,7 +165,7 @@ describe('scheduler', () => {
     h.s.cancel('a');
     expect(h.s.runningCount).toBe(1);
     await h.s.tick();
-    expect(h.log.at(-2)!.rows).toEqual([0]); // c took a's row 0 and prefilled in it
+    expect(h.log.at(-2)!.rows).toEqual([0]); // c took a's row 0 (in the same lane) and prefilled in it
     await h.drain();
     expect(h.finished).toEqual(['c', 'b']);
   });

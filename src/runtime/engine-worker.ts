@@ -18,7 +18,7 @@ function send(msg: FromWorker): void {
 }
 
 async function main(): Promise<void> {
-  const rt = await createModelRuntime(opts.runtime);
+  const rt = await createModelRuntime({ ...opts.runtime, maxRunning: opts.scheduler.maxRunning });
   const hostCache = new HostCache(rt.config, rt.readBase, { maxRank: opts.adapters.maxLoraRank, modelName: rt.info.name }, opts.adapters.hostCacheBytes);
   const merged = new MergedSessions(opts.adapters.loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.acquire({ name: '', version: v, dir: '' }), opts.adapters.mergedCacheBytes, rt.sessionOptions, rt.info.weightBytes);
   let outbox: { id: string; events: TokenEvent[] }[] = [];

@@ -33,6 +33,7 @@ export function loraInputNames(l: number, t: Target): { at: string; bt: string; 
 
 export class LoraArena {
   private rows = 0;
+  private minRows = 0;
   private R = 0;
   private at: Float32Array[] = [];
   private bt: Float32Array[] = [];
@@ -55,6 +56,12 @@ export class LoraArena {
     return [...this.at, ...this.bt, ...this.g].reduce((s, a) => s + a.byteLength, 0);
   }
 
+  // Rows for the whole batch up front, so setting a row never reallocates (see lanes.ts).
+  reserveRows(rows: number): void {
+    if (this.R > 0) this.ensure(rows, this.R);
+    else this.minRows = Math.max(this.minRows, rows);
+  }
+
   // Frees the memory (an idle lane).
   reset(): void {
     this.rows = 0;
@@ -75,7 +82,7 @@ export class LoraArena {
     const prev = this.rowAdapter[row];
     this.rowAdapter[row] = adapter;
     if (!adapter && !prev) return;
-    this.ensure(Math.max(row + 1, this.rows), Math.max(this.R, adapter?.rank ?? 0));
+    this.ensure(Math.max(row + 1, this.rows, this.minRows), Math.max(this.R, adapter?.rank ?? 0));
     const R = this.R;
     this.dims.forEach(({ out, inDim }, k) => {
       this.at[k].fill(0, row * inDim * R, (row + 1) * inDim * R);

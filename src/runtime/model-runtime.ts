@@ -22,6 +22,7 @@ export interface RuntimeOptions {
   maxContext?: number;                 // default: min(max_position_embeddings, 4096)
   executionProvider?: ExecutionProvider;
   intraOpThreads?: number;
+  maxRunning?: number;                 // rows per KV lane (the batch limit)
 }
 
 export interface ModelRuntime {
@@ -55,7 +56,7 @@ export async function createModelRuntime(opts: RuntimeOptions): Promise<ModelRun
     config: cfg,
     tokenizer,
     runner: new StepRunner(session, cfg, maxContext),
-    lanes: new LanePool(cfg, maxContext),
+    lanes: new LanePool(cfg, maxContext, opts.maxRunning ?? 32),
     info: {
       name: loaded.name,
       vocabSize: cfg.vocabSize,

@@ -22,7 +22,8 @@ async function main(): Promise<void> {
   const hostCache = new HostCache(rt.config, rt.readBase, { maxRank: opts.adapters.maxLoraRank, modelName: rt.info.name }, opts.adapters.hostCacheBytes);
   const merged = new MergedSessions(opts.adapters.loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.acquire({ name: '', version: v, dir: '' }), opts.adapters.mergedCacheBytes, rt.sessionOptions, rt.info.weightBytes);
   let outbox: { id: string; events: TokenEvent[] }[] = [];
-  const scheduler = new Scheduler(rt.runner, rt.lanes, opts.scheduler, (id, events) => outbox.push({ id, events }), hostCache, merged);
+  const cost = { weightBytes: rt.info.weightBytes, kvBytesPerPosition: 2 * rt.config.numLayers * rt.config.numKvHeads * rt.config.headDim * 4 };
+  const scheduler = new Scheduler(rt.runner, rt.lanes, opts.scheduler, (id, events) => outbox.push({ id, events }), hostCache, merged, cost);
   scheduler.onStep = (s) => send({ type: 'step', stats: s, running: scheduler.runningCount, waiting: scheduler.waitingCount, kvBytes: scheduler.reservedKvBytes });
   let looping = false;
 

@@ -67,7 +67,10 @@ export class LanePool {
 
   // Move a row to a lane with room for `positions`; returns the new lane and row.
   migrate(lane: Lane, row: number, positions: number, adapter: PreparedAdapter | null): { lane: Lane; row: number } {
-    const target = this.laneFor(positions);
+    return this.moveTo(lane, row, this.laneFor(positions), adapter);
+  }
+
+  moveTo(lane: Lane, row: number, target: Lane, adapter: PreparedAdapter | null): { lane: Lane; row: number } {
     if (target === lane) return { lane, row };
     const newRow = target.allocRow(adapter);
     lane.kv.copyRow(row, target.kv, newRow);

@@ -8,7 +8,7 @@
 //             every row uses the same adapter and the merge policy has them ready)
 //   4. retire  finished and cancelled sequences at once, freeing their rows
 import type { Sequence } from './sequence.ts';
-import type { LanePool } from './lanes.ts';
+import type { Lane, LanePool } from './lanes.ts';
 import type { StepRow, StepRunner } from './step.ts';
 import type { TokenEvent } from './generate-request.ts';
 import type { AdapterSource } from './adapter-source.ts';
@@ -16,7 +16,7 @@ import type { ort } from './session.ts';
 import { serializeError } from './errors.ts';
 
 export interface SchedulerLimits {
-  maxRunning: number;        // sequences in the running batch (arena rows)
+  maxRunning: number;        // sequences in the running batch (rows per lane)
   prefillChunk: number;      // most prompt tokens of one sequence per step (chunked prefill)
   kvBudgetBytes: number;     // KV bytes reserved by running sequences (prompt + max_tokens each)
 }
@@ -35,6 +35,12 @@ const INITIAL_ROOM = 64;
 export const PREFILL_SHARE = 0.6;
 const MIN_CHUNK = 16;
 const EWMA = 0.2;
+
+// What a decode step reads: the weights once, plus every row's KV up to its lane's capacity.
+export interface StepCost {
+  weightBytes: number;
+  kvBytesPerPosition: number;
+}
 
 export type EmitFn = (seqId: string, events: TokenEvent[]) => void;
 
@@ -62,6 +68,7 @@ export class Scheduler {
     private readonly emit: EmitFn,
     private readonly adapters: AdapterSource | null = null,
     private readonly merged: MergedPath | null = null,
+    private readonly cost: StepCost = { weightBytes: 0, kvBytesPerPosition: 1 }, // default: never fold lanes
   ) {}
 
   get waitingCount(): number { return this.waiting.length; }
@@ -87,7 +94,9 @@ export class Scheduler {
     this.admit();
     const prefill = this.running.find((s) => s.state === 'prefill');
     if (prefill) await this.step([prefill], 'prefill', this.chunkSize());
-    // one decode step per lane (capacity class), shortest first
+    // one decode step per lane (capacity class), shortest first, after folding small lanes into
+    // bigger ones wherever the padding costs less than the extra step's weight pass
+    this.consolidate();
     for (const lane of this.lanes.lanes) {
       const decode = this.running.filter((s) => s.state === 'decode' && s.lane === lane);
       if (decode.length) await this.step(decode, 'decode');
@@ -120,6 +129,21 @@ export class Scheduler {
       this.reservedKv += seq.reservedKvBytes;
       seq.state = 'prefill';
       this.running.push(seq);
+    }
+  }
+
+  // Lanes with decoding sequences, smallest first: move all of a lane's sequences up into the next
+  // active lane when attending over the bigger capacity (rows · Δcapacity · KV bytes) reads less than
+  // a separate step would (the weights once more). The copy is paid once; the saving every step.
+  private consolidate(): void {
+    const decoding = (l: Lane) => this.running.filter((s) => s.state === 'decode' && s.lane === l);
+    const active = this.lanes.lanes.filter((l) => decoding(l).length > 0);
+    for (let i = 0; i + 1 < active.length; i++) {
+      const small = active[i];
+      const big = active[i + 1];
+      const seqs = decoding(small);
+      if (seqs.length * (big.capacity - small.capacity) * this.cost.kvBytesPerPosition >= this.cost.weightBytes) continue;
+      for (const s of seqs) ({ lane: s.lane, row: s.row } = this.lanes.moveTo(small, s.row, big, small.lora.adapterAt(s.row)));
     }
   }
 

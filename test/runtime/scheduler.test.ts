@@ -2,7 +2,7 @@
 // path, the KV budget, chunked prefill interleaving with decode, cancellation.
 import { describe, expect, it } from 'vitest';
 import { Scheduler } from '../../src/runtime/scheduler.ts';
-import type { SchedulerLimits, StepStats } from '../../src/runtime/scheduler.ts';
+import type { SchedulerLimits, StepCost, StepStats } from '../../src/runtime/scheduler.ts';
 import { Sequence } from '../../src/runtime/sequence.ts';
 import type { SequenceLimits } from '../../src/runtime/sequence.ts';
 import type { StepOptions, StepRow, StepRunner } from '../../src/runtime/step.ts';
@@ -45,7 +45,7 @@ const request = (over: Partial<GenerateRequest> = {}): GenerateRequest => ({
   promptTokens: [1, 403, 407], maxTokens: 10, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, seed: null, stop: [], stopTokenIds: [], ignoreEos: true, logprobs: null, adapter: null, ...over,
 });
 
-function harness(limits: Partial<SchedulerLimits> = {}, adapters: AdapterSource | null = null) {
+function harness(limits: Partial<SchedulerLimits> = {}, adapters: AdapterSource | null = null, cost?: StepCost) {
   const log: { kind: string; rows: number[]; tokens: number; capacity: number }[] = [];
   const { runner } = fakeRunner(log);
   const finished: string[] = [];
@@ -55,7 +55,7 @@ function harness(limits: Partial<SchedulerLimits> = {}, adapters: AdapterSource 
   const s = new Scheduler(runner, lanes, { maxRunning: 4, prefillChunk: 256, kvBudgetBytes: 1 << 30, ...limits }, (id, evs) => {
     events.set(id, [...(events.get(id) ?? []), ...evs]);
     if (evs.some((e) => e.type === 'done' || e.type === 'error')) { finished.push(id); doneAt.set(id, log.length); }
-  }, adapters);
+  }, adapters, null, cost);
   const steps: StepStats[] = [];
   s.onStep = (st) => steps.push(st);
   const submit = (id: string, r: GenerateRequest) => s.submit(new Sequence(id, r, tok, LIMITS));
@@ -153,6 +153,22 @@ describe('scheduler', () => {
     expect(h.log.filter((l) => l.kind === 'decode' && l.capacity === 1024).every((l) => l.rows.length === 1)).toBe(true);
     // every row was given back
     expect(h.lanes.lanes.every((l) => l.used === 0)).toBe(true);
+  });
+
+  it('small lanes fold into a bigger active lane when the padding reads less than another weight pass', async () => {
+    // weights = 10 000 positions' worth of KV: 3 rows · (256 − 128) fold; 1 row · (1024 − 256) < 10 000 folds too
+    const h = harness({}, null, { weightBytes: 10_000, kvBytesPerPosition: 1 });
+    h.submit('long', request({ promptTokens: Array.from({ length: 600 }, (_, i) => 3 + (i % 400)), maxTokens: 40 }));
+    for (let i = 0; i < 3; i++) h.submit(`s${i}`, request({ maxTokens: 40 }));
+    await h.drain();
+    const decodeCaps = h.log.filter((l) => l.kind === 'decode').map((l) => l.capacity);
+    expect(new Set(decodeCaps.slice(5))).toEqual(new Set([1024])); // after the first ticks, one step per tick
+    // with a cheap weight pass nothing folds: the long sequence decodes alone in its lane
+    const g = harness({}, null, { weightBytes: 100, kvBytesPerPosition: 1 });
+    g.submit('long', request({ promptTokens: Array.from({ length: 600 }, (_, i) => 3 + (i % 400)), maxTokens: 40 }));
+    for (let i = 0; i < 3; i++) g.submit(`s${i}`, request({ maxTokens: 40 }));
+    await g.drain();
+    expect(g.log.filter((l) => l.kind === 'decode' && l.capacity === 1024).every((l) => l.rows.length === 1)).toBe(true);
   });
 
   it('cancelling a running sequence frees its row before the next step; the row is reused', async () => {

@@ -29,8 +29,9 @@ export interface MergedPath {
   observe(path: 'base' | 'unmerged' | 'merged', batch: number, ms: number): void;
 }
 
-// A new sequence's first lane holds its prompt and this many more tokens (or max_tokens if fewer).
-const INITIAL_ROOM = 64;
+// A new sequence starts in the lane that holds its prompt and this many more tokens (or max_tokens
+// if fewer): most sequences then never move, and the lanes stay few.
+const INITIAL_ROOM = 256;
 // While sequences decode, a prefill chunk may cost this share of a decode step.
 export const PREFILL_SHARE = 0.6;
 const MIN_CHUNK = 16;
@@ -125,7 +126,9 @@ export class Scheduler {
       if (this.running.length > 0 && this.reservedKv + seq.reservedKvBytes > this.limits.kvBudgetBytes) break;
       this.waiting.splice(i, 1);
       seq.lane = this.lanes.laneFor(Math.min(seq.req.promptTokens.length + Math.min(seq.req.maxTokens, INITIAL_ROOM), this.runner.maxPositions));
-      seq.row = seq.lane.allocRow(prepared ?? null);
+      seq.row = this.lanes.takeSlot();
+      seq.lane.enter(seq.row);
+      this.lanes.lora.setRow(seq.row, prepared ?? null);
       this.reservedKv += seq.reservedKvBytes;
       seq.state = 'prefill';
       this.running.push(seq);
@@ -143,7 +146,7 @@ export class Scheduler {
       const big = active[i + 1];
       const seqs = decoding(small);
       if (seqs.length * (big.capacity - small.capacity) * this.cost.kvBytesPerPosition >= this.cost.weightBytes) continue;
-      for (const s of seqs) ({ lane: s.lane, row: s.row } = this.lanes.moveTo(small, s.row, big, small.lora.adapterAt(s.row)));
+      for (const s of seqs) s.lane = this.lanes.moveTo(small, s.row, big);
     }
   }
 
@@ -160,7 +163,7 @@ export class Scheduler {
     // a sequence that outgrows its lane moves up first (then decodes with that lane next tick)
     seqs.forEach((s, i) => {
       const need = s.lane!.kv.lengths[s.row] + tokensOf[i].length;
-      if (need > s.lane!.capacity) ({ lane: s.lane, row: s.row } = this.lanes.migrate(s.lane!, s.row, need, s.lane!.lora.adapterAt(s.row)));
+      if (need > s.lane!.capacity) s.lane = this.lanes.migrate(s.lane!, s.row, need);
     });
     const lanes = new Set(seqs.map((s) => s.lane!));
     if (lanes.size > 1) {
@@ -176,7 +179,7 @@ export class Scheduler {
     const t0 = performance.now();
     let result;
     try {
-      result = await this.runner.run(rows, { session: mergedSession, lane });
+      result = await this.runner.run(rows, { session: mergedSession, lane: { kv: lane.kv, lora: this.lanes.lora } });
     } catch (err) {
       for (const s of seqs) {
         s.cancel();
@@ -210,7 +213,8 @@ export class Scheduler {
       if (s.state !== 'done') continue;
       this.running.splice(i, 1);
       this.reservedKv -= s.reservedKvBytes;
-      s.lane?.releaseRow(s.row);
+      s.lane?.leave(s.row);
+      this.lanes.giveSlot(s.row);
       s.lane = null;
       this.unpin(s);
     }

@@ -18,8 +18,8 @@ export interface SequenceLimits {
 }
 
 export class Sequence {
-  lane: Lane | null = null;        // while running: the lane (capacity class) and row of its
-  row = -1;                        // KV cache and LoRA factors
+  lane: Lane | null = null;        // while running: the lane (capacity class) of its KV cache,
+  row = -1;                        // and its slot: its row there and in the LoRA arena
   readonly output: number[] = [];
   state: 'waiting' | 'prefill' | 'decode' | 'done' = 'waiting';
   private prefilled = 0;

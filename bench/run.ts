@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { runtimeBench } from './runtime-bench.ts';
 import { loraBench } from './lora-bench.ts';
 import { batchingBench } from './batching-bench.ts';
+import { memoryBench } from './memory-bench.ts';
 
 const { values } = parseArgs({ options: { only: { type: 'string', multiple: true }, quick: { type: 'boolean', default: false } } });
 const only = new Set(values.only ?? []);
@@ -20,6 +21,7 @@ const results: Record<string, unknown> = {
 if (want('runtime')) results.runtime = await runtimeBench({ quick: values.quick });
 if (want('lora')) results.lora = await loraBench({ quick: values.quick });
 if (want('batching')) results.batching = await batchingBench({ quick: values.quick });
+if (want('memory')) results.memory = await memoryBench({ quick: values.quick });
 
 const dir = fileURLToPath(new URL('./results/', import.meta.url));
 mkdirSync(dir, { recursive: true });

@@ -96,6 +96,11 @@ export class EngineClient {
     return this.call({ op: 'merged.has', version });
   }
 
+  // Runs the engine thread's garbage collector, when node was started with --expose-gc (benchmarks).
+  gc(): Promise<void> {
+    return this.call({ op: 'gc' });
+  }
+
   stats(): Promise<EngineStats> {
     return this.call({ op: 'stats' });
   }

@@ -35,7 +35,8 @@ export type EngineCall =
   | { op: 'adapter.drop'; version: string }
   | { op: 'merged.build'; version: string }
   | { op: 'merged.has'; version: string }
-  | { op: 'stats' };
+  | { op: 'stats' }
+  | { op: 'gc' };
 
 export type ToWorker =
   | { type: 'generate'; id: string; request: GenerateRequest }

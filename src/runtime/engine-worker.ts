@@ -64,6 +64,9 @@ async function main(): Promise<void> {
       }
       case 'merged.has':
         return merged.isMerged(c.version);
+      case 'gc':
+        (globalThis as { gc?: () => void }).gc?.(); // only with --expose-gc (benchmarks)
+        return null;
       case 'stats': {
         const stats: EngineStats = {
           running: scheduler.runningCount,

@@ -81,6 +81,17 @@ export function randomWeights(cfg: Record<string, any>, seed: number, opts: { st
   }
   norm('model.norm.weight');
   if (!cfg.tie_word_embeddings) mat('lm_head.weight', cfg.vocab_size, D);
+  // Qwen2 (and Llama with attention_bias) carry q/k/v biases; Llama's attention_bias also o_proj's
+  const qwen = Array.isArray(cfg.architectures) && cfg.architectures[0] === 'Qwen2ForCausalLM';
+  if (qwen || cfg.attention_bias === true) {
+    const vec = (name: string, n: number): void => { w.set(name, Float32Array.from({ length: n }, () => 0.1 * normal())); };
+    for (let l = 0; l < cfg.num_hidden_layers; l++) {
+      vec(`model.layers.${l}.self_attn.q_proj.bias`, H * d);
+      vec(`model.layers.${l}.self_attn.k_proj.bias`, Hkv * d);
+      vec(`model.layers.${l}.self_attn.v_proj.bias`, Hkv * d);
+      if (!qwen) vec(`model.layers.${l}.self_attn.o_proj.bias`, D);
+    }
+  }
   return w;
 }
 

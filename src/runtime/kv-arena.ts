@@ -37,14 +37,6 @@ export class KvArena {
     this.rows = R;
   }
 
-  // Frees the memory (an idle lane).
-  reset(): void {
-    this.rows = 0;
-    this.lengths = [];
-    this.keysT = [];
-    this.values = [];
-  }
-
   // Copies row `row`'s valid positions into `dst` (a larger-capacity arena) at `dstRow`.
   copyRow(row: number, dst: KvArena, dstRow: number): void {
     const { numKvHeads: Hkv, headDim: d, capacity: C } = this;

@@ -62,16 +62,6 @@ export class LoraArena {
     else this.minRows = Math.max(this.minRows, rows);
   }
 
-  // Frees the memory (an idle lane).
-  reset(): void {
-    this.rows = 0;
-    this.R = 0;
-    this.at = [];
-    this.bt = [];
-    this.g = [];
-    this.rowAdapter = [];
-  }
-
   adapterAt(row: number): PreparedAdapter | null {
     return this.rowAdapter[row] ?? null;
   }

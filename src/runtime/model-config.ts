@@ -60,9 +60,7 @@ export function parseModelConfig(cfg: Json, generation: Json = {}): ModelConfig 
 
   const act = cfg.hidden_act ?? 'silu';
   if (act !== 'silu') throw new ModelConfigError(`config.json: "hidden_act" ${JSON.stringify(act)} is not supported (only "silu")`, 'hidden_act');
-  if (cfg.pretraining_tp != null && cfg.pretraining_tp !== 1) {
-    // Mathematically identical split matmuls; nothing to do, but keep it visible.
-  }
+  // pretraining_tp > 1 only splits matmuls during training: mathematically identical, ignored.
   if (architecture === 'mistral' || architecture === 'qwen2') {
     const sw = cfg.sliding_window;
     const useSw = architecture === 'qwen2' ? cfg.use_sliding_window === true : sw != null;

@@ -45,27 +45,37 @@ export function argmax(x: Float32Array): number {
 
 // The candidates that survive top-k / top-p / min-p, with their normalised probabilities,
 // sorted by probability descending (ties by id). `logits` must already be biased and penalised.
+// Only the candidates that can matter are sorted: the k best with top-k, and with top-p the tokens
+// above a threshold whose mass already reaches p (the nucleus lies within them).
 export function candidateDistribution(logits: Float32Array, p: SamplingParams): { ids: Int32Array; probs: Float64Array } {
   const V = logits.length;
-  const t = p.temperature;
   let max = -Infinity;
   for (let i = 0; i < V; i++) if (logits[i] > max) max = logits[i];
   const prob = new Float64Array(V);
-  let sum = 0;
-  for (let i = 0; i < V; i++) {
-    const e = Math.exp((logits[i] - max) / t);
-    prob[i] = e;
-    sum += e;
+  let total = 0;
+  for (let i = 0; i < V; i++) total += prob[i] = Math.exp((logits[i] - max) / p.temperature);
+  const byProb = (a: number, b: number): number => prob[b] - prob[a] || a - b;
+  let ids: number[];
+  if (p.topK > 0 && p.topK < V) {
+    ids = topK(prob, p.topK).map((t) => t.id);
+  } else if (p.topP < 1) {
+    ids = [];
+    for (let tau = 1e-3; ids.length === 0; tau = tau > 1e-12 ? tau * 1e-3 : 0) {
+      let mass = 0;
+      const above: number[] = [];
+      for (let i = 0; i < V; i++) if (prob[i] >= tau && prob[i] > 0) { above.push(i); mass += prob[i]; }
+      if (mass >= p.topP * total || tau === 0) ids = above;
+    }
+    ids.sort(byProb);
+  } else {
+    ids = [];
+    for (let i = 0; i < V; i++) if (prob[i] > 0) ids.push(i);
+    if (p.minP > 0) ids.sort(byProb);
   }
-  // Sort only what can matter: with top-k, the k best; otherwise everything with non-zero mass.
-  let ids: number[] = [];
-  for (let i = 0; i < V; i++) if (prob[i] > 0) ids.push(i);
-  ids.sort((a, b) => prob[b] - prob[a] || a - b);
-  if (p.topK > 0 && ids.length > p.topK) ids = ids.slice(0, p.topK);
   let keptMass = 0;
   for (const id of ids) keptMass += prob[id];
   if (p.topP < 1) {
-    // keep the smallest prefix whose mass reaches top_p of the (top-k) distribution; always ≥ 1 token
+    // the smallest prefix whose mass reaches top_p of the (top-k) distribution; always ≥ 1 token
     let cum = 0;
     let n = 0;
     while (n < ids.length) {
@@ -83,7 +93,6 @@ export function candidateDistribution(logits: Float32Array, p: SamplingParams): 
   for (const id of ids) mass += prob[id];
   const probs = new Float64Array(ids.length);
   ids.forEach((id, i) => { probs[i] = prob[id] / mass; });
-  void sum;
   return { ids: Int32Array.from(ids), probs };
 }
 

@@ -34,7 +34,7 @@ export interface MergedPath {
 const INITIAL_ROOM = 256;
 // While sequences decode, a prefill chunk may cost this share of a decode step.
 export const PREFILL_SHARE = 0.6;
-const MIN_CHUNK = 16;
+const MIN_CHUNK = 64; // a step costs at least a weight pass: smaller chunks only stretch the prefill
 const EWMA = 0.2;
 
 // What a decode step reads: the weights once, plus every row's KV up to its lane's capacity.

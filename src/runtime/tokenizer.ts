@@ -7,7 +7,8 @@ export class TextTokenizer {
   readonly bosToken: string | null;
   readonly eosToken: string | null;
   readonly chatTemplate: string | null;
-  readonly addBosToken: boolean;
+  readonly addBosToken: boolean | null;   // tokenizer_config.json's add_bos_token, when it says
+  private readonly bosId: number | null;
   private readonly specialIds: Set<number>;
   private readonly pieceText = new Map<number, string>();
 
@@ -16,13 +17,21 @@ export class TextTokenizer {
     this.bosToken = tokenString(tokenizerConfig.bos_token);
     this.eosToken = tokenString(tokenizerConfig.eos_token);
     this.chatTemplate = typeof tokenizerConfig.chat_template === 'string' ? tokenizerConfig.chat_template : null;
-    this.addBosToken = tokenizerConfig.add_bos_token !== false;
+    this.addBosToken = typeof tokenizerConfig.add_bos_token === 'boolean' ? tokenizerConfig.add_bos_token : null;
+    this.bosId = this.bosToken !== null ? this.tok.token_to_id(this.bosToken) ?? null : null;
     this.specialIds = new Set([...this.tok.get_added_tokens_decoder().entries()].filter(([, t]) => t.special).map(([id]) => id));
   }
 
   // add_special_tokens: true for completions (BOS via the post-processor), false for chat (the template adds it).
+  // tokenizer_config.json's add_bos_token wins over tokenizer.json's post-processor, as in
+  // transformers' LlamaTokenizerFast.
   encode(text: string, addSpecialTokens = true): number[] {
-    return this.tok.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+    const ids = this.tok.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+    if (!addSpecialTokens || this.bosId === null || this.addBosToken === null) return ids;
+    const hasBos = ids[0] === this.bosId && !text.startsWith(this.bosToken!);
+    if (this.addBosToken && !hasBos && ids[0] !== this.bosId) return [this.bosId, ...ids];
+    if (!this.addBosToken && hasBos) return ids.slice(1);
+    return ids;
   }
 
   decode(ids: number[], skipSpecialTokens = true): string {

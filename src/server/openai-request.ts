@@ -110,7 +110,9 @@ function promptField(v: unknown, tok: TextTokenizer, limits: RequestLimits): { i
   const texts: string[] = [];
   for (const [i, p] of list.entries()) {
     if (typeof p === 'string') {
-      ids.push(tok.encode(p, true));
+      const encoded = tok.encode(p, true);
+      if (encoded.length === 0) throw invalidField('prompt', `'prompt'[${i}] encodes to no tokens`);
+      ids.push(encoded);
       texts.push(p);
     } else {
       const bad = p.find((t) => t < 0 || t >= limits.vocabSize);

@@ -12,6 +12,8 @@ const CASES: [string, Record<string, unknown>][] = [
   ['MQA, untied embeddings', { ...base, num_attention_heads: 4, num_key_value_heads: 1 }],
   ['explicit head_dim ≠ hidden/heads', { ...base, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 16 }],
   ['llama3 rope scaling', { ...base, num_attention_heads: 2, num_key_value_heads: 2, head_dim: 32, rope_theta: 500000, rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 } }],
+  ['Qwen2: q/k/v biases', { ...base, architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2', num_attention_heads: 4, num_key_value_heads: 2 }],
+  ['Llama attention_bias (q/k/v/o biases)', { ...base, num_attention_heads: 4, num_key_value_heads: 2, attention_bias: true }],
   ['theta 1e6, eps 1e-6, linear scaling (rope_parameters spelling)', { ...base, num_attention_heads: 4, num_key_value_heads: 4, rms_norm_eps: 1e-6, rope_parameters: { rope_type: 'linear', factor: 2, rope_theta: 1e6 } }],
 ];
 

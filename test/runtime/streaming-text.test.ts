@@ -48,3 +48,16 @@ describe('streaming decoder', () => {
     expect(dec.push(tok.encode(' time', false).at(-1)!)).toBe(' time');
   });
 });
+
+describe('tokenizer_config.json add_bos_token', () => {
+  const model = loadModel(STORIES_DIR);
+  it('false drops the BOS the post-processor adds; true (the fixture) keeps it; chat encoding adds none', () => {
+    const on = new TextTokenizer(model.tokenizerJson, model.tokenizerConfig);
+    const off = new TextTokenizer(model.tokenizerJson, { ...model.tokenizerConfig, add_bos_token: false });
+    expect(on.encode('Hello world')).toEqual([1, 346, 306, 414, 263, 304, 341]);
+    expect(off.encode('Hello world')).toEqual([346, 306, 414, 263, 304, 341]);
+    expect(on.encode('Hello world', false)).toEqual([346, 306, 414, 263, 304, 341]);
+    const noPost = { ...model.tokenizerJson, post_processor: null };
+    expect(new TextTokenizer(noPost, model.tokenizerConfig).encode('Hello world')).toEqual([1, 346, 306, 414, 263, 304, 341]);
+  });
+});

@@ -1,4 +1,4 @@
-// npm run bench [-- --only runtime] [-- --quick]
+// npm run bench [-- --only memory|runtime|lora|batching (repeatable)] [-- --quick]
 // Prints tables and saves JSON under bench/results/. A benchmark, not a test: nothing here asserts.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -18,10 +18,11 @@ const results: Record<string, unknown> = {
   cpus: (await import('node:os')).cpus().map((c) => c.model)[0],
   cores: (await import('node:os')).cpus().length,
 };
+// memory first, while the process holds nothing else (RSS is the process's)
+if (want('memory')) results.memory = await memoryBench({ quick: values.quick });
 if (want('runtime')) results.runtime = await runtimeBench({ quick: values.quick });
 if (want('lora')) results.lora = await loraBench({ quick: values.quick });
 if (want('batching')) results.batching = await batchingBench({ quick: values.quick });
-if (want('memory')) results.memory = await memoryBench({ quick: values.quick });
 
 const dir = fileURLToPath(new URL('./results/', import.meta.url));
 mkdirSync(dir, { recursive: true });

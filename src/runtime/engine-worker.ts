@@ -1,6 +1,7 @@
 // The engine thread: owns the onnxruntime sessions (whose run() blocks its thread), the scheduler,
 // the adapter host cache and every sequence. Talks to the main thread with messages only.
 import { parentPort, workerData } from 'node:worker_threads';
+import { setPriority } from 'node:os';
 import { createModelRuntime } from './model-runtime.ts';
 import { Scheduler } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
@@ -11,6 +12,7 @@ import { HostCache } from '../adapters/host-cache.ts';
 import { MergedSessions } from '../merge/merged-sessions.ts';
 
 const port = parentPort!;
+const ENGINE_NICE = 5;
 const opts = workerData as EngineOptions;
 
 function send(msg: FromWorker): void {
@@ -18,6 +20,10 @@ function send(msg: FromWorker): void {
 }
 
 async function main(): Promise<void> {
+  // Lower this thread's priority before onnxruntime creates its pool threads, which inherit it (Linux
+  // nice values are per thread): the HTTP thread then gets a core as soon as it needs one, instead
+  // of waiting out the compute threads' time slices.
+  try { setPriority(0, ENGINE_NICE); } catch { /* not permitted: run at normal priority */ }
   const rt = await createModelRuntime({ ...opts.runtime, maxRunning: opts.scheduler.maxRunning });
   const hostCache = new HostCache(rt.config, rt.readBase, { maxRank: opts.adapters.maxLoraRank, modelName: rt.info.name }, opts.adapters.hostCacheBytes);
   const merged = new MergedSessions(opts.adapters.loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.acquire({ name: '', version: v, dir: '' }), opts.adapters.mergedCacheBytes, rt.sessionOptions, rt.info.weightBytes);

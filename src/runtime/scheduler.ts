@@ -93,8 +93,9 @@ export class Scheduler {
 
   async tick(): Promise<void> {
     this.admit();
-    const prefill = this.running.find((s) => s.state === 'prefill');
-    if (prefill) await this.step([prefill], 'prefill', this.chunkSize());
+    const chunk = this.chunkSize();
+    const prefill = this.prefillGroup(chunk);
+    if (prefill.length) await this.step(prefill, 'prefill', chunk);
     // one decode step per lane (capacity class), shortest first, after folding small lanes into
     // bigger ones wherever the padding costs less than the extra step's weight pass
     this.consolidate();
@@ -133,6 +134,27 @@ export class Scheduler {
       seq.state = 'prefill';
       this.running.push(seq);
     }
+  }
+
+  // The oldest sequence in prefill, plus others of its lane that fit in the same chunk budget, so
+  // prompts that arrive together are prefilled together. Rows between them in the lane ride along
+  // padded to the chunk, so the group is kept only while padding at most doubles the work.
+  private prefillGroup(budget: number): Sequence[] {
+    const first = this.running.find((s) => s.state === 'prefill');
+    if (!first) return [];
+    const group = [first];
+    let tokens = Math.min(first.remainingPrefill, budget);
+    for (const s of this.running) {
+      if (s === first || s.state !== 'prefill' || s.lane !== first.lane) continue;
+      const n = Math.min(s.remainingPrefill, budget);
+      const candidate = [...group, s];
+      const rows = Math.max(...candidate.map((x) => x.row)) - Math.min(...candidate.map((x) => x.row)) + 1;
+      const width = Math.max(...candidate.map((x) => Math.min(x.remainingPrefill, budget)));
+      if (tokens + n > budget || rows * width > 2 * (tokens + n)) continue;
+      group.push(s);
+      tokens += n;
+    }
+    return group;
   }
 
   // Lanes with decoding sequences, smallest first: move all of a lane's sequences up into the next

@@ -172,6 +172,15 @@ describe('scheduler', () => {
     expect(g.log.filter((l) => l.kind === 'decode' && l.capacity === 1024).every((l) => l.rows.length === 1)).toBe(true);
   });
 
+  it('prompts that arrive together are prefilled in one step', async () => {
+    const h = harness({ maxRunning: 8 }, null);
+    for (let i = 0; i < 6; i++) h.submit(`s${i}`, request({ promptTokens: [1, 403, 407, 261 + i], maxTokens: 3 }));
+    await h.drain();
+    expect(h.log[0]).toMatchObject({ kind: 'prefill', rows: [0, 1, 2, 3, 4, 5], tokens: 24 });
+    expect(h.log.filter((l) => l.kind === 'prefill')).toHaveLength(1);
+    expect(h.finished).toHaveLength(6);
+  });
+
   it('cancelling a running sequence frees its row before the next step; the row is reused', async () => {
     const h = harness({ maxRunning: 2 }, null);
     h.submit('a', request({ maxTokens: 100 }));

@@ -64,6 +64,11 @@ export class HostCache implements AdapterSource {
     return undefined;
   }
 
+  // In host memory, without starting a load.
+  peek(version: string): PreparedAdapter | undefined {
+    return this.lru.peek(version) ?? this.pinned.get(version)?.adapter ?? undefined;
+  }
+
   failure(ref: AdapterRef): Error | undefined {
     return this.failures.get(ref.version);
   }

@@ -26,7 +26,7 @@ async function main(): Promise<void> {
   try { setPriority(0, ENGINE_NICE); } catch { /* not permitted: run at normal priority */ }
   const rt = await createModelRuntime({ ...opts.runtime, maxRunning: opts.scheduler.maxRunning });
   const hostCache = new HostCache(rt.config, rt.readBase, { maxRank: opts.adapters.maxLoraRank, modelName: rt.info.name }, opts.adapters.hostCacheBytes);
-  const merged = new MergedSessions(opts.adapters.loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.acquire({ name: '', version: v, dir: '' }), opts.adapters.mergedCacheBytes, rt.sessionOptions, rt.info.weightBytes);
+  const merged = new MergedSessions(opts.adapters.loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.peek(v), opts.adapters.mergedCacheBytes, rt.sessionOptions, rt.info.weightBytes);
   let outbox: { id: string; events: TokenEvent[] }[] = [];
   const cost = { weightBytes: rt.info.weightBytes, kvBytesPerPosition: 2 * rt.config.numLayers * rt.config.numKvHeads * rt.config.headDim * 4 };
   const scheduler = new Scheduler(rt.runner, rt.lanes, opts.scheduler, (id, events) => outbox.push({ id, events }), hostCache, merged, cost);
@@ -63,7 +63,7 @@ async function main(): Promise<void> {
         await merged.drop(c.version);
         return null;
       case 'merged.build': {
-        const a = hostCache.acquire({ name: '', version: c.version, dir: '' });
+        const a = hostCache.peek(c.version);
         if (!a) throw new LoraserveError('model_not_found', `adapter version ${c.version} is not in host memory`);
         await merged.build(a);
         return merged.stats.lastBuildMs;

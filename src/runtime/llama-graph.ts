@@ -1,12 +1,16 @@
 // Builds the Llama-family decoder step as a graph (graph/ir.ts) from a ModelConfig and its weights.
 //
-// One graph serves prefill, chunked prefill and decode for a batch of sequences:
-//   inputs   input_ids [B,S] int64, position_ids [B,S] int64,
-//            attention_bias [B,1,rep·S,P+S] float (0 or -1e9; built by kv-batch.ts),
-//            past_key.{l} [B,Hkv,d,P] (keys transposed), past_value.{l} [B,Hkv,P,d]: the KV cache,
-//            fed in place from kv-cache.ts (P may exceed a row's length: the bias masks the rest),
-//            logit_rows [R] int64 (flat indices into B·S of the positions whose logits are wanted)
-//   outputs  logits [R,V], new_key.{l}, new_value.{l} [B,S,Hkv·d] (rotated keys and values of the new tokens)
+// One step runs two groups of sequences at once, each a batch [B_g, S_g] (either may be empty):
+// group 0 carries prompt chunks (prefill), group 1 one token per decoding sequence. Their tokens
+// are flattened to [N = B_0·S_0 + B_1·S_1] for every projection, so a prefill chunk shares the
+// decode step's single pass over the weights; attention runs per group.
+//   inputs   group_sizes [2] int64 (B_g·S_g), and per group g:
+//            input_ids.g, position_ids.g [B_g,S_g] int64, attention_bias.g [B_g,1,rep·S_g,P_g+S_g]
+//            (0 or -1e9; built by step.ts), past_key.g.l [B_g,Hkv,d,P_g] (keys transposed),
+//            past_value.g.l [B_g,Hkv,P_g,d]: the KV cache, fed in place from the lane arenas
+//            (P_g may exceed a row's length: the bias masks the rest)
+//            logit_rows [R] int64: flat token indices whose logits are wanted
+//   outputs  logits [R,V]; new_key.l, new_value.l [N,Hkv·d]: rotated keys and values of the new tokens
 // The KV cache stays in JS memory in the layouts MatMul reads directly, so a step reads it in place
 // with no concat or transpose; only the new rows come back (onnxruntime-node notes §2, pattern d).
 //
@@ -16,6 +20,8 @@ import { GraphBuilder, float, int, ints } from './graph/ir.ts';
 import type { Graph } from './graph/ir.ts';
 import type { ModelConfig } from './model-config.ts';
 import { ropeCaches, ropeInverseFrequencies } from './rope.ts';
+
+export const GROUPS = 2;
 
 export const TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
 export type Target = (typeof TARGETS)[number];
@@ -43,13 +49,22 @@ export function targetShape(cfg: ModelConfig, target: Target): [number, number] 
 
 export type Weights = Map<string, Float32Array>;
 
-// y = x · Wᵀ (+ b) for one target; x is [B,S,in]. Returns the output value name.
-export type LinearHook = (b: GraphBuilder, x: string, layer: number, target: Target) => string;
+// The token groups of a step: flat [N, c] values ↔ each group's [B_g, S_g, c].
+export interface TokenGroups {
+  split(b: GraphBuilder, flat: string): string[];                  // [N, c] → [n_g, c] per group
+  to3d(b: GraphBuilder, part: string, g: number, c: number): string; // [n_g, c] → [B_g, S_g, c]
+  to2d(b: GraphBuilder, part: string, g: number, c: number): string; // [B_g, S_g, c] → [n_g, c]
+  join(b: GraphBuilder, parts: string[]): string;                   // [n_g, c] per group → [N, c]
+  // A shape tensor for group g: 'B', 'S', 'N' (= B·S) or a number; ['S', k] is S·k.
+  shape(b: GraphBuilder, g: number, dims: (number | 'B' | 'S' | 'N' | ['S', number])[]): string;
+}
+
+// y = x · Wᵀ (+ b) for one target; x is flat [N, in]. Returns the output value name.
+export type LinearHook = (b: GraphBuilder, x: string, layer: number, target: Target, groups: TokenGroups) => string;
 
 export interface LlamaGraphOptions {
   maxPositions: number;          // rows of the RoPE caches (the served context length)
   linear?: LinearHook;           // default: baked-in weights (bakedLinear)
-  extraInputs?: (b: GraphBuilder) => void;
 }
 
 // The default projection: W stored transposed [in, out] as an initializer, so MatMul can prepack it.
@@ -57,18 +72,23 @@ export function bakedLinear(cfg: ModelConfig, weights: Weights): LinearHook {
   return (b, x, layer, target) => addBias(b, weights, layer, target, bakedMatMul(b, cfg, weights, x, layer, target));
 }
 
-// y = g ⊙ (x·W0ᵀ + (x·Aᵀ)·(s·B)ᵀ) + bias, with the factors of each batch row fed as inputs
-// (lora-arena.ts): lora_at [rows, in, R], lora_bt [rows, R, out], lora_g [rows|1, 1, out|1].
-// R = 0 when no row has an adapter, which leaves only the base projection's cost.
+// y = g ⊙ (x·W0ᵀ + (x·Aᵀ)·(s·B)ᵀ) + bias. The base product is one MatMul over all N tokens; the
+// factors of each batch row of each group are fed as inputs (lora-arena.ts):
+// lora_at.g [rows, in, R], lora_bt.g [rows, R, out], lora_g.g [rows|1, 1, out|1].
+// R = 0 when no row of a group has an adapter, which leaves only the base projection's cost.
 export function loraLinear(cfg: ModelConfig, weights: Weights): LinearHook {
-  return (b, x, layer, target) => {
+  return (b, x, layer, target, groups) => {
     const [out, inDim] = targetShape(cfg, target);
-    const at = b.input(`lora_at.${layer}.${target}`, 'float32', ['lora_rows', inDim, 'lora_rank']);
-    const bt = b.input(`lora_bt.${layer}.${target}`, 'float32', ['lora_rows', 'lora_rank', out]);
-    const g = b.input(`lora_g.${layer}.${target}`, 'float32', ['dora_rows', 1, `dora_out_${target}`]);
-    const y0 = bakedMatMul(b, cfg, weights, x, layer, target);
-    const delta = b.op('MatMul', [b.op('MatMul', [x, at]), bt]);
-    return addBias(b, weights, layer, target, b.op('Mul', [b.op('Add', [y0, delta]), g]));
+    const y0 = groups.split(b, bakedMatMul(b, cfg, weights, x, layer, target));
+    const xs = groups.split(b, x);
+    const parts = xs.map((xg, g) => {
+      const at = b.input(`lora_at.${g}.${layer}.${target}`, 'float32', [`lora_rows_${g}`, inDim, `lora_rank_${g}`]);
+      const bt = b.input(`lora_bt.${g}.${layer}.${target}`, 'float32', [`lora_rows_${g}`, `lora_rank_${g}`, out]);
+      const dora = b.input(`lora_g.${g}.${layer}.${target}`, 'float32', [`dora_rows_${g}`, 1, `dora_out_${g}_${target}`]);
+      const delta = b.op('MatMul', [b.op('MatMul', [groups.to3d(b, xg, g, inDim), at]), bt]);
+      return groups.to2d(b, b.op('Mul', [b.op('Add', [groups.to3d(b, y0[g], g, out), delta]), dora]), g, out);
+    });
+    return addBias(b, weights, layer, target, groups.join(b, parts));
   };
 }
 
@@ -96,70 +116,110 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
     return t;
   };
 
-  const ids = b.input('input_ids', 'int64', ['batch', 'seq']);
-  const positions = b.input('position_ids', 'int64', ['batch', 'seq']);
-  const bias = b.input('attention_bias', 'float32', ['batch', 1, 'group_seq', 'total']);
+  const groupSizes = b.input('group_sizes', 'int64', [GROUPS]);
+  const gs = Array.from({ length: GROUPS }, (_, g) => ({
+    ids: b.input(`input_ids.${g}`, 'int64', [`batch_${g}`, `seq_${g}`]),
+    positions: b.input(`position_ids.${g}`, 'int64', [`batch_${g}`, `seq_${g}`]),
+    bias: b.input(`attention_bias.${g}`, 'float32', [`batch_${g}`, 1, `group_seq_${g}`, `total_${g}`]),
+  }));
   const logitRows = b.input('logit_rows', 'int64', ['rows']);
-  opts.extraInputs?.(b);
+  const groups = tokenGroups(b, groupSizes, gs.map((g) => g.ids));
 
   const { cos, sin } = ropeCaches(opts.maxPositions, ropeInverseFrequencies(d, cfg.ropeTheta, cfg.ropeScaling));
   const cosCache = b.initializer('rope.cos', cos, [opts.maxPositions, d / 2]);
   const sinCache = b.initializer('rope.sin', sin, [opts.maxPositions, d / 2]);
   const embed = b.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight'), [V, D]);
   const scale = b.float32Scalar(1 / Math.sqrt(d));
+  // positions of all N tokens as [1, N], for the rotary op
+  const positions = b.op('Concat', gs.map((g, i) => b.op('Reshape', [g.positions, groups.shape(b, i, [1, 'N'])], { allowzero: int(1) })), { axis: int(1) });
+  // per group: [P_g, S_g], the widths of the past and the new part of its attention scores
+  const splitSizes = gs.map((g, i) => b.op('Concat', [
+    b.op('Slice', [b.op('Shape', [`past_key.${i}.0`]), b.int64([3]), b.int64([4])]),
+    b.op('Slice', [b.op('Shape', [g.ids]), b.int64([1]), b.int64([2])]),
+  ], { axis: int(0) }));
 
-  // [P, S]: widths of the past and the new part of the attention scores
-  const pastWidth = b.op('Slice', [b.op('Shape', ['past_key.0']), b.int64([3]), b.int64([4])]);
-  const seqLen = b.op('Slice', [b.op('Shape', [ids]), b.int64([1]), b.int64([2])]);
-  const splitSizes = b.op('Concat', [pastWidth, seqLen], { axis: int(0) });
-
-  let h = b.op('Gather', [embed, ids], { axis: int(0) }); // [B,S,D]
+  let h = groups.join(b, gs.map((g, i) => groups.to2d(b, b.op('Gather', [embed, g.ids], { axis: int(0) }), i, D))); // [N,D]
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}`;
-    // attention block
+    // attention block: projections and rotary over all N tokens, attention per group
     const x = rmsNorm(b, h, b.initializer(`${p}.input_layernorm.weight`, w(`${p}.input_layernorm.weight`), [D]), cfg.rmsNormEps);
-    const q = linear(b, x, l, 'q_proj');
-    const k = linear(b, x, l, 'k_proj');
-    const v = linear(b, x, l, 'v_proj');
-    const qRot = b.op('RotaryEmbedding', [q, positions, cosCache, sinCache], { interleaved: int(0), num_heads: int(H) }, { domain: 'com.microsoft' });
-    const kRot = b.op('RotaryEmbedding', [k, positions, cosCache, sinCache], { interleaved: int(0), num_heads: int(Hkv) }, { domain: 'com.microsoft', out: `new_key.${l}` });
+    const q = linear(b, x, l, 'q_proj', groups);
+    const k = linear(b, x, l, 'k_proj', groups);
+    const v = linear(b, x, l, 'v_proj', groups);
+    const rotary = (t: string, heads: number, out?: string): string => {
+      const r = b.op('RotaryEmbedding', [b.op('Unsqueeze', [t, b.int64([0])]), positions, cosCache, sinCache], { interleaved: int(0), num_heads: int(heads) }, { domain: 'com.microsoft' });
+      return b.op('Squeeze', [r, b.int64([0])], {}, { out });
+    };
+    const qRot = groups.split(b, b.op('Mul', [rotary(q, H), scale]));
+    const kFlat = rotary(k, Hkv, `new_key.${l}`);
     b.op('Identity', [v], {}, { out: `new_value.${l}` });
-    b.output(kRot, 'float32', ['batch', 'seq', kvDim]);
-    b.output(`new_value.${l}`, 'float32', ['batch', 'seq', kvDim]);
-    const pastKT = b.input(`past_key.${l}`, 'float32', ['batch', Hkv, d, 'past']);   // Kᵀ per kv head
-    const pastV = b.input(`past_value.${l}`, 'float32', ['batch', Hkv, 'past', d]);
+    b.output(kFlat, 'float32', ['tokens', kvDim]);
+    b.output(`new_value.${l}`, 'float32', ['tokens', kvDim]);
+    const kRot = groups.split(b, kFlat);
+    const vs = groups.split(b, v);
 
-    // Q: [B,S,H·d] → [B,Hkv,rep·S,d]; query head a = g·rep + r uses kv head g (repeat_kv)
-    const qScaled = b.op('Mul', [qRot, scale]);
-    const q5 = b.op('Transpose', [b.op('Reshape', [qScaled, b.int64([0, 0, Hkv, rep, d])])], { perm: ints([0, 2, 3, 1, 4]) });
-    const qG = b.op('Reshape', [q5, b.int64([0, 0, -1, d])]);
-    // new keys/values of this step: kᵀ [B,Hkv,d,S], v [B,Hkv,S,d]
-    const kNewT = b.op('Transpose', [b.op('Reshape', [kRot, b.int64([0, 0, Hkv, d])])], { perm: ints([0, 2, 3, 1]) });
-    const vNew = b.op('Transpose', [b.op('Reshape', [v, b.int64([0, 0, Hkv, d])])], { perm: ints([0, 2, 1, 3]) });
-    // scores against the cached past and the new tokens, side by side: [B,Hkv,rep·S,P+S]
-    // (the cache is read in place: no concat of the past with the new rows)
-    const scores = b.op('Concat', [b.op('MatMul', [qG, pastKT]), b.op('MatMul', [qG, kNewT])], { axis: int(-1) });
-    const probs = b.op('Softmax', [b.op('Add', [scores, bias])], { axis: int(-1) });
-    const [probsPast, probsNew] = b.opN('Split', [probs, splitSizes], 2, { axis: int(-1) });
-    const ctx = b.op('Add', [b.op('MatMul', [probsPast, pastV]), b.op('MatMul', [probsNew, vNew])]); // [B,Hkv,rep·S,d]
-    const ctx5 = b.op('Transpose', [b.op('Reshape', [ctx, b.int64([0, 0, rep, -1, d])])], { perm: ints([0, 3, 1, 2, 4]) });
-    const attn = b.op('Reshape', [ctx5, b.int64([0, 0, -1])]);             // [B,S,H·d]
-    h = b.op('Add', [h, linear(b, attn, l, 'o_proj')]);
+    const attnParts = gs.map((g, i) => {
+      const pastKT = b.input(`past_key.${i}.${l}`, 'float32', [`batch_${i}`, Hkv, d, `past_${i}`]); // Kᵀ per kv head
+      const pastV = b.input(`past_value.${i}.${l}`, 'float32', [`batch_${i}`, Hkv, `past_${i}`, d]);
+      // Q: [B,S,H·d] → [B,Hkv,rep·S,d]; query head a = g·rep + r uses kv head g (repeat_kv)
+      const q5 = b.op('Transpose', [b.op('Reshape', [groups.to3d(b, qRot[i], i, H * d), b.int64([0, 0, Hkv, rep, d])])], { perm: ints([0, 2, 3, 1, 4]) });
+      const qG = b.op('Reshape', [q5, groups.shape(b, i, ['B', Hkv, ['S', rep], d])], { allowzero: int(1) });
+      // new keys/values of this step: kᵀ [B,Hkv,d,S], v [B,Hkv,S,d]
+      const kNewT = b.op('Transpose', [b.op('Reshape', [groups.to3d(b, kRot[i], i, kvDim), b.int64([0, 0, Hkv, d])])], { perm: ints([0, 2, 3, 1]) });
+      const vNew = b.op('Transpose', [b.op('Reshape', [groups.to3d(b, vs[i], i, kvDim), b.int64([0, 0, Hkv, d])])], { perm: ints([0, 2, 1, 3]) });
+      // scores against the cached past and the new tokens, side by side: [B,Hkv,rep·S,P+S]
+      // (the cache is read in place: no concat of the past with the new rows)
+      const scores = b.op('Concat', [b.op('MatMul', [qG, pastKT]), b.op('MatMul', [qG, kNewT])], { axis: int(-1) });
+      const probs = b.op('Softmax', [b.op('Add', [scores, g.bias])], { axis: int(-1) });
+      const [probsPast, probsNew] = b.opN('Split', [probs, splitSizes[i]], 2, { axis: int(-1) });
+      const ctx = b.op('Add', [b.op('MatMul', [probsPast, pastV]), b.op('MatMul', [probsNew, vNew])]); // [B,Hkv,rep·S,d]
+      const ctx5 = b.op('Transpose', [b.op('Reshape', [ctx, groups.shape(b, i, ['B', Hkv, rep, 'S', d])], { allowzero: int(1) })], { perm: ints([0, 3, 1, 2, 4]) });
+      return b.op('Reshape', [ctx5, groups.shape(b, i, ['N', H * d])], { allowzero: int(1) }); // [n_g, H·d]
+    });
+    h = b.op('Add', [h, linear(b, groups.join(b, attnParts), l, 'o_proj', groups)]);
 
     // SwiGLU MLP block
     const x2 = rmsNorm(b, h, b.initializer(`${p}.post_attention_layernorm.weight`, w(`${p}.post_attention_layernorm.weight`), [D]), cfg.rmsNormEps);
-    const gate = linear(b, x2, l, 'gate_proj');
-    const up = linear(b, x2, l, 'up_proj');
+    const gate = linear(b, x2, l, 'gate_proj', groups);
+    const up = linear(b, x2, l, 'up_proj', groups);
     const act = b.op('Mul', [b.op('Mul', [gate, b.op('Sigmoid', [gate])]), up]);
-    h = b.op('Add', [h, linear(b, act, l, 'down_proj')]);
+    h = b.op('Add', [h, linear(b, act, l, 'down_proj', groups)]);
   }
   const hn = rmsNorm(b, h, b.initializer('model.norm.weight', w('model.norm.weight'), [D]), cfg.rmsNormEps);
-  const rows = b.op('Gather', [b.op('Reshape', [hn, b.int64([-1, D])]), logitRows], { axis: int(0) }); // [R,D]
+  const rows = b.op('Gather', [hn, logitRows], { axis: int(0) }); // [R,D]
   // lm_head [V,D] used as stored (transB), so a tied embedding is not duplicated.
   const head = cfg.tieWordEmbeddings ? embed : b.initializer('lm_head.weight', w('lm_head.weight'), [V, D]);
   b.op('Gemm', [rows, head], { transB: int(1) }, { out: 'logits' });
   b.output('logits', 'float32', ['rows', V]);
   return b.build();
+}
+
+// Reshapes between the flat token axis and the groups' [B_g, S_g] (allowzero: a group may be empty).
+function tokenGroups(b: GraphBuilder, groupSizes: string, ids: string[]): TokenGroups {
+  const n = ids.map((_, g) => b.op('Slice', [groupSizes, b.int64([g]), b.int64([g + 1])]));
+  const idShape = ids.map((id) => b.op('Shape', [id]));
+  const cache = new Map<string, string>();
+  const shape = (key: string, make: () => string): string => {
+    let v = cache.get(key);
+    if (!v) cache.set(key, (v = make()));
+    return v;
+  };
+  const dims = (bb: GraphBuilder, g: number, spec: (number | 'B' | 'S' | 'N' | ['S', number])[]): string =>
+    shape(`dims.${g}.${JSON.stringify(spec)}`, () => bb.op('Concat', spec.map((x) => {
+      if (typeof x === 'number') return bb.int64([x]);
+      if (x === 'N') return n[g];
+      const S = bb.op('Slice', [idShape[g], bb.int64([1]), bb.int64([2])]);
+      if (x === 'B') return bb.op('Slice', [idShape[g], bb.int64([0]), bb.int64([1])]);
+      if (x === 'S') return S;
+      return bb.op('Mul', [S, bb.int64([x[1]])]);
+    }), { axis: int(0) }));
+  return {
+    shape: dims,
+    split: (bb, flat) => bb.opN('Split', [flat, groupSizes], ids.length, { axis: int(0) }),
+    to3d: (bb, part, g, c) => bb.op('Reshape', [part, shape(`3d.${g}.${c}`, () => bb.op('Concat', [idShape[g], bb.int64([c])], { axis: int(0) }))], { allowzero: int(1) }),
+    to2d: (bb, part, g, c) => bb.op('Reshape', [part, shape(`2d.${g}.${c}`, () => bb.op('Concat', [n[g], bb.int64([c])], { axis: int(0) }))], { allowzero: int(1) }),
+    join: (bb, parts) => bb.op('Concat', parts, { axis: int(0) }),
+  };
 }
 
 // RMSNorm in float32: x · rsqrt(mean(x²) + eps) ⊙ w

@@ -27,8 +27,29 @@ export interface PreparedAdapter {
   bytes: number;
 }
 
-export function loraInputNames(l: number, t: Target): { at: string; bt: string; g: string } {
-  return { at: `lora_at.${l}.${t}`, bt: `lora_bt.${l}.${t}`, g: `lora_g.${l}.${t}` };
+export function loraInputNames(group: number, l: number, t: Target): { at: string; bt: string; g: string } {
+  return { at: `lora_at.${group}.${l}.${t}`, bt: `lora_bt.${group}.${l}.${t}`, g: `lora_g.${group}.${l}.${t}` };
+}
+
+const EMPTY = new Map<string, Record<string, ort.Tensor>>();
+
+// Rank-0 factors for a group without adapters: the delta costs nothing.
+export function emptyLoraFeeds(cfg: ModelConfig, group: number): Record<string, ort.Tensor> {
+  const key = `${group}:${cfg.numLayers}:${cfg.hiddenSize}:${cfg.intermediateSize}:${cfg.numHeads}:${cfg.numKvHeads}:${cfg.headDim}`;
+  let feeds = EMPTY.get(key);
+  if (!feeds) {
+    feeds = {};
+    const one = new ort.Tensor('float32', Float32Array.of(1), [1, 1, 1]);
+    for (let l = 0; l < cfg.numLayers; l++) for (const t of TARGETS) {
+      const [out, inDim] = targetShape(cfg, t);
+      const n = loraInputNames(group, l, t);
+      feeds[n.at] = new ort.Tensor('float32', new Float32Array(0), [1, inDim, 0]);
+      feeds[n.bt] = new ort.Tensor('float32', new Float32Array(0), [1, 0, out]);
+      feeds[n.g] = one;
+    }
+    EMPTY.set(key, feeds);
+  }
+  return feeds;
 }
 
 export class LoraArena {
@@ -40,15 +61,11 @@ export class LoraArena {
   private g: Float32Array[] = [];
   private rowAdapter: (PreparedAdapter | null)[] = [];
   private readonly dims: { layer: number; target: Target; out: number; inDim: number }[] = [];
-  private readonly empty: Record<string, ort.Tensor> = {};
 
   constructor(readonly cfg: ModelConfig) {
     for (let l = 0; l < cfg.numLayers; l++) for (const t of TARGETS) {
       const [out, inDim] = targetShape(cfg, t);
       this.dims.push({ layer: l, target: t, out, inDim });
-      const n = loraInputNames(l, t);
-      this.empty[n.at] = new ort.Tensor('float32', new Float32Array(0), [1, inDim, 0]);
-      this.empty[n.bt] = new ort.Tensor('float32', new Float32Array(0), [1, 0, out]);
     }
   }
 
@@ -111,28 +128,24 @@ export class LoraArena {
     this.R = R;
   }
 
-  // Feeds for a step over rows [lo, hi), or for `lo` alone with the factors broadcast.
-  feeds(lo: number, hi: number): Record<string, ort.Tensor> {
+  // Feeds for step group `group` over rows [lo, hi).
+  feeds(lo: number, hi: number, group: number): Record<string, ort.Tensor> {
     let any = false;
     let dora = false;
     for (let r = lo; r < hi; r++) {
       const a = this.rowAdapter[r];
       if (a) { any = true; dora ||= a.useDora; }
     }
-    if (any) this.ensure(hi, this.R); // rows past the last adapter row may not be allocated yet
+    if (!any) return emptyLoraFeeds(this.cfg, group);
+    this.ensure(hi, this.R); // rows past the last adapter row may not be allocated yet
     const feeds: Record<string, ort.Tensor> = {};
     const one = new ort.Tensor('float32', Float32Array.of(1), [1, 1, 1]);
     const n = hi - lo;
     const R = this.R;
     this.dims.forEach(({ layer, target, out, inDim }, k) => {
-      const names = loraInputNames(layer, target);
-      if (!any) {
-        feeds[names.at] = this.empty[names.at];
-        feeds[names.bt] = this.empty[names.bt];
-      } else {
-        feeds[names.at] = new ort.Tensor('float32', this.at[k].subarray(lo * inDim * R, hi * inDim * R), [n, inDim, R]);
-        feeds[names.bt] = new ort.Tensor('float32', this.bt[k].subarray(lo * R * out, hi * R * out), [n, R, out]);
-      }
+      const names = loraInputNames(group, layer, target);
+      feeds[names.at] = new ort.Tensor('float32', this.at[k].subarray(lo * inDim * R, hi * inDim * R), [n, inDim, R]);
+      feeds[names.bt] = new ort.Tensor('float32', this.bt[k].subarray(lo * R * out, hi * R * out), [n, R, out]);
       feeds[names.g] = dora ? new ort.Tensor('float32', this.g[k].subarray(lo * out, hi * out), [n, 1, out]) : one;
     });
     return feeds;

@@ -1,15 +1,16 @@
 // Continuous batching over arena rows. Each tick:
 //   1. admit  waiting sequences into free rows (bounded by running sequences and the KV budget);
 //             a sequence whose adapter is still loading from disk waits without holding others up
-//   2. prefill one prompt chunk of the oldest sequence still in prefill; while other sequences
-//             decode, the chunk is sized so that it costs about PREFILL_SHARE of a decode step
-//             (measured), so a long prompt arriving never stalls the running streams
-//   3. decode  one token for every decoding sequence, in one batched step (merged weights when
-//             every row uses the same adapter and the merge policy has them ready)
+//   2. prefill a prompt chunk of the oldest sequences still in prefill, inside the first decode
+//             step (one pass over the weights for both); while others decode, the chunk is sized
+//             from measured costs to about PREFILL_SHARE of a decode step, so a long prompt
+//             arriving never stalls the running streams
+//   3. decode  one token for every decoding sequence, one batched step per KV lane (merged
+//             weights when every row uses the same adapter and the merge policy has them ready)
 //   4. retire  finished and cancelled sequences at once, freeing their rows
 import type { Sequence } from './sequence.ts';
 import type { Lane, LanePool } from './lanes.ts';
-import type { StepRow, StepRunner } from './step.ts';
+import type { StepGroup, StepRow, StepRunner } from './step.ts';
 import type { TokenEvent } from './generate-request.ts';
 import type { AdapterSource } from './adapter-source.ts';
 import type { ort } from './session.ts';
@@ -33,8 +34,8 @@ export interface MergedPath {
 // if fewer): most sequences then never move, and the lanes stay few.
 const INITIAL_ROOM = 256;
 // While sequences decode, a prefill chunk may cost this share of a decode step.
-export const PREFILL_SHARE = 0.6;
-const MIN_CHUNK = 64; // a step costs at least a weight pass: smaller chunks only stretch the prefill
+export const PREFILL_SHARE = 0.7;
+const MIN_CHUNK = 16;
 const EWMA = 0.2;
 
 // What a decode step reads: the weights once, plus every row's KV up to its lane's capacity.
@@ -46,7 +47,7 @@ export interface StepCost {
 export type EmitFn = (seqId: string, events: TokenEvent[]) => void;
 
 export interface StepStats {
-  kind: 'prefill' | 'decode';
+  kind: 'prefill' | 'decode' | 'mixed'; // mixed: prompt chunks riding in a decode step
   path: 'base' | 'unmerged' | 'merged';
   batch: number;
   tokens: number;
@@ -95,14 +96,19 @@ export class Scheduler {
     this.admit();
     const chunk = this.chunkSize();
     const prefill = this.prefillGroup(chunk);
-    if (prefill.length) await this.step(prefill, 'prefill', chunk);
     // one decode step per lane (capacity class), shortest first, after folding small lanes into
-    // bigger ones wherever the padding costs less than the extra step's weight pass
+    // bigger ones wherever the padding costs less than the extra step's weight pass; the prompt
+    // chunk rides in the first of them (one pass over the weights for both)
     this.consolidate();
-    for (const lane of this.lanes.lanes) {
-      const decode = this.running.filter((s) => s.state === 'decode' && s.lane === lane);
-      if (decode.length) await this.step(decode, 'decode');
+    const decodeGroups = this.lanes.lanes
+      .map((lane) => this.running.filter((s) => s.state === 'decode' && s.lane === lane))
+      .filter((g) => g.length > 0);
+    if (decodeGroups.length === 0) {
+      if (prefill.length) await this.step(prefill, [], chunk);
+      return;
     }
+    await this.step(prefill, decodeGroups[0], chunk);
+    for (const group of decodeGroups.slice(1)) await this.step([], group, chunk);
   }
 
   private adapterReady(seq: Sequence): boolean {
@@ -172,36 +178,43 @@ export class Scheduler {
     }
   }
 
-  // Prompt tokens for the next prefill step: the full chunk when nothing decodes, else what fits
-  // in PREFILL_SHARE of a decode step at the measured prefill speed.
+  // Prompt tokens per step: the full chunk when nothing decodes; else what its marginal cost
+  // (measured) fits in PREFILL_SHARE of a decode step, since the chunk shares the decode step.
   chunkSize(): number {
     const max = this.limits.prefillChunk;
     if (!this.running.some((s) => s.state === 'decode') || this.prefillMsPerToken === 0 || this.decodeMs === 0) return max;
     return Math.max(MIN_CHUNK, Math.min(max, Math.floor((PREFILL_SHARE * this.decodeMs) / this.prefillMsPerToken)));
   }
 
-  private async step(seqs: Sequence[], kind: 'prefill' | 'decode', chunk = 1): Promise<void> {
-    const tokensOf = seqs.map((s) => s.nextTokens(chunk));
-    // a sequence that outgrows its lane moves up first (then decodes with that lane next tick)
-    seqs.forEach((s, i) => {
-      const need = s.lane!.kv.lengths[s.row] + tokensOf[i].length;
+  // One step: prompt chunks (group 0) and decode tokens (group 1), each group within one lane.
+  private async step(prefill: Sequence[], decode: Sequence[], chunk: number): Promise<void> {
+    const all = [...prefill, ...decode];
+    const tokensOf = new Map(all.map((s) => [s, s.nextTokens(chunk)]));
+    // a sequence that outgrows its lane moves up first
+    for (const s of all) {
+      const need = s.lane!.kv.lengths[s.row] + tokensOf.get(s)!.length;
       if (need > s.lane!.capacity) s.lane = this.lanes.migrate(s.lane!, s.row, need);
-    });
-    const lanes = new Set(seqs.map((s) => s.lane!));
-    if (lanes.size > 1) {
-      for (const l of lanes) await this.step(seqs.filter((s) => s.lane === l), kind, chunk);
-      return;
     }
-    const lane = seqs[0].lane!;
-    const rows: StepRow[] = seqs.map((s, i) => ({ row: s.row, tokens: tokensOf[i], allLogits: s.wantsPromptLogits }));
-    const tokens = rows.reduce((a, r) => a + r.tokens.length, 0);
+    // each group must sit in one lane; a sequence that just moved steps on its own
+    const split = (g: Sequence[]): [Sequence[], Sequence[]] => [g.filter((s) => s.lane === g[0]?.lane), g.filter((s) => s.lane !== g[0]?.lane)];
+    const [pre, preMoved] = split(prefill);
+    const [dec, decMoved] = split(decode);
+    for (const s of preMoved) await this.step([s], [], chunk);
+    for (const s of decMoved) await this.step([], [s], chunk);
+    if (pre.length === 0 && dec.length === 0) return;
+
+    const rowsOf = (g: Sequence[]): StepRow[] => g.map((s) => ({ row: s.row, tokens: tokensOf.get(s)!, allLogits: s.wantsPromptLogits }));
+    const groupOf = (g: Sequence[]): StepGroup | null => (g.length ? { rows: rowsOf(g), kv: g[0].lane!.kv, lora: this.lanes.lora } : null);
+    const seqs = [...pre, ...dec];
+    const prefillTokens = pre.reduce((a, s) => a + tokensOf.get(s)!.length, 0);
     const versions = new Set(seqs.map((s) => s.req.adapter?.version ?? null));
     const only = versions.size === 1 ? [...versions][0] : undefined;
-    const mergedSession = kind === 'decode' && only !== undefined ? this.merged?.sessionFor(only, seqs.length) : undefined;
+    const mergedSession = dec.length && only !== undefined ? this.merged?.sessionFor(only, dec.length) : undefined;
+    const kind: StepStats['kind'] = pre.length && dec.length ? 'mixed' : pre.length ? 'prefill' : 'decode';
     const t0 = performance.now();
     let result;
     try {
-      result = await this.runner.run(rows, { session: mergedSession, lane: { kv: lane.kv, lora: this.lanes.lora } });
+      result = await this.runner.runGroups([groupOf(pre), groupOf(dec)], mergedSession);
     } catch (err) {
       for (const s of seqs) {
         s.cancel();
@@ -212,21 +225,29 @@ export class Scheduler {
     }
     const path = mergedSession ? 'merged' : versions.has(null) && versions.size === 1 ? 'base' : 'unmerged';
     const ms = performance.now() - t0;
-    if (kind === 'decode') this.decodeMs = this.decodeMs ? this.decodeMs + EWMA * (ms - this.decodeMs) : ms;
-    else if (tokens >= MIN_CHUNK) this.prefillMsPerToken = this.prefillMsPerToken ? this.prefillMsPerToken + EWMA * (ms / tokens - this.prefillMsPerToken) : ms / tokens;
-    if (kind === 'decode' && (path !== 'unmerged' || versions.size === 1)) this.merged?.observe(path, seqs.length, ms);
-    this.onStep?.({ kind, path, batch: seqs.length, tokens, ms, adapters: seqs.map((s) => s.req.adapter?.name ?? null) });
+    this.learnCosts(kind, ms, prefillTokens);
+    if (kind === 'decode' && (path !== 'unmerged' || versions.size === 1)) this.merged?.observe(path, dec.length, ms);
+    this.onStep?.({ kind, path, batch: dec.length || pre.length, tokens: prefillTokens + dec.length, ms, adapters: seqs.map((s) => s.req.adapter?.name ?? null) });
     const V = result.vocabSize;
     seqs.forEach((s, i) => {
       if (s.state === 'done') return; // cancelled while the step ran
-      if (kind === 'decode') { if (mergedSession) s.mergedSteps++; else s.unmergedSteps++; }
-      const n = rows[i].tokens.length;
+      if (i >= pre.length) { if (mergedSession) s.mergedSteps++; else s.unmergedSteps++; }
+      const n = tokensOf.get(s)!.length;
       const off = result.rowOffsets[i];
-      const count = rows[i].allLogits ? n : 1;
+      const count = s.wantsPromptLogits ? n : 1;
       const events = s.advance(n, result.logits.subarray(off * V, (off + count) * V), V);
       if (events.length) this.emit(s.id, events);
     });
     this.retire();
+  }
+
+  // Step-time models: decode steps (EWMA), and the marginal cost of a prompt token, from mixed
+  // steps (their time beyond a decode step) and from large prefill-only steps.
+  private learnCosts(kind: StepStats['kind'], ms: number, prefillTokens: number): void {
+    const ewma = (prev: number, x: number) => (prev ? prev + EWMA * (x - prev) : x);
+    if (kind === 'decode') this.decodeMs = ewma(this.decodeMs, ms);
+    else if (kind === 'mixed' && this.decodeMs) this.prefillMsPerToken = ewma(this.prefillMsPerToken, Math.max(0.01, ms - this.decodeMs) / prefillTokens);
+    else if (kind === 'prefill' && prefillTokens >= 64) this.prefillMsPerToken = ewma(this.prefillMsPerToken, ms / prefillTokens);
   }
 
   private retire(): void {

@@ -1,11 +1,13 @@
-// runStep: one session run for a batch of arena rows, each adding `tokens` after its cached
-// prefix. Builds the feeds (ids, positions, mask, KV and LoRA views of rows [lo, hi)), runs the
-// graph, writes the new KV rows and returns the requested logits rows. This is the only forward
-// pass of the runtime. Rows in [lo, hi) that are not in the step ride along as masked dummies,
-// so the arenas are always fed in place.
+// runStep: one session run over two groups of arena rows (llama-graph.ts): group 0 for prompt
+// chunks, group 1 for decode tokens, so a prefill chunk rides in the decode step's pass over the
+// weights. Per group it builds the feeds (ids, positions, mask, KV and LoRA views of rows
+// [lo, hi) of the group's lane), runs the graph, writes the new KV rows and returns the requested
+// logits rows. This is the only forward pass of the runtime. Rows in [lo, hi) that are not in the
+// step ride along as masked dummies, so the arenas are always fed in place.
 import { ort } from './session.ts';
 import type { ModelConfig } from './model-config.ts';
 import type { KvArena } from './kv-arena.ts';
+import { emptyLoraFeeds } from './lora-arena.ts';
 import type { LoraArena } from './lora-arena.ts';
 
 export interface StepRow {
@@ -14,9 +16,15 @@ export interface StepRow {
   allLogits?: boolean;     // logits for every new position instead of the last one only
 }
 
+export interface StepGroup {
+  rows: StepRow[];
+  kv: KvArena;
+  lora: LoraArena | null;
+}
+
 export interface StepResult {
-  logits: Float32Array;    // [rows, V]: per StepRow in order, its last (or all) positions
-  rowOffsets: number[];    // first logits row of each StepRow
+  logits: Float32Array;    // [rows, V]: group 0's rows then group 1's, each its last (or all) positions
+  rowOffsets: number[];    // first logits row of each StepRow, in the same order
   vocabSize: number;
 }
 
@@ -40,10 +48,12 @@ class Staging {
   }
 }
 
+interface GroupLayout { lo: number; B: number; S: number; offset: number }
+
 export class StepRunner {
   private readonly staging = new Staging();
   private readonly rep: number;
-  private readonly emptyPast: ort.Tensor[];
+  private readonly loraInputs = new WeakMap<ort.InferenceSession, boolean>();
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -53,24 +63,61 @@ export class StepRunner {
     readonly lora: LoraArena | null = null,
   ) {
     this.rep = cfg.numHeads / cfg.numKvHeads;
-    const { numKvHeads: Hkv, headDim: d } = cfg;
-    this.emptyPast = [new ort.Tensor('float32', new Float32Array(0), [1, Hkv, d, 0]), new ort.Tensor('float32', new Float32Array(0), [1, Hkv, 0, d])];
   }
 
-  async run(rows: StepRow[], opts: StepOptions = {}): Promise<StepResult> {
-    const { cfg, rep } = this;
+  // One group of rows (tests, benchmarks).
+  run(rows: StepRow[], opts: StepOptions = {}): Promise<StepResult> {
     const kv = opts.lane?.kv ?? this.kv;
     if (!kv) throw new Error('runStep: no KV arena');
-    const lora = opts.lane ? opts.lane.lora : this.lora;
+    return this.runGroups([{ rows, kv, lora: opts.lane ? opts.lane.lora : this.lora }, null], opts.session);
+  }
+
+  async runGroups(groups: [StepGroup | null, StepGroup | null], mergedSession?: ort.InferenceSession): Promise<StepResult> {
+    const session = mergedSession ?? this.session;
+    let withLora = this.loraInputs.get(session);
+    if (withLora === undefined) this.loraInputs.set(session, (withLora = session.inputNames.some((n) => n.startsWith('lora_at.'))));
+    const feeds: Record<string, ort.Tensor> = {};
+    const layouts: (GroupLayout | null)[] = [];
+    const logitRows: number[] = [];
+    const rowOffsets: number[] = [];
+    let offset = 0;
+    groups.forEach((group, g) => {
+      const layout = group && group.rows.length ? this.groupFeeds(g, group, offset, feeds, logitRows, rowOffsets, withLora) : null;
+      if (!layout) this.emptyGroupFeeds(g, feeds, withLora);
+      layouts.push(layout);
+      offset += layout ? layout.B * layout.S : 0;
+    });
+    feeds.group_sizes = new ort.Tensor('int64', BigInt64Array.from(layouts.map((l) => BigInt(l ? l.B * l.S : 0))), [layouts.length]);
+    feeds.logit_rows = new ort.Tensor('int64', BigInt64Array.from(logitRows.map(BigInt)), [logitRows.length]);
+
+    const out = await session.run(feeds);
+
+    groups.forEach((group, g) => {
+      const layout = layouts[g];
+      if (!group || !layout) return;
+      for (let l = 0; l < this.cfg.numLayers; l++) {
+        const nk = out[`new_key.${l}`].data as Float32Array;
+        const nv = out[`new_value.${l}`].data as Float32Array;
+        for (const r of group.rows) group.kv.write(l, r.row, nk, nv, layout.offset + (r.row - layout.lo) * layout.S, r.tokens.length);
+      }
+      for (const r of group.rows) group.kv.lengths[r.row] += r.tokens.length;
+    });
+    return { logits: out.logits.data as Float32Array, rowOffsets, vocabSize: this.cfg.vocabSize };
+  }
+
+  private groupFeeds(g: number, group: StepGroup, offset: number, feeds: Record<string, ort.Tensor>, logitRows: number[], rowOffsets: number[], withLora: boolean): GroupLayout {
+    const { cfg, rep } = this;
+    const { kv, rows } = group;
     const lo = Math.min(...rows.map((r) => r.row));
     const hi = Math.max(...rows.map((r) => r.row)) + 1;
     const B = hi - lo;
     const S = Math.max(...rows.map((r) => r.tokens.length));
     for (const r of rows) {
+      const need = (kv.lengths[r.row] ?? 0) + r.tokens.length;
       if (r.tokens.length === 0) throw new Error('runStep: a row has no tokens');
-      if ((kv.lengths[r.row] ?? 0) + r.tokens.length > this.maxPositions) throw new Error(`runStep: position ${(kv.lengths[r.row] ?? 0) + r.tokens.length} exceeds the context of ${this.maxPositions}`);
+      if (need > this.maxPositions) throw new Error(`runStep: position ${need} exceeds the context of ${this.maxPositions}`);
+      if (need > kv.capacity) throw new Error(`runStep: row ${r.row} needs ${need} positions; its arena holds ${kv.capacity}`);
     }
-    for (const r of rows) if ((kv.lengths[r.row] ?? 0) + r.tokens.length > kv.capacity) throw new Error(`runStep: row ${r.row} needs ${(kv.lengths[r.row] ?? 0) + r.tokens.length} positions; its arena holds ${kv.capacity}`);
     kv.ensure(hi);
     // past width: the arena capacity (fed in place), or 0 when no row has a past yet
     const P = rows.some((r) => kv.lengths[r.row] > 0) ? kv.capacity : 0;
@@ -78,9 +125,7 @@ export class StepRunner {
 
     const ids = new BigInt64Array(B * S);
     const pos = new BigInt64Array(B * S);
-    const bias = this.staging.get('bias', B * rep * S * T).fill(MASKED);
-    const logitRows: number[] = [];
-    const rowOffsets: number[] = [];
+    const bias = this.staging.get(`bias.${g}`, B * rep * S * T).fill(MASKED);
     for (const r of rows) {
       const b = r.row - lo;
       const past = kv.lengths[r.row];
@@ -90,41 +135,40 @@ export class StepRunner {
         pos[b * S + i] = BigInt(past + i);
       }
       // query i of row b sees its own past [0, past) and the new keys [P, P + i]
-      for (let g = 0; g < rep; g++) {
+      for (let h = 0; h < rep; h++) {
         for (let i = 0; i < n; i++) {
-          const base = ((b * rep + g) * S + i) * T;
+          const base = ((b * rep + h) * S + i) * T;
           bias.fill(0, base, base + past);
           bias.fill(0, base + P, base + P + i + 1);
         }
       }
       rowOffsets.push(logitRows.length);
-      if (r.allLogits) for (let i = 0; i < n; i++) logitRows.push(b * S + i);
-      else logitRows.push(b * S + n - 1);
+      if (r.allLogits) for (let i = 0; i < n; i++) logitRows.push(offset + b * S + i);
+      else logitRows.push(offset + b * S + n - 1);
     }
-
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor('int64', ids, [B, S]),
-      position_ids: new ort.Tensor('int64', pos, [B, S]),
-      attention_bias: new ort.Tensor('float32', bias, [B, 1, rep * S, T]),
-      logit_rows: new ort.Tensor('int64', BigInt64Array.from(logitRows.map(BigInt)), [logitRows.length]),
-    };
+    feeds[`input_ids.${g}`] = new ort.Tensor('int64', ids, [B, S]);
+    feeds[`position_ids.${g}`] = new ort.Tensor('int64', pos, [B, S]);
+    feeds[`attention_bias.${g}`] = new ort.Tensor('float32', bias, [B, 1, rep * S, T]);
     const { numKvHeads: Hkv, headDim: d } = cfg;
     const rowFloats = kv.rowFloats;
     for (let l = 0; l < cfg.numLayers; l++) {
-      feeds[`past_key.${l}`] = P === 0 ? this.emptyPast[0] : new ort.Tensor('float32', kv.keysT[l].subarray(lo * rowFloats, hi * rowFloats), [B, Hkv, d, P]);
-      feeds[`past_value.${l}`] = P === 0 ? this.emptyPast[1] : new ort.Tensor('float32', kv.values[l].subarray(lo * rowFloats, hi * rowFloats), [B, Hkv, P, d]);
+      feeds[`past_key.${g}.${l}`] = P === 0 ? new ort.Tensor('float32', new Float32Array(0), [B, Hkv, d, 0]) : new ort.Tensor('float32', kv.keysT[l].subarray(lo * rowFloats, hi * rowFloats), [B, Hkv, d, P]);
+      feeds[`past_value.${g}.${l}`] = P === 0 ? new ort.Tensor('float32', new Float32Array(0), [B, Hkv, 0, d]) : new ort.Tensor('float32', kv.values[l].subarray(lo * rowFloats, hi * rowFloats), [B, Hkv, P, d]);
     }
-    const session = opts.session ?? this.session;
-    if (!opts.session && lora) Object.assign(feeds, lora.feeds(lo, hi));
+    if (withLora) Object.assign(feeds, group.lora ? group.lora.feeds(lo, hi, g) : emptyLoraFeeds(cfg, g));
+    return { lo, B, S, offset };
+  }
 
-    const out = await session.run(feeds);
-
-    for (let l = 0; l < cfg.numLayers; l++) {
-      const nk = out[`new_key.${l}`].data as Float32Array;
-      const nv = out[`new_value.${l}`].data as Float32Array;
-      for (const r of rows) kv.write(l, r.row, nk, nv, (r.row - lo) * S, r.tokens.length);
+  // A group with no rows: [0, 1] tokens, no past, rank-0 LoRA factors.
+  private emptyGroupFeeds(g: number, feeds: Record<string, ort.Tensor>, withLora: boolean): void {
+    const { numKvHeads: Hkv, headDim: d } = this.cfg;
+    feeds[`input_ids.${g}`] = new ort.Tensor('int64', new BigInt64Array(0), [0, 1]);
+    feeds[`position_ids.${g}`] = new ort.Tensor('int64', new BigInt64Array(0), [0, 1]);
+    feeds[`attention_bias.${g}`] = new ort.Tensor('float32', new Float32Array(0), [0, 1, this.rep, 1]);
+    for (let l = 0; l < this.cfg.numLayers; l++) {
+      feeds[`past_key.${g}.${l}`] = new ort.Tensor('float32', new Float32Array(0), [0, Hkv, d, 0]);
+      feeds[`past_value.${g}.${l}`] = new ort.Tensor('float32', new Float32Array(0), [0, Hkv, 0, d]);
     }
-    for (const r of rows) kv.lengths[r.row] += r.tokens.length;
-    return { logits: out.logits.data as Float32Array, rowOffsets, vocabSize: cfg.vocabSize };
+    if (withLora) Object.assign(feeds, emptyLoraFeeds(this.cfg, g));
   }
 }

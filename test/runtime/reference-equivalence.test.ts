@@ -36,6 +36,28 @@ describe.each(CASES)('graph vs float64 reference: %s', (_name, c) => {
     expect(runner.kv!.lengths[row]).toBe(21);
   });
 
+  it('a fused step (a prompt chunk in group 0, decode tokens in group 1) matches each sequence alone', async () => {
+    const { runner, newRow } = await makeRunner(cfg, weights);
+    const kv = runner.kv!;
+    const [a, b, c] = [newRow(), newRow(), newRow()];
+    const refs = [a, b, c].map(() => new ReferenceLlama(cfg, weights));
+    const pb = tokens(6, 97, 7);
+    const pc = tokens(3, 97, 8);
+    await runner.run([{ row: b, tokens: pb }, { row: c, tokens: pc }]);
+    refs[1].forward(pb);
+    refs[2].forward(pc);
+    const pa = tokens(10, 97, 9);
+    for (const [chunk, dec] of [[pa.slice(0, 4), [11, 12]], [pa.slice(4), [13, 14]]] as const) {
+      const r = await runner.runGroups([{ rows: [{ row: a, tokens: [...chunk], allLogits: true }], kv, lora: null }, { rows: [{ row: b, tokens: [dec[0]] }, { row: c, tokens: [dec[1]] }], kv, lora: null }]);
+      const expA = refs[0].forward([...chunk]);
+      expA.forEach((e, j) => expect(maxAbsDiff(r.logits.subarray(j * 97, (j + 1) * 97), e)).toBeLessThan(TOL));
+      const off = r.rowOffsets[1];
+      expect(maxAbsDiff(r.logits.subarray(off * 97, (off + 1) * 97), refs[1].forward([dec[0]])[0])).toBeLessThan(TOL);
+      expect(maxAbsDiff(r.logits.subarray((off + 1) * 97, (off + 2) * 97), refs[2].forward([dec[1]])[0])).toBeLessThan(TOL);
+    }
+    expect([kv.lengths[a], kv.lengths[b], kv.lengths[c]]).toEqual([10, 8, 5]);
+  });
+
   it('a ragged batch (different prompt lengths, chunked prefill, batched decode) matches each sequence alone', async () => {
     const { runner, newRow } = await makeRunner(cfg, weights);
     const prompts = [tokens(5, 97, 3), tokens(11, 97, 4), tokens(2, 97, 5)];

@@ -35,8 +35,8 @@ export interface MergedPath {
 const INITIAL_ROOM = 256;
 // While sequences decode, a prefill chunk may cost this share of a decode step.
 export const PREFILL_SHARE = 0.7;
-const MIN_CHUNK = 16;
-const EWMA = 0.2;
+const MIN_CHUNK = 8;
+const REMEASURE_EVERY = 16;
 
 // What a decode step reads: the weights once, plus every row's KV up to its lane's capacity.
 export interface StepCost {
@@ -59,8 +59,9 @@ export class Scheduler {
   private readonly waiting: Sequence[] = [];
   private readonly running: Sequence[] = [];
   private reservedKv = 0;
-  private decodeMs = 0;          // EWMA of decode step time
-  private prefillMsPerToken = 0; // EWMA of prefill time per token
+  private readonly decodeTimes: number[] = []; // the last decode-only step times (ms)
+  private chunk = 0;                            // prompt tokens per step while others decode (learned)
+  private mixedSinceDecode = 0;
   onStep?: (s: StepStats) => void;
 
   constructor(
@@ -107,7 +108,9 @@ export class Scheduler {
       if (prefill.length) await this.step(prefill, [], chunk);
       return;
     }
-    await this.step(prefill, decodeGroups[0], chunk);
+    // now and then a decode step without a chunk keeps the reference time for sizing chunks fresh
+    const measure = prefill.length > 0 && (this.decodeTimes.length === 0 || this.mixedSinceDecode >= REMEASURE_EVERY);
+    await this.step(measure ? [] : prefill, decodeGroups[0], chunk);
     for (const group of decodeGroups.slice(1)) await this.step([], group, chunk);
   }
 
@@ -178,12 +181,13 @@ export class Scheduler {
     }
   }
 
-  // Prompt tokens per step: the full chunk when nothing decodes; else what its marginal cost
-  // (measured) fits in PREFILL_SHARE of a decode step, since the chunk shares the decode step.
+  // Prompt tokens per step: the full chunk when nothing decodes; else a chunk steered so that a
+  // step carrying it takes about (1 + PREFILL_SHARE) × a decode step (median of the recent ones).
   chunkSize(): number {
     const max = this.limits.prefillChunk;
-    if (!this.running.some((s) => s.state === 'decode') || this.prefillMsPerToken === 0 || this.decodeMs === 0) return max;
-    return Math.max(MIN_CHUNK, Math.min(max, Math.floor((PREFILL_SHARE * this.decodeMs) / this.prefillMsPerToken)));
+    if (!this.running.some((s) => s.state === 'decode')) return max;
+    if (this.chunk === 0) this.chunk = Math.max(MIN_CHUNK, max / 4); // until measured
+    return Math.max(MIN_CHUNK, Math.min(max, Math.round(this.chunk)));
   }
 
   // One step: prompt chunks (group 0) and decode tokens (group 1), each group within one lane.
@@ -241,13 +245,19 @@ export class Scheduler {
     this.retire();
   }
 
-  // Step-time models: decode steps (EWMA), and the marginal cost of a prompt token, from mixed
-  // steps (their time beyond a decode step) and from large prefill-only steps.
+  // Decode-only step times feed the target; each mixed step nudges the chunk toward it.
   private learnCosts(kind: StepStats['kind'], ms: number, prefillTokens: number): void {
-    const ewma = (prev: number, x: number) => (prev ? prev + EWMA * (x - prev) : x);
-    if (kind === 'decode') this.decodeMs = ewma(this.decodeMs, ms);
-    else if (kind === 'mixed' && this.decodeMs) this.prefillMsPerToken = ewma(this.prefillMsPerToken, Math.max(0.01, ms - this.decodeMs) / prefillTokens);
-    else if (kind === 'prefill' && prefillTokens >= 64) this.prefillMsPerToken = ewma(this.prefillMsPerToken, ms / prefillTokens);
+    if (kind === 'decode') {
+      this.decodeTimes.push(ms);
+      if (this.decodeTimes.length > 16) this.decodeTimes.shift();
+      this.mixedSinceDecode = 0;
+    } else if (kind === 'mixed' && this.decodeTimes.length) {
+      this.mixedSinceDecode++;
+      const sorted = [...this.decodeTimes].sort((a, b) => a - b);
+      const target = (1 + PREFILL_SHARE) * sorted[sorted.length >> 1];
+      const step = Math.sqrt(target / ms); // damped
+      this.chunk = Math.max(MIN_CHUNK, Math.min(this.limits.prefillChunk, prefillTokens * step));
+    }
   }
 
   private retire(): void {

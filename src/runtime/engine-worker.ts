@@ -41,6 +41,8 @@ async function main(): Promise<void> {
     if (looping) return;
     looping = true;
     try {
+      // waking from idle: let requests sent together arrive first, so their prompts prefill together
+      await new Promise((r) => setTimeout(r, 1));
       while (scheduler.busy) {
         await scheduler.tick();
         flush();

@@ -26,6 +26,7 @@ export class EngineClient {
   private readonly streams = new Map<string, Stream>();
   private readonly calls = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private nextCall = 0;
+  private exited = false;
   info!: ModelInfo;
   onStep?: (s: StepStats, running: number, waiting: number, kvBytes: number) => void;
 
@@ -58,6 +59,7 @@ export class EngineClient {
       });
       worker.on('error', (err) => { reject(err); client.failAll(err); });
       worker.on('exit', (code) => {
+        client.exited = true;
         const err = new LoraserveError('internal', `engine worker exited with code ${code}`);
         reject(err);
         client.failAll(err);
@@ -147,7 +149,14 @@ export class EngineClient {
     }
   }
 
+  // Graceful: the worker cancels its sequences and exits after the step in flight (terminating it
+  // during a session run would abort the whole process); terminate only if it does not within 10 s.
   async close(): Promise<void> {
-    await this.worker.terminate();
+    if (this.exited) return;
+    const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
+    this.post({ type: 'shutdown' });
+    const timer = setTimeout(() => void this.worker.terminate(), 10_000);
+    await exited;
+    clearTimeout(timer);
   }
 }

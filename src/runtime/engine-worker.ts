@@ -111,7 +111,13 @@ async function main(): Promise<void> {
         );
         break;
       case 'shutdown':
-        process.exit(0);
+        // cancel everything, let the step in flight finish (terminating during a session run
+        // aborts the process), then end the thread
+        scheduler.cancelAll();
+        void (async () => {
+          while (looping) await new Promise((r) => setTimeout(r, 5));
+          process.exit(0);
+        })();
     }
   });
   send({ type: 'ready', info: rt.info });

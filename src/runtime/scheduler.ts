@@ -85,6 +85,12 @@ export class Scheduler {
     this.waiting.push(seq);
   }
 
+  // Shutdown: every sequence ends now, without events.
+  cancelAll(): void {
+    for (const s of [...this.waiting]) this.cancel(s.id);
+    for (const s of [...this.running]) this.cancel(s.id);
+  }
+
   // Cancellation frees the row and the KV cache before the next step.
   cancel(seqId: string): void {
     const w = this.waiting.findIndex((s) => s.id === seqId);

@@ -92,3 +92,22 @@ describe('engine', () => {
     expect(batches.filter((b) => b === 2).length).toBeLessThan(20);
   });
 });
+
+describe('engine shutdown', () => {
+  it('closing while a step runs cancels the work and ends the streams without crashing the process', async () => {
+    const e = await EngineClient.start({ runtime: { modelDir: STORIES_DIR, intraOpThreads: 1 } });
+    const events: string[] = [];
+    let n = 0;
+    const consume = (async () => {
+      for await (const ev of e.generate(req({ maxTokens: 400, ignoreEos: true }))) {
+        events.push(ev.type);
+        if (ev.type === 'token' && ++n === 3) void e.close();
+      }
+    })();
+    await consume;
+    await e.close(); // idempotent
+    expect(n).toBeGreaterThanOrEqual(3);
+    expect(n).toBeLessThan(400);
+    expect(events.at(-1)).toBe('error'); // the stream ends with an error event, not silently
+  });
+});

@@ -192,7 +192,7 @@ export class Scheduler {
   chunkSize(): number {
     const max = this.limits.prefillChunk;
     if (!this.running.some((s) => s.state === 'decode')) return max;
-    if (this.chunk === 0) this.chunk = Math.max(MIN_CHUNK, max / 4); // until measured
+    if (this.chunk === 0) this.chunk = 2 * MIN_CHUNK; // until measured: start small, grow by feedback
     return Math.max(MIN_CHUNK, Math.min(max, Math.round(this.chunk)));
   }
 

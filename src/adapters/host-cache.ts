@@ -3,7 +3,7 @@
 // waiting or running sequences are pinned and never evicted. A version that is not in memory is
 // read from its directory on disk (the store) without stopping the running batch.
 import { LRUCache } from 'lru-cache';
-import { transpose, targetPath, targetShape } from '../runtime/llama-graph.ts';
+import { transposeInto, targetPath, targetShape } from '../runtime/llama-graph.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import type { PreparedAdapter, PreparedTarget } from '../runtime/lora-arena.ts';
 import type { AdapterRef } from '../runtime/generate-request.ts';
@@ -112,15 +112,27 @@ export class HostCache implements AdapterSource {
   }
 }
 
-// LoraAdapter → the arena's layout: Aᵀ [in, r], (s·B)ᵀ [r, out], DoRA g [out].
+// LoraAdapter → the arena's layout: Aᵀ [in, r], (s·B)ᵀ [r, out], DoRA g [out]. The decoded arrays
+// are taken over and transposed in place (through one reused scratch buffer): a fresh 10 MB
+// allocation costs ~30 ms of page faults on this VM, more than the transposes themselves.
 export function prepareAdapter(adapter: LoraAdapter, cfg: ModelConfig, readBase: (name: string) => Float32Array): PreparedAdapter {
   const targets: PreparedTarget[] = adapter.targets.map((t) => {
     const [out, inDim] = targetShape(cfg, t.target);
-    const bt = transpose(t.b, out, t.rank);
+    const g = t.magnitude ? doraScale(readBase(`${targetPath(t.layer, t.target)}.weight`), t, out, inDim) : null; // before the factors change
+    const at = transposeInPlace(t.a, t.rank, inDim);
+    const bt = transposeInPlace(t.b, out, t.rank);
     for (let i = 0; i < bt.length; i++) bt[i] *= t.scale;
-    const g = t.magnitude ? doraScale(readBase(`${targetPath(t.layer, t.target)}.weight`), t, out, inDim) : null;
-    return { layer: t.layer, target: t.target, rank: t.rank, at: transpose(t.a, t.rank, inDim), bt, g };
+    return { layer: t.layer, target: t.target, rank: t.rank, at, bt, g };
   });
   const bytes = targets.reduce((s, t) => s + t.at.byteLength + t.bt.byteLength + (t.g?.byteLength ?? 0), 0);
   return { version: adapter.version, rank: adapter.maxRank, useDora: adapter.useDora, targets, bytes };
+}
+
+let scratch = new Float32Array(0);
+
+function transposeInPlace(m: Float32Array, rows: number, cols: number): Float32Array {
+  if (scratch.length < m.length) scratch = new Float32Array(m.length);
+  transposeInto(scratch, m, rows, cols);
+  m.set(scratch.subarray(0, m.length));
+  return m;
 }

@@ -229,7 +229,11 @@ function rmsNorm(b: GraphBuilder, x: string, weight: string, eps: number): strin
 
 // [rows, cols] → [cols, rows]
 export function transpose(m: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(m.length);
+  return transposeInto(new Float32Array(m.length), m, rows, cols);
+}
+
+// out[c, r] = m[r, c], blocked for the cache; out must not overlap m.
+export function transposeInto(out: Float32Array, m: Float32Array, rows: number, cols: number): Float32Array {
   const B = 64;
   for (let r0 = 0; r0 < rows; r0 += B) {
     for (let c0 = 0; c0 < cols; c0 += B) {

@@ -101,7 +101,8 @@ export class LoraArena {
       const k = t.layer * TARGETS.length + TARGETS.indexOf(t.target);
       const { out, inDim } = this.dims[k];
       const at = this.at[k];
-      for (let i = 0; i < inDim; i++) at.set(t.at.subarray(i * t.rank, (i + 1) * t.rank), (row * inDim + i) * R);
+      if (t.rank === R) at.set(t.at, row * inDim * R);
+      else for (let i = 0; i < inDim; i++) at.set(t.at.subarray(i * t.rank, (i + 1) * t.rank), (row * inDim + i) * R);
       this.bt[k].set(t.bt, row * R * out); // rows k ≥ t.rank stay zero
       if (t.g) this.g[k].set(t.g, row * out);
     }

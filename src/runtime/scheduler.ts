@@ -1,13 +1,15 @@
 // Continuous batching over arena rows. Each tick:
 //   1. admit  waiting sequences into free rows (bounded by running sequences and the KV budget);
 //             a sequence whose adapter is still loading from disk waits without holding others up
-//   2. prefill a prompt chunk of the oldest sequences still in prefill, inside the first decode
+//   2. warm    the pages of KV rows about to be read for the first time, within a time slice
+//             (kv-arena.ts), so a first touch never stalls the streams in one step
+//   3. prefill a prompt chunk of the oldest sequences still in prefill, inside the first decode
 //             step (one pass over the weights for both); while others decode, the chunk is sized
 //             from measured costs to about PREFILL_SHARE of a decode step, so a long prompt
 //             arriving never stalls the running streams
-//   3. decode  one token for every decoding sequence, one batched step per KV lane (merged
+//   4. decode  one token for every decoding sequence, one batched step per KV lane (merged
 //             weights when every row uses the same adapter and the merge policy has them ready)
-//   4. retire  finished and cancelled sequences at once, freeing their rows
+//   5. retire  finished and cancelled sequences at once, freeing their rows
 import type { Sequence } from './sequence.ts';
 import type { Lane, LanePool } from './lanes.ts';
 import type { StepGroup, StepRow, StepRunner } from './step.ts';
@@ -37,6 +39,11 @@ const INITIAL_ROOM = 256;
 export const PREFILL_SHARE = 0.7;
 const MIN_CHUNK = 8;
 const REMEASURE_EVERY = 16;
+// While sequences decode, warming KV pages may add this share of a decode step to a tick.
+export const WARM_SHARE = 0.25;
+const WARM_MS_UNMEASURED = 5;
+// A decoding sequence this close to its lane's capacity has its next lane's row warmed ahead.
+const WARM_AHEAD = 32;
 
 // What a decode step reads: the weights once, plus every row's KV up to its lane's capacity.
 export interface StepCost {
@@ -101,6 +108,7 @@ export class Scheduler {
 
   async tick(): Promise<void> {
     this.admit();
+    this.warmRows();
     const chunk = this.chunkSize();
     const prefill = this.prefillGroup(chunk);
     // one decode step per lane (capacity class), shortest first, after folding small lanes into
@@ -151,16 +159,43 @@ export class Scheduler {
     }
   }
 
+  // Rows that a step will soon read whole for the first time: those of sequences in prefill (their
+  // chunks wait until the row is warm), then the next lane's row of sequences about to outgrow
+  // theirs. With nothing decoding nobody waits, so rows warm at once; else within a time slice.
+  private warmRows(): void {
+    const decoding = this.running.filter((s) => s.state === 'decode');
+    const slice = decoding.length === 0 ? Infinity : this.decodeTimes.length ? WARM_SHARE * this.medianDecodeMs() : WARM_MS_UNMEASURED;
+    const deadline = performance.now() + slice;
+    for (const s of this.running) {
+      if (s.state !== 'prefill' || s.lane!.kv.isWarm(s.row)) continue;
+      if (!s.lane!.kv.warmRow(s.row, deadline)) return;
+    }
+    for (const s of decoding) {
+      const lane = s.lane!;
+      if (lane.kv.lengths[s.row] + WARM_AHEAD < lane.capacity) continue;
+      const next = this.lanes.laneFor(lane.capacity + 1);
+      if (next === lane || next.kv.isWarm(s.row)) continue;
+      next.kv.ensure(this.lanes.slots);
+      if (!next.kv.warmRow(s.row, deadline)) return;
+    }
+  }
+
+  private medianDecodeMs(): number {
+    const sorted = [...this.decodeTimes].sort((a, b) => a - b);
+    return sorted[sorted.length >> 1];
+  }
+
   // The oldest sequence in prefill, plus others of its lane that fit in the same chunk budget, so
   // prompts that arrive together are prefilled together. Rows between them in the lane ride along
   // padded to the chunk, so the group is kept only while padding at most doubles the work.
   private prefillGroup(budget: number): Sequence[] {
-    const first = this.running.find((s) => s.state === 'prefill');
+    const ready = (s: Sequence) => s.state === 'prefill' && s.lane!.kv.isWarm(s.row);
+    const first = this.running.find(ready);
     if (!first) return [];
     const group = [first];
     let tokens = Math.min(first.remainingPrefill, budget);
     for (const s of this.running) {
-      if (s === first || s.state !== 'prefill' || s.lane !== first.lane) continue;
+      if (s === first || !ready(s) || s.lane !== first.lane) continue;
       const n = Math.min(s.remainingPrefill, budget);
       const candidate = [...group, s];
       const rows = Math.max(...candidate.map((x) => x.row)) - Math.min(...candidate.map((x) => x.row)) + 1;
@@ -259,8 +294,7 @@ export class Scheduler {
       this.mixedSinceDecode = 0;
     } else if (kind === 'mixed' && this.decodeTimes.length) {
       this.mixedSinceDecode++;
-      const sorted = [...this.decodeTimes].sort((a, b) => a - b);
-      const target = (1 + PREFILL_SHARE) * sorted[sorted.length >> 1];
+      const target = (1 + PREFILL_SHARE) * this.medianDecodeMs();
       const step = Math.sqrt(target / ms); // damped
       this.chunk = Math.max(MIN_CHUNK, Math.min(this.limits.prefillChunk, prefillTokens * step));
     }

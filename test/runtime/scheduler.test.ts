@@ -30,6 +30,7 @@ function fakeRunner(log: { kind: string; rows: number[]; tokens: number; capacit
         if (!g) continue;
         for (const r of g.rows) {
           if (g.kv.lengths[r.row] + r.tokens.length > g.kv.capacity) throw new Error('row overflows its lane');
+          if (g === groups[0] && !g.kv.isWarm(r.row)) throw new Error('a prompt chunk reads a KV row that is not warm yet');
           g.kv.lengths[r.row] += r.tokens.length;
           rows.push(r);
         }
@@ -50,13 +51,13 @@ const request = (over: Partial<GenerateRequest> = {}): GenerateRequest => ({
   promptTokens: [1, 403, 407], maxTokens: 10, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, seed: null, stop: [], stopTokenIds: [], ignoreEos: true, logprobs: null, adapter: null, ...over,
 });
 
-function harness(limits: Partial<SchedulerLimits> = {}, adapters: AdapterSource | null = null, cost?: StepCost) {
+function harness(limits: Partial<SchedulerLimits> = {}, adapters: AdapterSource | null = null, cost?: StepCost, kvDims = { numKvHeads: 1, headDim: 8 }) {
   const log: { kind: string; rows: number[]; tokens: number; capacity: number }[] = [];
   const { runner } = fakeRunner(log);
   const finished: string[] = [];
   const doneAt = new Map<string, number>();
   const events = new Map<string, TokenEvent[]>();
-  const lanes = new LanePool({ ...files.config, numLayers: 1, numKvHeads: 1, headDim: 8 }, 4096, limits.maxRunning ?? 4);
+  const lanes = new LanePool({ ...files.config, numLayers: 1, ...kvDims }, 4096, limits.maxRunning ?? 4);
   const s = new Scheduler(runner, lanes, { maxRunning: 4, prefillChunk: 256, kvBudgetBytes: 1 << 30, ...limits }, (id, evs) => {
     events.set(id, [...(events.get(id) ?? []), ...evs]);
     if (evs.some((e) => e.type === 'done' || e.type === 'error')) { finished.push(id); doneAt.set(id, log.length); }
@@ -143,6 +144,27 @@ describe('scheduler', () => {
     expect(during.every((l) => l.kind === 'mixed' && l.rows.includes(0))).toBe(true);
     expect(during.every((l) => l.tokens <= 64 + 1)).toBe(true);
     expect(h.events.get('streaming')!.filter((e) => e.type === 'token')).toHaveLength(60);
+  });
+
+  it('while others decode, a long prompt\'s cold KV row is warmed over several ticks before its first chunk', async () => {
+    // a 4096-position row of 4 KV heads × 64: 2 × 4 MB, far more than one time slice touches
+    const h = harness({ prefillChunk: 64 }, null, undefined, { numKvHeads: 4, headDim: 64 });
+    h.submit('streaming', request({ maxTokens: 80 }));
+    await h.s.tick(); await h.s.tick();
+    const before = h.log.length;
+    h.submit('long', request({ promptTokens: Array.from({ length: 3000 }, (_, i) => 3 + (i % 400)), maxTokens: 2 }));
+    await h.drain();
+    const after = h.log.slice(before);
+    const firstChunk = after.findIndex((l) => l.tokens > 1);
+    expect(firstChunk).toBeGreaterThan(1);                        // it waited some ticks …
+    expect(after.slice(0, firstChunk).every((l) => l.kind === 'decode' && l.rows.includes(0))).toBe(true); // … the stream did not
+    expect(h.lanes.laneFor(3002).kv.isWarm(1)).toBe(true);
+    expect(h.events.get('long')!.filter((e) => e.type === 'token')).toHaveLength(2);
+    // with nothing decoding, nobody waits: the row warms at once and the first tick prefills
+    const g = harness({ prefillChunk: 64 }, null, undefined, { numKvHeads: 4, headDim: 64 });
+    g.submit('long', request({ promptTokens: Array.from({ length: 3000 }, (_, i) => 3 + (i % 400)), maxTokens: 2 }));
+    await g.s.tick();
+    expect(g.log[0]).toMatchObject({ kind: 'prefill', tokens: 64 });
   });
 
   it('sequences live in lanes by length; one that outgrows its lane moves up and keeps its tokens', async () => {

@@ -18,6 +18,11 @@ export function checkAdapterName(name: unknown, param = 'name'): string {
   return name;
 }
 
+export interface StagedWrite {
+  commit(): Promise<string>;
+  abort(): Promise<void>;
+}
+
 export class AdapterStore {
   readonly root: string;
 
@@ -44,27 +49,43 @@ export class AdapterStore {
       .sort();
   }
 
-  // Async, so the engine can take the adapter while the bytes reach the disk.
+  // Write and commit at once (see stage()).
   async write(name: string, files: AdapterFiles): Promise<string> {
+    return (await this.stage(name, files)).commit();
+  }
+
+  // The files, fsynced, in a temporary directory; commit() renames it into place (replacing an
+  // older version), abort() removes it. Staging can run while the upload is validated, and a
+  // failed validation leaves the store as it was.
+  async stage(name: string, files: AdapterFiles): Promise<StagedWrite> {
     const target = this.dirOf(name);
     const tmp = join(this.root, `.tmp-${randomBytes(6).toString('hex')}`);
+    const abort = () => rm(tmp, { recursive: true, force: true });
     await mkdir(tmp);
-    let trash: string | null = null;
     try {
       await Promise.all([writeSynced(join(tmp, CONFIG_FILE), files.config), writeSynced(join(tmp, WEIGHTS_FILE), files.weights)]);
-      if (existsSync(target)) {
-        trash = join(this.root, `.trash-${randomBytes(6).toString('hex')}`);
-        await rename(target, trash);
-      }
-      await rename(tmp, target);
-      syncDir(this.root);
     } catch (err) {
-      if (trash && !existsSync(target)) await rename(trash, target); // put the previous version back
-      await rm(tmp, { recursive: true, force: true });
+      await abort();
       throw err;
     }
-    if (trash) await rm(trash, { recursive: true, force: true });
-    return target;
+    const commit = async (): Promise<string> => {
+      let trash: string | null = null;
+      try {
+        if (existsSync(target)) {
+          trash = join(this.root, `.trash-${randomBytes(6).toString('hex')}`);
+          await rename(target, trash);
+        }
+        await rename(tmp, target);
+        syncDir(this.root);
+      } catch (err) {
+        if (trash && !existsSync(target)) await rename(trash, target); // put the previous version back
+        await abort();
+        throw err;
+      }
+      if (trash) await rm(trash, { recursive: true, force: true });
+      return target;
+    };
+    return { commit, abort };
   }
 
   remove(name: string): void {

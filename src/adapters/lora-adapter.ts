@@ -27,6 +27,9 @@ export interface LoraTargetWeights {
   magnitude: Float32Array | null; // DoRA m [out]
 }
 
+// F32 factors are views of the uploaded weights file wherever it owns its whole buffer (no copy:
+// fresh memory costs more than the copy on this VM), so an adapter takes its files over: hand the
+// adapter on (to the engine, which transfers that buffer) only once nothing reads the files again.
 export interface LoraAdapter {
   version: string;                // content hash of the two files
   targets: LoraTargetWeights[];
@@ -111,6 +114,11 @@ export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: A
     entry.parts.set(kind, t);
   }
 
+  // views only into a buffer that nothing else shares (not a slice of Node's Buffer pool)
+  const ownsBuffer = files.weights.byteOffset === 0 && files.weights.byteLength === files.weights.buffer.byteLength && files.weights.buffer instanceof ArrayBuffer;
+  const factor = (t: TensorEntry): Float32Array => (ownsBuffer && t.dtype === 'F32' && t.bytes.byteOffset % 4 === 0
+    ? new Float32Array(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength / 4)
+    : bytesToF32(t.bytes, t.dtype, t.name));
   const targets: LoraTargetWeights[] = [];
   let hiddenMismatch = false;
   for (const [key, { layer, target, parts }] of modules) {
@@ -136,9 +144,9 @@ export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: A
     const scaling = config ? moduleScaling(config, key) : null;
     if (scaling && ok && scaling.rank !== r) { problems.push(`module ${key}: lora_A has rank ${r} but adapter_config.json resolves r=${scaling.rank} for it`); ok = false; }
     if (!ok) continue;
-    const a = bytesToF32(A.bytes, A.dtype, A.name);
-    const b = bytesToF32(B.bytes, B.dtype, B.name);
-    const magnitude = M ? bytesToF32(M.bytes, M.dtype, M.name) : null;
+    const a = factor(A);
+    const b = factor(B);
+    const magnitude = M ? factor(M) : null;
     for (const [t, arr] of [[A, a], [B, b], [M, magnitude]] as const) if (arr && !allFinite(arr)) problems.push(`tensor ${t!.name} contains NaN or Inf values`);
     if (scaling) targets.push({ layer, target, rank: r, scale: scaling.scale, a, b, magnitude });
   }

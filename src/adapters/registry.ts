@@ -8,6 +8,7 @@
 import { decodeAdapter, readAdapterDir, CONFIG_FILE, WEIGHTS_FILE } from './lora-adapter.ts';
 import type { AdapterFiles, LoraAdapter } from './lora-adapter.ts';
 import { AdapterStore, checkAdapterName } from './adapter-store.ts';
+import type { StagedWrite } from './adapter-store.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import type { AdapterRef } from '../runtime/generate-request.ts';
 import { LoraserveError } from '../runtime/errors.ts';
@@ -117,14 +118,24 @@ export class AdapterRegistry {
     if (e && this.inFlight(e) === 0) for (const f of this.drains.get(ref.name)?.splice(0) ?? []) f();
   }
 
-  // Upload: validate everything first (nothing is written for an invalid adapter), then write
-  // the store atomically, then hand it to the engine.
+  // Upload: the files are staged in the store while they are validated (an invalid adapter leaves
+  // the store as it was), handed to the engine, then committed atomically. It takes `files` over:
+  // their weights buffer moves to the engine thread.
   async upload(name: string, files: AdapterFiles, opts: { replace: boolean }): Promise<AdapterInfo> {
     checkAdapterName(name);
     return this.locked(name, async () => {
       this.checkReplace(name, opts.replace);
-      const { adapter, warnings } = this.validate(name, files);
-      return this.install(name, adapter, warnings, this.store.dirOf(name), 'store', files, this.store.write(name, files));
+      const staging = this.store.stage(name, files); // the disk write overlaps the validation
+      let decoded: { adapter: LoraAdapter; warnings: string[] };
+      try {
+        decoded = this.validate(name, files);
+      } catch (err) {
+        await staging.then((s) => s.abort(), () => undefined);
+        throw err;
+      }
+      // the adapter's arrays may be views of files.weights: on disk first, then the engine takes them
+      const staged = await staging;
+      return this.install(name, decoded.adapter, decoded.warnings, this.store.dirOf(name), 'store', files, staged);
     });
   }
 
@@ -177,16 +188,23 @@ export class AdapterRegistry {
     return { adapter: r.adapter, warnings: r.warnings };
   }
 
-  // The engine takes the adapter while `written` (the store write, for uploads) completes; it serves
-  // only once both have succeeded.
-  private async install(name: string, adapter: LoraAdapter, warnings: string[], dir: string, source: 'store' | 'path', files: AdapterFiles, written: Promise<unknown> = Promise.resolve()): Promise<AdapterInfo> {
+  // The engine takes the adapter, then an upload's staged files are committed to the store; it
+  // serves only once both have succeeded.
+  private async install(name: string, adapter: LoraAdapter, warnings: string[], dir: string, source: 'store' | 'path', files: AdapterFiles, staged?: StagedWrite): Promise<AdapterInfo> {
     const layers = new Set(adapter.targets.map((t) => t.layer)).size;
     const targets = TARGETS.filter((t) => adapter.targets.some((x) => x.target === t));
     const info = { version: adapter.version, rank: adapter.maxRank, useDora: adapter.useDora, decodedBytes: adapter.bytes, fileBytes: files.config.byteLength + files.weights.byteLength, layers, targets: [...targets] };
-    const [put, write] = await Promise.allSettled([this.engine.putAdapter(adapter), written]); // the buffers move to the engine
-    if (put.status === 'rejected' || write.status === 'rejected') {
-      if (put.status === 'fulfilled' && this.entries.get(name)?.version !== info.version) await this.engine.dropAdapter(info.version);
-      throw put.status === 'rejected' ? put.reason : (write as PromiseRejectedResult).reason;
+    try {
+      await this.engine.putAdapter(adapter); // the buffers move to the engine
+    } catch (err) {
+      await staged?.abort();
+      throw err;
+    }
+    try {
+      await staged?.commit();
+    } catch (err) {
+      if (this.entries.get(name)?.version !== info.version) await this.engine.dropAdapter(info.version);
+      throw err;
     }
     const prev = this.entries.get(name);
     if (prev && prev.version !== info.version) {

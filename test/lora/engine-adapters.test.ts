@@ -61,16 +61,17 @@ describe('adapters in the engine', () => {
 
   it('hot swap: replacing X and unloading Y while requests stream; each response matches the version it started with', async () => {
     const { registry, greedy, run } = ctx;
-    const v1 = files({ rank: 8, seed: 31, scaleB: 1.5 });
-    const v2 = files({ rank: 16, seed: 32, scaleB: 1.5 });
-    const y = files({ rank: 4, seed: 33, scaleB: 1.5 });
-    await registry.upload('x', v1, { replace: false });
+    // an upload takes its files over (the weights move to the engine): each upload gets its own copy
+    const v1 = () => files({ rank: 8, seed: 31, scaleB: 1.5 });
+    const v2 = () => files({ rank: 16, seed: 32, scaleB: 1.5 });
+    const y = () => files({ rank: 4, seed: 33, scaleB: 1.5 });
+    await registry.upload('x', v1(), { replace: false });
     const expectV1 = await run(greedy('x', 60));
-    await registry.upload('x', v2, { replace: true });
+    await registry.upload('x', v2(), { replace: true });
     const expectV2 = await run(greedy('x', 60));
     expect(expectV2).not.toEqual(expectV1);
-    await registry.upload('x', v1, { replace: true });
-    await registry.upload('y', y, { replace: false });
+    await registry.upload('x', v1(), { replace: true });
+    await registry.upload('y', y(), { replace: false });
     const expectY = await run(greedy('y', 60));
 
     let swapped!: () => void;
@@ -80,7 +81,7 @@ describe('adapters in the engine', () => {
       if (n === 5 && !fired) {
         fired = true;
         void (async () => {
-          await registry.upload('x', v2, { replace: true });   // new version while v1 streams
+          await registry.upload('x', v2(), { replace: true });   // new version while v1 streams
           swapped();
         })();
       }

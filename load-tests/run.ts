@@ -117,13 +117,15 @@ try {
   if (leaked !== 0) failures.push(`${leaked} sequences still running after the disconnect scenario`);
 
   printTable('load tests (streaming clients)', rows);
+  const errorMessages = [...new Set([...steady, ...churned, ...disc].filter((r) => !r.ok).map((r) => `${r.status}: ${(r.error ?? '').slice(0, 160)}`))];
+  if (errorMessages.length) console.log(`errors seen:\n  ${errorMessages.join('\n  ')}`);
   // prom-client's p99 is of whole 10 ms timer intervals (eventLoopMonitoringPrecision): the lag is the excess
   const lag = Math.max(0, (await metricValue(server.url, 'loraserve_nodejs_eventloop_lag_p99_seconds')) - PROM_LAG_PRECISION_S);
   printTable('server', [{ event_loop_lag_p99_ms: lag * 1000, churn_404s_expected: expected404, leaked_sequences: leaked }]);
   for (const r of [...steady, ...disc]) if (!r.ok) failures.push(`stream failed: ${r.status} ${r.error ?? ''}`.slice(0, 200));
   const dir = fileURLToPath(new URL('./results/', import.meta.url));
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'latest.json'), JSON.stringify({ date: new Date().toISOString(), model: modelName, rows, eventLoopLagP99Ms: lag * 1000, failures }, null, 2));
+  writeFileSync(join(dir, 'latest.json'), JSON.stringify({ date: new Date().toISOString(), model: modelName, rows, errorMessages, eventLoopLagP99Ms: lag * 1000, failures }, null, 2));
 } finally {
   await server.stop();
 }

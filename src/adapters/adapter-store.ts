@@ -18,8 +18,10 @@ export function checkAdapterName(name: unknown, param = 'name'): string {
   return name;
 }
 
+const RETIRED = '.retired-';
+
 export interface StagedWrite {
-  commit(): Promise<string>;
+  commit(keepPrevious?: string): Promise<string>;
   abort(): Promise<void>;
 }
 
@@ -30,11 +32,21 @@ export class AdapterStore {
     this.root = resolve(root);
     mkdirSync(this.root, { recursive: true });
     // leftovers of an interrupted write or replace
-    for (const e of readdirSync(this.root)) if (e.startsWith('.tmp-') || e.startsWith('.trash-')) rmSync(join(this.root, e), { recursive: true, force: true });
+    for (const e of readdirSync(this.root)) if (e.startsWith('.tmp-') || e.startsWith('.trash-') || e.startsWith(RETIRED)) rmSync(join(this.root, e), { recursive: true, force: true });
   }
 
   dirOf(name: string): string {
     return join(this.root, checkAdapterName(name));
+  }
+
+  // A replaced version that requests still use keeps its files here until they end, so the engine
+  // can read it back if host memory dropped it (adapter versions are hex content hashes).
+  retiredDirOf(name: string, version: string): string {
+    return join(this.root, `${RETIRED}${checkAdapterName(name)}-${version}`);
+  }
+
+  async removeRetired(name: string, version: string): Promise<void> {
+    await rm(this.retiredDirOf(name, version), { recursive: true, force: true });
   }
 
   contains(path: string): boolean {
@@ -68,11 +80,14 @@ export class AdapterStore {
       await abort();
       throw err;
     }
-    const commit = async (): Promise<string> => {
+    // keepPrevious: the version being replaced, whose files move to retiredDirOf(it) instead of away
+    const commit = async (keepPrevious?: string): Promise<string> => {
       let trash: string | null = null;
       try {
         if (existsSync(target)) {
-          trash = join(this.root, `.trash-${randomBytes(6).toString('hex')}`);
+          const kept = keepPrevious ? this.retiredDirOf(name, keepPrevious) : null;
+          if (kept) await rm(kept, { recursive: true, force: true });
+          trash = kept ?? join(this.root, `.trash-${randomBytes(6).toString('hex')}`);
           await rename(target, trash);
         }
         await rename(tmp, target);
@@ -82,7 +97,7 @@ export class AdapterStore {
         await abort();
         throw err;
       }
-      if (trash) await rm(trash, { recursive: true, force: true });
+      if (trash && !keepPrevious) await rm(trash, { recursive: true, force: true });
       return target;
     };
     return { commit, abort };

@@ -11,7 +11,7 @@ import type { AdapterSource } from '../runtime/adapter-source.ts';
 import { LoraserveError } from '../runtime/errors.ts';
 import { doraScale } from '../merge/merge-lora.ts';
 import { adapterVersion, decodeAdapterOrThrow, readAdapterDir } from './lora-adapter.ts';
-import type { AdapterLimits, LoraAdapter } from './lora-adapter.ts';
+import type { AdapterFiles, AdapterLimits, LoraAdapter } from './lora-adapter.ts';
 
 export interface HostCacheStats {
   entries: number;
@@ -99,9 +99,7 @@ export class HostCache implements AdapterSource {
 
   private async load(ref: AdapterRef): Promise<void> {
     try {
-      const files = await readAdapterDir(ref.dir);
-      if (adapterVersion(files) !== ref.version) throw new LoraserveError('conflict', `adapter ${ref.name}: the files in ${ref.dir} changed since version ${ref.version} was registered`);
-      this.put(decodeAdapterOrThrow(files, this.cfg, this.limits, ref.name).adapter);
+      this.put(decodeAdapterOrThrow(await readVersion(ref), this.cfg, this.limits, ref.name).adapter);
     } catch (err) {
       this.stats.failures++;
       this.failures.set(ref.version, err as Error);
@@ -110,6 +108,22 @@ export class HostCache implements AdapterSource {
       for (const l of this.listeners) l();
     }
   }
+}
+
+// The files of exactly ref.version: in its directory, or, if that has been replaced since (the
+// request started before the replace), where the store keeps replaced versions still in use.
+async function readVersion(ref: AdapterRef): Promise<AdapterFiles> {
+  let firstError: unknown = null;
+  for (const dir of [ref.dir, ref.retiredDir].filter((d): d is string => !!d)) {
+    try {
+      const files = await readAdapterDir(dir);
+      if (adapterVersion(files) === ref.version) return files;
+    } catch (err) {
+      firstError ??= err;
+    }
+  }
+  if (firstError && !ref.retiredDir) throw firstError;
+  throw new LoraserveError('conflict', `adapter ${ref.name}: the files in ${ref.dir} changed since version ${ref.version} was registered`);
 }
 
 // LoraAdapter → the arena's layout: Aᵀ [in, r], (s·B)ᵀ [r, out], DoRA g [out]. The decoded arrays

@@ -99,7 +99,7 @@ export class AdapterRegistry {
     if (!e || e.status !== 'ready') throw new LoraserveError('model_not_found', `The model \`${name}\` does not exist.`, { param: 'model' });
     e.inFlightByVersion.set(e.version, (e.inFlightByVersion.get(e.version) ?? 0) + 1);
     e.requestsServed++;
-    return { name, version: e.version, dir: e.dir };
+    return { name, version: e.version, dir: e.dir, ...(e.source === 'store' ? { retiredDir: this.store.retiredDirOf(name, e.version) } : {}) };
   }
 
   release(ref: AdapterRef): void {
@@ -112,7 +112,7 @@ export class AdapterRegistry {
     }
     const pending = this.retired.get(ref.version);
     if (pending !== undefined) {
-      if (pending <= 1) { this.retired.delete(ref.version); void this.engine.dropAdapter(ref.version); }
+      if (pending <= 1) { this.retired.delete(ref.version); void this.dropRetired(ref.name, ref.version); }
       else this.retired.set(ref.version, pending - 1);
     }
     if (e && this.inFlight(e) === 0) for (const f of this.drains.get(ref.name)?.splice(0) ?? []) f();
@@ -200,17 +200,15 @@ export class AdapterRegistry {
       await staged?.abort();
       throw err;
     }
-    try {
-      await staged?.commit();
-    } catch (err) {
-      if (this.entries.get(name)?.version !== info.version) await this.engine.dropAdapter(info.version);
-      throw err;
-    }
     const prev = this.entries.get(name);
-    if (prev && prev.version !== info.version) {
-      const stillUsed = prev.inFlightByVersion.get(prev.version) ?? 0;
-      if (stillUsed > 0) this.retired.set(prev.version, stillUsed);
-      else await this.engine.dropAdapter(prev.version);
+    const replaced = prev && prev.version !== info.version ? prev : null;
+    // a replaced stored version keeps its files (retiredDirOf) while requests that started with it
+    // run: requests may still acquire it until the new entry is in place
+    try {
+      await staged?.commit(replaced?.source === 'store' ? replaced.version : undefined);
+    } catch (err) {
+      if (prev?.version !== info.version) await this.engine.dropAdapter(info.version);
+      throw err;
     }
     const entry: Entry = {
       name, ...info, status: 'ready', source, dir, warnings,
@@ -218,9 +216,19 @@ export class AdapterRegistry {
       loadedAt: Math.floor(Date.now() / 1000),
       inFlightByVersion: prev?.inFlightByVersion ?? new Map(),
     };
-    this.entries.set(name, entry);
+    this.entries.set(name, entry); // new requests get the new version from here on
+    if (replaced) {
+      const stillUsed = replaced.inFlightByVersion.get(replaced.version) ?? 0;
+      if (stillUsed > 0) this.retired.set(replaced.version, stillUsed);
+      else await this.dropRetired(name, replaced.version);
+    }
     this.events.onLoad?.(name, true);
     return this.info(entry);
+  }
+
+  private async dropRetired(name: string, version: string): Promise<void> {
+    await this.engine.dropAdapter(version);
+    await this.store.removeRetired(name, version);
   }
 
   private checkReplace(name: string, replace: boolean): void {

@@ -21,6 +21,7 @@ export interface AdapterRef {
   name: string;
   version: string;
   dir: string;
+  retiredDir?: string;  // where the store keeps this version's files if it is replaced while in use
 }
 
 export interface TopLogprob {

@@ -1,7 +1,7 @@
 // Adapters through the real engine worker and registry: mixed batches, hot swap and unload while
 // requests stream, merged mode, and the disk tier.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EngineClient } from '../../src/runtime/engine-client.ts';
@@ -126,6 +126,28 @@ describe('host cache eviction and the disk tier', () => {
       expect(before.evictions).toBeGreaterThan(0);
       expect(await ctx.run(ctx.greedy('a'))).toEqual(first);
       expect((await ctx.engine.stats()).hostCache.loads).toBeGreaterThan(before.loads);
+    } finally {
+      await ctx.engine.close();
+    }
+  });
+});
+
+describe('replacing an adapter that host memory does not hold', () => {
+  it('a request that started before the replace still gets its version, read back from the copy the store keeps', async () => {
+    const ctx = await setup('unmerged', 1); // host memory holds no adapter: every request reads the store
+    const root = ctx.registry.store.root;
+    try {
+      await ctx.registry.upload('x', files({ rank: 4, seed: 71, scaleB: 2 }), { replace: false });
+      const v1 = await ctx.run(ctx.greedy('x'));
+      const early = ctx.greedy('x'); // acquired now: version 1
+      await ctx.registry.upload('x', files({ rank: 4, seed: 72, scaleB: 2 }), { replace: true });
+      const v2 = await ctx.run(ctx.greedy('x'));
+      expect(v2).not.toEqual(v1);
+      expect(readdirSync(root)).toContain(`.retired-x-${early.adapter!.version}`);
+      expect(await ctx.run(early)).toEqual(v1);
+      // the kept copy goes once its last request has ended
+      for (let i = 0; i < 50 && readdirSync(root).some((e) => e.startsWith('.retired-')); i++) await new Promise((r) => setTimeout(r, 20));
+      expect(readdirSync(root).sort()).toEqual(['x']);
     } finally {
       await ctx.engine.close();
     }

@@ -112,7 +112,7 @@ export class AdapterRegistry {
     }
     const pending = this.retired.get(ref.version);
     if (pending !== undefined) {
-      if (pending <= 1) { this.retired.delete(ref.version); void this.dropRetired(ref.name, ref.version); }
+      if (pending <= 1) { this.retired.delete(ref.version); void this.dropRetired(ref.name, ref.version).catch(() => undefined); } // best effort: a leftover copy is removed at start-up
       else this.retired.set(ref.version, pending - 1);
     }
     if (e && this.inFlight(e) === 0) for (const f of this.drains.get(ref.name)?.splice(0) ?? []) f();

@@ -2,7 +2,8 @@
 // Every problem is collected, so one answer lists them all (P8 of docs/style).
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
+import { takeBuffer } from './warm-buffers.ts';
 import { join } from 'node:path';
 import { parseSafetensors } from '../runtime/safetensors.ts';
 import type { TensorEntry } from '../runtime/safetensors.ts';
@@ -66,8 +67,26 @@ export async function readAdapterDir(dir: string): Promise<AdapterFiles> {
   }
   const missing = [cfgPath, wPath].filter((p) => !existsSync(p));
   if (missing.length) throw new LoraserveError('invalid_adapter', `${dir}: missing ${missing.map((p) => p.slice(dir.length + 1)).join(' and ')}`, { problems: missing.map((p) => `missing ${p.slice(dir.length + 1)}`) });
-  const [config, weights] = await Promise.all([readFile(cfgPath), readFile(wPath)]);
+  const [config, weights] = await Promise.all([readFile(cfgPath), readInto(wPath)]);
   return { config, weights };
+}
+
+// The whole file into a warm buffer (warm-buffers.ts).
+async function readInto(path: string): Promise<Uint8Array> {
+  const fh = await open(path, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    const buf = takeBuffer(size);
+    let at = 0;
+    while (at < size) {
+      const { bytesRead } = await fh.read(buf, at, size - at, at);
+      if (bytesRead === 0) break;
+      at += bytesRead;
+    }
+    return at === size ? buf : buf.subarray(0, at); // the file shrank while it was read
+  } finally {
+    await fh.close();
+  }
 }
 
 export function adapterVersion(files: AdapterFiles): string {

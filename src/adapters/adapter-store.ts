@@ -61,11 +61,6 @@ export class AdapterStore {
       .sort();
   }
 
-  // Write and commit at once (see stage()).
-  async write(name: string, files: AdapterFiles): Promise<string> {
-    return (await this.stage(name, files)).commit();
-  }
-
   // The files, fsynced, in a temporary directory; commit() renames it into place (replacing an
   // older version), abort() removes it. Staging can run while the upload is validated, and a
   // failed validation leaves the store as it was.

@@ -172,7 +172,8 @@ export class Scheduler {
     }
     for (const s of decoding) {
       const lane = s.lane!;
-      if (lane.kv.lengths[s.row] + WARM_AHEAD < lane.capacity) continue;
+      // only a sequence that may outgrow its lane (prompt + max_tokens beyond it), when it is close
+      if (lane.kv.lengths[s.row] + WARM_AHEAD < lane.capacity || s.req.promptTokens.length + s.req.maxTokens <= lane.capacity) continue;
       const next = this.lanes.laneFor(lane.capacity + 1);
       if (next === lane || next.kv.isWarm(s.row)) continue;
       next.kv.ensure(this.lanes.slots);

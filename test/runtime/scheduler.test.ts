@@ -21,7 +21,7 @@ const V = 512;
 const LIMITS: SequenceLimits = { numLayers: 1, numKvHeads: 1, headDim: 8, maxContext: 4096, eosTokenIds: [2] };
 
 // Runs no model: records each step, advances the lanes' KV lengths, and always picks token 300.
-function fakeRunner(log: { kind: string; rows: number[]; tokens: number; capacity: number }[]) {
+function fakeRunner(log: { kind: string; rows: number[]; tokens: number; capacity: number }[], coldDecodeReads: number[] = []) {
   const runner = {
     maxPositions: 4096,
     async runGroups(groups: [StepGroup | null, StepGroup | null]) {
@@ -31,6 +31,7 @@ function fakeRunner(log: { kind: string; rows: number[]; tokens: number; capacit
         for (const r of g.rows) {
           if (g.kv.lengths[r.row] + r.tokens.length > g.kv.capacity) throw new Error('row overflows its lane');
           if (g === groups[0] && !g.kv.isWarm(r.row)) throw new Error('a prompt chunk reads a KV row that is not warm yet');
+          if (g !== groups[0] && !g.kv.isWarm(r.row)) coldDecodeReads.push(g.kv.capacity);
           g.kv.lengths[r.row] += r.tokens.length;
           rows.push(r);
         }
@@ -53,7 +54,8 @@ const request = (over: Partial<GenerateRequest> = {}): GenerateRequest => ({
 
 function harness(limits: Partial<SchedulerLimits> = {}, adapters: AdapterSource | null = null, cost?: StepCost, kvDims = { numKvHeads: 1, headDim: 8 }) {
   const log: { kind: string; rows: number[]; tokens: number; capacity: number }[] = [];
-  const { runner } = fakeRunner(log);
+  const coldDecodeReads: number[] = []; // lane capacity of each decode row read before it was warm
+  const { runner } = fakeRunner(log, coldDecodeReads);
   const finished: string[] = [];
   const doneAt = new Map<string, number>();
   const events = new Map<string, TokenEvent[]>();
@@ -66,7 +68,7 @@ function harness(limits: Partial<SchedulerLimits> = {}, adapters: AdapterSource 
   s.onStep = (st) => steps.push(st);
   const submit = (id: string, r: GenerateRequest) => s.submit(new Sequence(id, r, tok, LIMITS));
   const drain = async (max = 10_000) => { let n = 0; while (!s.idle && n++ < max) await s.tick(); return n; };
-  return { s, log, finished, doneAt, events, steps, submit, drain, lanes };
+  return { s, log, finished, doneAt, events, steps, submit, drain, lanes, coldDecodeReads };
 }
 
 const readySource = (): AdapterSource => ({
@@ -182,6 +184,8 @@ describe('scheduler', () => {
     expect(long.length).toBeGreaterThan(5);
     // every row was given back
     expect(h.lanes.lanes.every((l) => l.used === 0)).toBe(true);
+    // the growing sequence's row in the bigger lane was warmed before it moved there
+    expect(h.coldDecodeReads).toEqual([]);
   });
 
   it('small lanes fold into a bigger active lane when the padding reads less than another weight pass', async () => {

@@ -98,7 +98,7 @@ export async function loraBench(opts: { quick: boolean }): Promise<Record<string
   // the multipart path's work (staged in the store with fsync while validated, then committed)
   const srcRoot = mkdtempSync(join(tmpdir(), 'loraserve-bench-src-'));
   const splits: { how: string; ready_ms: number; first_token_ms: number }[] = [];
-  const firstToken = async (name: string, files: { config: Uint8Array; weights: Uint8Array }, how: 'load' | 'upload'): Promise<number> => {
+  const firstToken = async (name: string, files: { config: Uint8Array; weights: Uint8Array }, how: 'load' | 'upload'): Promise<void> => {
     let dir = '';
     if (how === 'load') {
       dir = join(srcRoot, name);
@@ -112,14 +112,14 @@ export async function loraBench(opts: { quick: boolean }): Promise<Record<string
     const ready = performance.now();
     await oneToken(name);
     splits.push({ how, ready_ms: ready - t, first_token_ms: performance.now() - ready });
-    return performance.now() - t;
   };
-  const loadTimes: number[] = [];
-  const uploadTimes: number[] = [];
   for (let i = 0; i < (opts.quick ? 3 : 7); i++) {
-    loadTimes.push(await firstToken(`load${i}`, adapterFiles(cfg, { rank: 16, seed: 200 + i }), 'load'));
-    uploadTimes.push(await firstToken(`fresh${i}`, adapterFiles(cfg, { rank: 16, seed: 300 + i }), 'upload'));
+    await firstToken(`load${i}`, adapterFiles(cfg, { rank: 16, seed: 200 + i }), 'load');
+    await firstToken(`fresh${i}`, adapterFiles(cfg, { rank: 16, seed: 300 + i }), 'upload');
   }
+  const totals = (how: string) => splits.filter((x) => x.how === how).map((x) => x.ready_ms + x.first_token_ms);
+  const loadTimes = totals('load');
+  const uploadTimes = totals('upload');
   const buildMs = await engine.buildMerged(registry.get('fresh0')!.version);
   await engine.close();
 

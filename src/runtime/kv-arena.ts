@@ -40,9 +40,7 @@ export class KvArena {
     this.keysT = Array.from({ length: this.numLayers }, (_, l) => grow(this.keysT[l]));
     this.values = Array.from({ length: this.numLayers }, (_, l) => grow(this.values[l]));
     while (this.lengths.length < R) this.lengths.push(0);
-    while (this.warmFloats.length < this.rows) this.warmFloats.push(0);
-    for (let r = 0; r < this.rows; r++) this.warmFloats[r] = this.regionsFloats; // written by the copy
-    while (this.warmFloats.length < R) this.warmFloats.push(0);
+    this.warmFloats = Array.from({ length: R }, (_, r) => (r < this.rows ? this.regionsFloats : 0)); // old rows: written by the copy
     this.rows = R;
   }
 

@@ -3,7 +3,7 @@
 // waiting or running sequences are pinned and never evicted. A version that is not in memory is
 // read from its directory on disk (the store) without stopping the running batch.
 import { LRUCache } from 'lru-cache';
-import { transposeInto, targetPath, targetShape } from '../runtime/llama-graph.ts';
+import { targetPath, targetShape } from '../runtime/llama-graph.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import type { PreparedAdapter, PreparedTarget } from '../runtime/lora-arena.ts';
 import type { AdapterRef } from '../runtime/generate-request.ts';
@@ -126,27 +126,18 @@ async function readVersion(ref: AdapterRef): Promise<AdapterFiles> {
   throw new LoraserveError('conflict', `adapter ${ref.name}: the files in ${ref.dir} changed since version ${ref.version} was registered`);
 }
 
-// LoraAdapter → the arena's layout: Aᵀ [in, r], (s·B)ᵀ [r, out], DoRA g [out]. The decoded arrays
-// are taken over and transposed in place (through one reused scratch buffer): a fresh 10 MB
-// allocation costs ~30 ms of page faults on this VM, more than the transposes themselves.
+// LoraAdapter → what the arena takes (lora-arena.ts): A [r, in] and s·B [out, r] in PEFT's own
+// layout, DoRA g [out]. The decoded arrays are taken over (for F32 files they are views of the file
+// buffer) and only B is touched, scaled in place: no copy, no transpose, no fresh memory (a fresh
+// 10 MB allocation costs ~30 ms of page faults on this VM).
 export function prepareAdapter(adapter: LoraAdapter, cfg: ModelConfig, readBase: (name: string) => Float32Array): PreparedAdapter {
   const targets: PreparedTarget[] = adapter.targets.map((t) => {
     const [out, inDim] = targetShape(cfg, t.target);
-    const g = t.magnitude ? doraScale(readBase(`${targetPath(t.layer, t.target)}.weight`), t, out, inDim) : null; // before the factors change
-    const at = transposeInPlace(t.a, t.rank, inDim);
-    const bt = transposeInPlace(t.b, out, t.rank);
-    for (let i = 0; i < bt.length; i++) bt[i] *= t.scale;
-    return { layer: t.layer, target: t.target, rank: t.rank, at, bt, g };
+    const g = t.magnitude ? doraScale(readBase(`${targetPath(t.layer, t.target)}.weight`), t, out, inDim) : null; // before B is scaled
+    const b = t.b;
+    if (t.scale !== 1) for (let i = 0; i < b.length; i++) b[i] *= t.scale;
+    return { layer: t.layer, target: t.target, rank: t.rank, a: t.a, b, g };
   });
-  const bytes = targets.reduce((s, t) => s + t.at.byteLength + t.bt.byteLength + (t.g?.byteLength ?? 0), 0);
+  const bytes = targets.reduce((s, t) => s + t.a.byteLength + t.b.byteLength + (t.g?.byteLength ?? 0), 0);
   return { version: adapter.version, rank: adapter.maxRank, useDora: adapter.useDora, targets, bytes };
-}
-
-let scratch = new Float32Array(0);
-
-function transposeInPlace(m: Float32Array, rows: number, cols: number): Float32Array {
-  if (scratch.length < m.length) scratch = new Float32Array(m.length);
-  transposeInto(scratch, m, rows, cols);
-  m.set(scratch.subarray(0, m.length));
-  return m;
 }

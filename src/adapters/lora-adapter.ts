@@ -2,8 +2,8 @@
 // Every problem is collected, so one answer lists them all (P8 of docs/style).
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { open, readFile } from 'node:fs/promises';
-import { takeBuffer } from './warm-buffers.ts';
+import { readFile } from 'node:fs/promises';
+import { readWhole } from './read-file.ts';
 import { join } from 'node:path';
 import { parseSafetensors } from '../runtime/safetensors.ts';
 import type { TensorEntry } from '../runtime/safetensors.ts';
@@ -30,7 +30,8 @@ export interface LoraTargetWeights {
 
 // F32 factors are views of the uploaded weights file wherever it owns its whole buffer (no copy:
 // fresh memory costs more than the copy on this VM), so an adapter takes its files over: hand the
-// adapter on (to the engine, which transfers that buffer) only once nothing reads the files again.
+// adapter on (to the engine, which takes that buffer: transferred, or shared when it is a warm
+// SharedArrayBuffer from warm-buffers.ts) only once nothing reads or writes the files again.
 export interface LoraAdapter {
   version: string;                // content hash of the two files
   targets: LoraTargetWeights[];
@@ -43,6 +44,7 @@ export interface LoraAdapter {
 export interface AdapterFiles {
   config: Uint8Array;
   weights: Uint8Array;
+  version?: string; // adapterVersion of these bytes, when the reader hashed them as it read
 }
 
 export interface AdapterLimits {
@@ -67,30 +69,17 @@ export async function readAdapterDir(dir: string): Promise<AdapterFiles> {
   }
   const missing = [cfgPath, wPath].filter((p) => !existsSync(p));
   if (missing.length) throw new LoraserveError('invalid_adapter', `${dir}: missing ${missing.map((p) => p.slice(dir.length + 1)).join(' and ')}`, { problems: missing.map((p) => `missing ${p.slice(dir.length + 1)}`) });
-  const [config, weights] = await Promise.all([readFile(cfgPath), readInto(wPath)]);
-  return { config, weights };
+  const config = await readFile(cfgPath);
+  const hash = versionHash().update(config);
+  const weights = await readWhole(wPath, (chunk) => hash.update(chunk)); // hashed while it is read
+  return { config, weights, version: hash.digest('hex').slice(0, 16) };
 }
 
-// The whole file into a warm buffer (warm-buffers.ts).
-async function readInto(path: string): Promise<Uint8Array> {
-  const fh = await open(path, 'r');
-  try {
-    const size = (await fh.stat()).size;
-    const buf = takeBuffer(size);
-    let at = 0;
-    while (at < size) {
-      const { bytesRead } = await fh.read(buf, at, size - at, at);
-      if (bytesRead === 0) break;
-      at += bytesRead;
-    }
-    return at === size ? buf : buf.subarray(0, at); // the file shrank while it was read
-  } finally {
-    await fh.close();
-  }
-}
+// The version of an adapter: sha256 of adapter_config.json then adapter_model.safetensors.
+const versionHash = () => createHash('sha256');
 
 export function adapterVersion(files: AdapterFiles): string {
-  return createHash('sha256').update(files.config).update(files.weights).digest('hex').slice(0, 16);
+  return files.version ?? versionHash().update(files.config).update(files.weights).digest('hex').slice(0, 16);
 }
 
 export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: AdapterLimits): DecodeResult {
@@ -133,8 +122,9 @@ export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: A
     entry.parts.set(kind, t);
   }
 
-  // views only into a buffer that nothing else shares (not a slice of Node's Buffer pool)
-  const ownsBuffer = files.weights.byteOffset === 0 && files.weights.byteLength === files.weights.buffer.byteLength && files.weights.buffer instanceof ArrayBuffer;
+  // views only into a buffer that nothing else shares (not a slice of Node's Buffer pool); a warm
+  // buffer from warm-buffers.ts is shared memory, which the engine thread then shares
+  const ownsBuffer = files.weights.byteOffset === 0 && files.weights.byteLength === files.weights.buffer.byteLength;
   const factor = (t: TensorEntry): Float32Array => (ownsBuffer && t.dtype === 'F32' && t.bytes.byteOffset % 4 === 0
     ? new Float32Array(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength / 4)
     : bytesToF32(t.bytes, t.dtype, t.name));

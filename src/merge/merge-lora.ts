@@ -58,21 +58,20 @@ export function doraScale(w0: Float32Array, f: LoraFactors, rows: number, cols: 
   return Float32Array.from(f.magnitude!, (m, o) => m / n[o]);
 }
 
-// The same merge from the serving layout (lora-arena.ts): at = Aᵀ [in, r], bt = (s·B)ᵀ [r, out],
-// g = DoRA multiplier [out] or null:  W'[o, i] = g[o] · (W0[o, i] + Σ_k bt[k, o] · at[i, k])
-export function mergePrepared(w0: Float32Array, t: { at: Float32Array; bt: Float32Array; rank: number; g: Float32Array | null }, rows: number, cols: number): Float32Array {
+// The same merge from the serving layout (lora-arena.ts): a = A [r, in], b = s·B [out, r],
+// g = DoRA multiplier [out] or null:  W'[o, i] = g[o] · (W0[o, i] + Σ_k b[o, k] · a[k, i])
+export function mergePrepared(w0: Float32Array, t: { a: Float32Array; b: Float32Array; rank: number; g: Float32Array | null }, rows: number, cols: number): Float32Array {
   const w = Float32Array.from(w0);
   const r = t.rank;
-  const aRow = new Float32Array(cols);
-  for (let k = 0; k < r; k++) {
-    for (let i = 0; i < cols; i++) aRow[i] = t.at[i * r + k];
-    for (let o = 0; o < rows; o++) {
-      const c = t.bt[k * rows + o];
+  for (let o = 0; o < rows; o++) {
+    const off = o * cols;
+    for (let k = 0; k < r; k++) {
+      const c = t.b[o * r + k];
       if (c === 0) continue;
-      const off = o * cols;
-      for (let i = 0; i < cols; i++) w[off + i] += c * aRow[i];
+      const ak = k * cols;
+      for (let i = 0; i < cols; i++) w[off + i] += c * t.a[ak + i];
     }
+    if (t.g) { const g = t.g[o]; for (let i = 0; i < cols; i++) w[off + i] *= g; }
   }
-  if (t.g) for (let o = 0; o < rows; o++) for (let i = 0; i < cols; i++) w[o * cols + i] *= t.g[o];
   return w;
 }

@@ -80,9 +80,11 @@ export class EngineClient {
     });
   }
 
-  // Hands a validated adapter to the engine's host cache (its buffers move to the worker).
+  // Hands a validated adapter to the engine's host cache: its buffers move to the worker (shared
+  // memory, warm-buffers.ts, is shared instead).
   putAdapter(adapter: LoraAdapter): Promise<void> {
-    const transfer = adapter.targets.flatMap((t) => [t.a.buffer, t.b.buffer, ...(t.magnitude ? [t.magnitude.buffer] : [])]) as ArrayBuffer[];
+    const buffers = adapter.targets.flatMap((t) => [t.a.buffer, t.b.buffer, ...(t.magnitude ? [t.magnitude.buffer] : [])]);
+    const transfer = buffers.filter((b): b is ArrayBuffer => b instanceof ArrayBuffer);
     return this.call({ op: 'adapter.put', adapter }, [...new Set(transfer)]);
   }
 

@@ -73,19 +73,22 @@ export function bakedLinear(cfg: ModelConfig, weights: Weights): LinearHook {
 }
 
 // y = g ⊙ (x·W0ᵀ + (x·Aᵀ)·(s·B)ᵀ) + bias. The base product is one MatMul over all N tokens; the
-// factors of each batch row of each group are fed as inputs (lora-arena.ts):
-// lora_at.g [rows, in, R], lora_bt.g [rows, R, out], lora_g.g [rows|1, 1, out|1].
-// R = 0 when no row of a group has an adapter, which leaves only the base projection's cost.
+// factors of each batch row of each group are fed as inputs, in PEFT's layout (lora-arena.ts):
+// lora_a.g [rows, R, in], lora_b.g [rows, out, R], lora_g.g [rows|1, 1, out|1]. FusedMatMul with
+// transB multiplies by their transposes inside the GEMM (MLAS packs either layout at the same
+// cost), so no adapter is ever transposed. R = 0 when no row of a group has an adapter, which
+// leaves only the base projection's cost.
 export function loraLinear(cfg: ModelConfig, weights: Weights): LinearHook {
   return (b, x, layer, target, groups) => {
     const [out, inDim] = targetShape(cfg, target);
     const y0 = groups.split(b, bakedMatMul(b, cfg, weights, x, layer, target));
     const xs = groups.split(b, x);
     const parts = xs.map((xg, g) => {
-      const at = b.input(`lora_at.${g}.${layer}.${target}`, 'float32', [`lora_rows_${g}`, inDim, `lora_rank_${g}`]);
-      const bt = b.input(`lora_bt.${g}.${layer}.${target}`, 'float32', [`lora_rows_${g}`, `lora_rank_${g}`, out]);
+      const a = b.input(`lora_a.${g}.${layer}.${target}`, 'float32', [`lora_rows_${g}`, `lora_rank_${g}`, inDim]);
+      const sb = b.input(`lora_b.${g}.${layer}.${target}`, 'float32', [`lora_rows_${g}`, out, `lora_rank_${g}`]);
       const dora = b.input(`lora_g.${g}.${layer}.${target}`, 'float32', [`dora_rows_${g}`, 1, `dora_out_${g}_${target}`]);
-      const delta = b.op('MatMul', [b.op('MatMul', [groups.to3d(b, xg, g, inDim), at]), bt]);
+      const timesT = (x3: string, m: string) => b.op('FusedMatMul', [x3, m], { transB: int(1) }, { domain: 'com.microsoft' });
+      const delta = timesT(timesT(groups.to3d(b, xg, g, inDim), a), sb);
       return groups.to2d(b, b.op('Mul', [b.op('Add', [groups.to3d(b, y0[g], g, out), delta]), dora]), g, out);
     });
     return addBias(b, weights, layer, target, groups.join(b, parts));

@@ -1,9 +1,11 @@
 // LoRA factors of every running sequence, one row per sequence (the row of its KV cache), so that
 // a step over rows [lo, hi) feeds views of these arrays: sequences with different adapters, ranks
 // or none share one batched step (S-LoRA/Punica), with no session per adapter and no graph rebuild.
-//   at[l,t]: [rows, in, R]   Aᵀ                      (zero-padded from the adapter's rank to R)
-//   bt[l,t]: [rows, R, out]  (s·B)ᵀ
-//   g[l,t]:  [rows, 1, out]  DoRA multiplier m/‖W0+ΔW‖ (ones for plain LoRA)
+// The factors keep PEFT's layout (the graph multiplies by their transposes, llama-graph.ts), so an
+// adapter is never transposed on its way in:
+//   a[l,t]: [rows, R, in]    A                       (zero rows from the adapter's rank to R)
+//   b[l,t]: [rows, out, R]   s·B                     (zero columns from the rank to R)
+//   g[l,t]: [rows, 1, out]   DoRA multiplier m/‖W0+ΔW‖ (ones for plain LoRA)
 // R is the largest rank among the rows; a step with no adapter feeds R = 0.
 import { ort } from './session.ts';
 import { TARGETS, targetShape } from './llama-graph.ts';
@@ -14,8 +16,8 @@ export interface PreparedTarget {
   layer: number;
   target: Target;
   rank: number;
-  at: Float32Array;       // [in, rank]
-  bt: Float32Array;       // [rank, out], scale folded in
+  a: Float32Array;        // [rank, in]  A, as in the file
+  b: Float32Array;        // [out, rank] s·B (the scale folded in)
   g: Float32Array | null; // [out] DoRA multiplier
 }
 
@@ -27,8 +29,8 @@ export interface PreparedAdapter {
   bytes: number;
 }
 
-export function loraInputNames(group: number, l: number, t: Target): { at: string; bt: string; g: string } {
-  return { at: `lora_at.${group}.${l}.${t}`, bt: `lora_bt.${group}.${l}.${t}`, g: `lora_g.${group}.${l}.${t}` };
+export function loraInputNames(group: number, l: number, t: Target): { a: string; b: string; g: string } {
+  return { a: `lora_a.${group}.${l}.${t}`, b: `lora_b.${group}.${l}.${t}`, g: `lora_g.${group}.${l}.${t}` };
 }
 
 const EMPTY = new Map<string, Record<string, ort.Tensor>>();
@@ -43,8 +45,8 @@ export function emptyLoraFeeds(cfg: ModelConfig, group: number): Record<string, 
     for (let l = 0; l < cfg.numLayers; l++) for (const t of TARGETS) {
       const [out, inDim] = targetShape(cfg, t);
       const n = loraInputNames(group, l, t);
-      feeds[n.at] = new ort.Tensor('float32', new Float32Array(0), [1, inDim, 0]);
-      feeds[n.bt] = new ort.Tensor('float32', new Float32Array(0), [1, 0, out]);
+      feeds[n.a] = new ort.Tensor('float32', new Float32Array(0), [1, 0, inDim]);
+      feeds[n.b] = new ort.Tensor('float32', new Float32Array(0), [1, out, 0]);
       feeds[n.g] = one;
     }
     EMPTY.set(key, feeds);
@@ -56,8 +58,8 @@ export class LoraArena {
   private rows = 0;
   private minRows = 0;
   private R = 0;
-  private at: Float32Array[] = [];
-  private bt: Float32Array[] = [];
+  private a: Float32Array[] = [];
+  private b: Float32Array[] = [];
   private g: Float32Array[] = [];
   private rowAdapter: (PreparedAdapter | null)[] = [];
   private readonly dims: { layer: number; target: Target; out: number; inDim: number }[] = [];
@@ -70,7 +72,7 @@ export class LoraArena {
   }
 
   get bytes(): number {
-    return [...this.at, ...this.bt, ...this.g].reduce((s, a) => s + a.byteLength, 0);
+    return [...this.a, ...this.b, ...this.g].reduce((s, a) => s + a.byteLength, 0);
   }
 
   // Rows for the whole batch up front, so setting a row never reallocates (see lanes.ts).
@@ -92,18 +94,18 @@ export class LoraArena {
     this.ensure(Math.max(row + 1, this.rows, this.minRows), Math.max(this.R, adapter?.rank ?? 0));
     const R = this.R;
     this.dims.forEach(({ out, inDim }, k) => {
-      this.at[k].fill(0, row * inDim * R, (row + 1) * inDim * R);
-      this.bt[k].fill(0, row * R * out, (row + 1) * R * out);
+      this.a[k].fill(0, row * R * inDim, (row + 1) * R * inDim);
+      this.b[k].fill(0, row * out * R, (row + 1) * out * R);
       this.g[k].fill(1, row * out, (row + 1) * out);
     });
     if (!adapter) return;
     for (const t of adapter.targets) {
       const k = t.layer * TARGETS.length + TARGETS.indexOf(t.target);
-      const { out, inDim } = this.dims[k];
-      const at = this.at[k];
-      if (t.rank === R) at.set(t.at, row * inDim * R);
-      else for (let i = 0; i < inDim; i++) at.set(t.at.subarray(i * t.rank, (i + 1) * t.rank), (row * inDim + i) * R);
-      this.bt[k].set(t.bt, row * R * out); // rows k ≥ t.rank stay zero
+      const { out } = this.dims[k];
+      this.a[k].set(t.a, row * R * this.dims[k].inDim); // rows k ≥ t.rank stay zero
+      const b = this.b[k];
+      if (t.rank === R) b.set(t.b, row * out * R);
+      else for (let o = 0; o < out; o++) b.set(t.b.subarray(o * t.rank, (o + 1) * t.rank), (row * out + o) * R);
       if (t.g) this.g[k].set(t.g, row * out);
     }
   }
@@ -113,16 +115,16 @@ export class LoraArena {
     const newRows = rows > this.rows ? Math.max(rows, Math.ceil(this.rows * 1.5)) : this.rows;
     const oldR = this.R;
     this.dims.forEach(({ out, inDim }, k) => {
-      const at = new Float32Array(newRows * inDim * R);
-      const bt = new Float32Array(newRows * R * out);
+      const a = new Float32Array(newRows * R * inDim);
+      const b = new Float32Array(newRows * out * R);
       const g = new Float32Array(newRows * out).fill(1);
       for (let r = 0; r < this.rows; r++) {
-        for (let i = 0; i < inDim; i++) at.set(this.at[k].subarray((r * inDim + i) * oldR, (r * inDim + i + 1) * oldR), (r * inDim + i) * R);
-        bt.set(this.bt[k].subarray(r * oldR * out, (r + 1) * oldR * out), r * R * out);
+        a.set(this.a[k].subarray(r * oldR * inDim, (r + 1) * oldR * inDim), r * R * inDim);
+        for (let o = 0; o < out; o++) b.set(this.b[k].subarray((r * out + o) * oldR, (r * out + o + 1) * oldR), (r * out + o) * R);
         g.set(this.g[k].subarray(r * out, (r + 1) * out), r * out);
       }
-      this.at[k] = at;
-      this.bt[k] = bt;
+      this.a[k] = a;
+      this.b[k] = b;
       this.g[k] = g;
     });
     this.rows = newRows;
@@ -145,8 +147,8 @@ export class LoraArena {
     const R = this.R;
     this.dims.forEach(({ layer, target, out, inDim }, k) => {
       const names = loraInputNames(group, layer, target);
-      feeds[names.at] = new ort.Tensor('float32', this.at[k].subarray(lo * inDim * R, hi * inDim * R), [n, inDim, R]);
-      feeds[names.bt] = new ort.Tensor('float32', this.bt[k].subarray(lo * R * out, hi * R * out), [n, R, out]);
+      feeds[names.a] = new ort.Tensor('float32', this.a[k].subarray(lo * R * inDim, hi * R * inDim), [n, R, inDim]);
+      feeds[names.b] = new ort.Tensor('float32', this.b[k].subarray(lo * out * R, hi * out * R), [n, out, R]);
       feeds[names.g] = dora ? new ort.Tensor('float32', this.g[k].subarray(lo * out, hi * out), [n, 1, out]) : one;
     });
     return feeds;

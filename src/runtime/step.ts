@@ -75,7 +75,7 @@ export class StepRunner {
   async runGroups(groups: [StepGroup | null, StepGroup | null], mergedSession?: ort.InferenceSession): Promise<StepResult> {
     const session = mergedSession ?? this.session;
     let withLora = this.loraInputs.get(session);
-    if (withLora === undefined) this.loraInputs.set(session, (withLora = session.inputNames.some((n) => n.startsWith('lora_at.'))));
+    if (withLora === undefined) this.loraInputs.set(session, (withLora = session.inputNames.some((n) => n.startsWith('lora_a.'))));
     const feeds: Record<string, ort.Tensor> = {};
     const layouts: (GroupLayout | null)[] = [];
     const logitRows: number[] = [];

@@ -1,4 +1,4 @@
-// The host-memory tier of adapters, in the engine worker: prepared adapters (factors transposed,
+// The host-memory tier of adapters, in the engine worker: prepared adapters (factors in PEFT's layout,
 // scale folded in, DoRA multipliers computed) in an LRU bounded in bytes. Versions used by
 // waiting or running sequences are pinned and never evicted. A version that is not in memory is
 // read from its directory on disk (the store) without stopping the running batch.

@@ -11,6 +11,7 @@ import { prepareSpare, takeBuffer } from './warm-buffers.ts';
 
 const CHUNK = 1 << 20;
 const idle: Uint8Array[] = []; // staging chunks not in use, reused by the next read on this thread
+const KEEP_IDLE = 4;           // kept after concurrent reads (each takes two)
 
 export async function readWhole(path: string, onChunk: (bytes: Uint8Array) => void = () => undefined): Promise<Uint8Array> {
   const fh = await open(path, 'r');
@@ -36,6 +37,6 @@ export async function readWhole(path: string, onChunk: (bytes: Uint8Array) => vo
     return at === size ? out : out.subarray(0, at);
   } finally {
     await fh.close();
-    idle.push(...stage);
+    for (const c of stage) if (idle.length < KEEP_IDLE) idle.push(c);
   }
 }

@@ -70,6 +70,18 @@ describe('warm buffers', () => {
     }
   });
 
+  it('concurrent reads on one thread never share a staging buffer or a spare', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loraserve-rwc-'));
+    const size = 2 * (1 << 20) + 77;
+    const contents = [0, 1, 2, 3].map((k) => Uint8Array.from({ length: size }, (_, i) => (i * (k + 3) + k) & 255));
+    contents.forEach((c, k) => writeFileSync(join(dir, `f${k}`), c));
+    prepareSpare(size);
+    await alive(spareSettled());
+    const got = await Promise.all(contents.map((_, k) => readWhole(join(dir, `f${k}`))));
+    got.forEach((g, k) => expect(Buffer.from(g).equals(Buffer.from(contents[k]))).toBe(true));
+    expect(new Set(got.map((g) => g.buffer)).size).toBe(4);
+  });
+
   it('readAdapterDir returns the files byte for byte, in buffers of their own, with the version of those bytes', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'loraserve-wb-'));
     const weights = Uint8Array.from({ length: 2_200_003 }, (_, i) => (i * 31) & 255);

@@ -230,13 +230,9 @@ function rmsNorm(b: GraphBuilder, x: string, weight: string, eps: number): strin
   return b.op('SimplifiedLayerNormalization', [x, weight], { axis: int(-1), epsilon: float(eps), stash_type: int(1) });
 }
 
-// [rows, cols] → [cols, rows]
+// [rows, cols] → [cols, rows], blocked for the cache
 export function transpose(m: Float32Array, rows: number, cols: number): Float32Array {
-  return transposeInto(new Float32Array(m.length), m, rows, cols);
-}
-
-// out[c, r] = m[r, c], blocked for the cache; out must not overlap m.
-export function transposeInto(out: Float32Array, m: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(m.length);
   const B = 64;
   for (let r0 = 0; r0 < rows; r0 += B) {
     for (let c0 = 0; c0 < cols; c0 += B) {

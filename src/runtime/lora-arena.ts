@@ -101,8 +101,8 @@ export class LoraArena {
     if (!adapter) return;
     for (const t of adapter.targets) {
       const k = t.layer * TARGETS.length + TARGETS.indexOf(t.target);
-      const { out } = this.dims[k];
-      this.a[k].set(t.a, row * R * this.dims[k].inDim); // rows k ≥ t.rank stay zero
+      const { out, inDim } = this.dims[k];
+      this.a[k].set(t.a, row * R * inDim); // rows k ≥ t.rank stay zero
       const b = this.b[k];
       if (t.rank === R) b.set(t.b, row * out * R);
       else for (let o = 0; o < out; o++) b.set(t.b.subarray(o * t.rank, (o + 1) * t.rank), (row * out + o) * R);

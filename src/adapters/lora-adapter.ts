@@ -1,9 +1,8 @@
 // A PEFT LoRA adapter directory → LoraAdapter, validated once against the served model.
 // Every problem is collected, so one answer lists them all (P8 of docs/style).
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { readWhole } from './read-file.ts';
+import { lstat } from 'node:fs/promises';
+import { DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_MS, readChecked, withTimeout } from './read-file.ts';
 import { join } from 'node:path';
 import { parseSafetensors } from '../runtime/safetensors.ts';
 import type { TensorEntry } from '../runtime/safetensors.ts';
@@ -61,18 +60,45 @@ export interface DecodeResult {
 const NAME = /^(?:base_model\.model\.)?(model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+))\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|lora_B\.bias)$/;
 const BLOCK: Record<Target, string> = { q_proj: 'self_attn', k_proj: 'self_attn', v_proj: 'self_attn', o_proj: 'self_attn', gate_proj: 'mlp', up_proj: 'mlp', down_proj: 'mlp' };
 
-export async function readAdapterDir(dir: string): Promise<AdapterFiles> {
+export const MAX_CONFIG_BYTES = 1 << 20; // adapter_config.json: 1 MiB
+
+export interface ReadAdapterOptions {
+  maxWeightBytes?: number; // adapter_model.safetensors larger than this is refused (default 2 GiB)
+  timeoutMs?: number;      // the whole read, both files (default 30 s)
+}
+
+// The two files of an adapter directory (`dir` already resolved with realpath by the caller). Each
+// must be a regular file, not a link (read-file.ts); the weights are hashed while they are read.
+export async function readAdapterDir(dir: string, opts: ReadAdapterOptions = {}): Promise<AdapterFiles> {
+  const ms = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const late = () => new LoraserveError('invalid_adapter', `${dir}: the adapter files could not be read within ${ms} ms (a hung or slow file system?)`, { problems: [`reading the adapter files took longer than ${ms} ms`] });
+  return withTimeout(ms, late, (expired) => readAdapterFiles(dir, opts.maxWeightBytes ?? DEFAULT_MAX_BYTES, expired));
+}
+
+async function readAdapterFiles(dir: string, maxWeightBytes: number, expired: () => boolean): Promise<AdapterFiles> {
   const cfgPath = join(dir, CONFIG_FILE);
   const wPath = join(dir, WEIGHTS_FILE);
-  if (!existsSync(wPath) && existsSync(join(dir, 'adapter_model.bin'))) {
+  const [hasCfg, hasW, hasBin] = await Promise.all([cfgPath, wPath, join(dir, 'adapter_model.bin')].map(hasEntry));
+  if (!hasW && hasBin) {
     throw new LoraserveError('invalid_adapter', `${dir}: adapter_model.bin is a pickle file, which can run arbitrary code when loaded; only adapter_model.safetensors is accepted (convert with safetensors' save_file)`, { problems: ['adapter_model.bin (pickle) is refused; provide adapter_model.safetensors'] });
   }
-  const missing = [cfgPath, wPath].filter((p) => !existsSync(p));
-  if (missing.length) throw new LoraserveError('invalid_adapter', `${dir}: missing ${missing.map((p) => p.slice(dir.length + 1)).join(' and ')}`, { problems: missing.map((p) => `missing ${p.slice(dir.length + 1)}`) });
-  const config = await readFile(cfgPath);
-  const hash = versionHash().update(config);
-  const weights = await readWhole(wPath, (chunk) => hash.update(chunk)); // hashed while it is read
+  const missing = [hasCfg ? null : CONFIG_FILE, hasW ? null : WEIGHTS_FILE].filter((f): f is string => f !== null);
+  if (missing.length) throw new LoraserveError('invalid_adapter', `${dir}: missing ${missing.join(' and ')}`, { problems: missing.map((f) => `missing ${f}`) });
+  const hash = versionHash();
+  const config = await readChecked(cfgPath, (chunk) => hash.update(chunk), { name: CONFIG_FILE, maxBytes: MAX_CONFIG_BYTES, warm: false }, expired);
+  const weights = await readChecked(wPath, (chunk) => hash.update(chunk), { name: WEIGHTS_FILE, maxBytes: maxWeightBytes }, expired); // hashed while it is read
   return { config, weights, version: hash.digest('hex').slice(0, 16) };
+}
+
+// Whether a directory entry of any kind (a link too: reading it is refused, not reported missing).
+async function hasEntry(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return code !== 'ENOENT' && code !== 'ENOTDIR';
+  }
 }
 
 // The version of an adapter: sha256 of adapter_config.json then adapter_model.safetensors.
@@ -88,7 +114,7 @@ export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: A
   try {
     rawConfig = JSON.parse(new TextDecoder().decode(files.config));
   } catch (e) {
-    problems.push(`adapter_config.json is not valid JSON: ${(e as Error).message}`);
+    problems.push(`adapter_config.json is not valid JSON${jsonErrorAt((e as Error).message)}`);
   }
   const { config, problems: cfgProblems, warnings } = rawConfig === undefined ? { config: null, problems: [], warnings: [] } : parsePeftConfig(rawConfig);
   problems.push(...cfgProblems);
@@ -168,6 +194,13 @@ export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: A
     problems,
     warnings,
   };
+}
+
+// Where JSON.parse failed, never what it read there (its message quotes the content).
+function jsonErrorAt(message: string): string {
+  const at = /at position (\d+)/.exec(message);
+  if (at) return ` (at character ${at[1]})`;
+  return /end of JSON input/.test(message) ? ' (it ends early)' : '';
 }
 
 function allFinite(a: Float32Array): boolean {

@@ -14,7 +14,10 @@ import type { AdapterRef } from '../runtime/generate-request.ts';
 import { LoraserveError } from '../runtime/errors.ts';
 import { TARGETS } from '../runtime/llama-graph.ts';
 
-export type AdapterStatus = 'ready' | 'unloading';
+// ready: served. unloading: an unload waits for its requests in flight (new ones get a 503 until
+// it ends: gone, or ready again if it gives up). failed: the engine could not load the registered
+// version back from disk (its files changed or vanished): 503 until it is reloaded.
+export type AdapterStatus = 'ready' | 'unloading' | 'failed';
 
 export interface AdapterInfo {
   name: string;
@@ -32,6 +35,7 @@ export interface AdapterInfo {
   requestsServed: number;
   loadedAt: number;           // unix seconds
   warnings: string[];
+  error: string | null;       // why it is 'failed'
 }
 
 // What the registry needs from the engine (engine-client.ts implements it).
@@ -55,6 +59,7 @@ export class AdapterRegistry {
   private readonly drains = new Map<string, (() => void)[]>();
   // versions replaced while requests still used them: dropped from the engine once they finish
   private readonly retired = new Map<string, number>();
+  storeLoaded = false; // every adapter in the store has been tried (readiness)
 
   constructor(
     private readonly engine: AdapterEngine,
@@ -77,6 +82,7 @@ export class AdapterRegistry {
         failed.push({ name, error: (e as Error).message });
       }
     }
+    this.storeLoaded = true;
     return { loaded, failed };
   }
 
@@ -93,13 +99,37 @@ export class AdapterRegistry {
     return this.entries.has(name);
   }
 
+  // Every served adapter's current version (the engine warms them after a restart).
+  refs(): AdapterRef[] {
+    return [...this.entries.values()].filter((e) => e.status === 'ready').map((e) => this.refOf(e));
+  }
+
+  // The engine could not load this version back from its files: the adapter is 'failed' until a
+  // reload (a newer version, or the same files restored) succeeds.
+  markFailed(name: string, version: string, error: string): void {
+    const e = this.entries.get(name);
+    if (e && e.version === version && e.status === 'ready') { e.status = 'failed'; e.error = error; }
+  }
+
+  // Read the adapter's directory again (after its files were changed in place, or to recover a
+  // failed one): the new version replaces the old one like a replace.
+  async reload(name: string): Promise<AdapterInfo> {
+    const e = this.entries.get(name);
+    if (!e) throw new LoraserveError('model_not_found', `The lora adapter '${name}' cannot be found.`, { param: 'name' });
+    return this.loadDir(name, e.dir, { replace: true, source: e.source });
+  }
+
   // A request starts: the adapter's current version, counted in flight until release().
   acquire(name: string): AdapterRef {
     const e = this.entries.get(name);
     if (!e || e.status !== 'ready') throw new LoraserveError('model_not_found', `The model \`${name}\` does not exist.`, { param: 'model' });
     e.inFlightByVersion.set(e.version, (e.inFlightByVersion.get(e.version) ?? 0) + 1);
     e.requestsServed++;
-    return { name, version: e.version, dir: e.dir, ...(e.source === 'store' ? { retiredDir: this.store.retiredDirOf(name, e.version) } : {}) };
+    return this.refOf(e);
+  }
+
+  private refOf(e: Entry): AdapterRef {
+    return { name: e.name, version: e.version, dir: e.dir, ...(e.source === 'store' ? { retiredDir: this.store.retiredDirOf(e.name, e.version) } : {}) };
   }
 
   release(ref: AdapterRef): void {
@@ -118,23 +148,16 @@ export class AdapterRegistry {
     if (e && this.inFlight(e) === 0) for (const f of this.drains.get(ref.name)?.splice(0) ?? []) f();
   }
 
-  // Upload: the files are staged in the store while they are validated (an invalid adapter leaves
-  // the store as it was), handed to the engine, then committed atomically. It takes `files` over:
+  // Upload: validated first (an invalid adapter writes nothing), then staged outside the served
+  // entries (fsynced), handed to the engine, then committed atomically. It takes `files` over:
   // their weights buffer moves to the engine thread.
   async upload(name: string, files: AdapterFiles, opts: { replace: boolean }): Promise<AdapterInfo> {
     checkAdapterName(name);
     return this.locked(name, async () => {
       this.checkReplace(name, opts.replace);
-      const staging = this.store.stage(name, files); // the disk write overlaps the validation
-      let decoded: { adapter: LoraAdapter; warnings: string[] };
-      try {
-        decoded = this.validate(name, files);
-      } catch (err) {
-        await staging.then((s) => s.abort(), () => undefined);
-        throw err;
-      }
+      const decoded = this.validate(name, files);
       // the adapter's arrays may be views of files.weights: on disk first, then the engine takes them
-      const staged = await staging;
+      const staged = await this.store.stage(name, files);
       return this.install(name, decoded.adapter, decoded.warnings, this.store.dirOf(name), 'store', files, staged);
     });
   }
@@ -150,32 +173,40 @@ export class AdapterRegistry {
     });
   }
 
-  // Unload: waits up to `waitMs` for in-flight requests, then refuses with 409. Deletes the
-  // stored files too when `deleteFiles` (DELETE /v1/adapters/{name}).
+  // Unload: new requests get a 503 while it waits up to `waitMs` for the ones in flight; if they
+  // do not end in time it gives up with a 409 and the adapter is served again at once (waitMs 0:
+  // refuse at once when busy, with no pause at all). Deletes the stored files too when
+  // `deleteFiles` (DELETE /v1/adapters/{name}).
   async unload(name: string, opts: { waitMs: number; deleteFiles: boolean }): Promise<void> {
+    const notFound = () => new LoraserveError('model_not_found', `The lora adapter '${name}' cannot be found.`, { param: 'lora_name' });
     const current = this.entries.get(name);
-    if (!current) throw new LoraserveError('model_not_found', `The lora adapter '${name}' cannot be found.`, { param: 'lora_name' });
-    current.status = 'unloading'; // from now on, no new requests
+    if (!current) throw notFound();
+    const before = current.status === 'unloading' ? 'ready' : current.status;
+    if (opts.waitMs > 0) current.status = 'unloading'; // from now on, no new requests
     return this.locked(name, async () => {
       const e = this.entries.get(name);
-      if (!e) throw new LoraserveError('model_not_found', `The lora adapter '${name}' cannot be found.`, { param: 'lora_name' });
-      e.status = 'unloading';
+      if (!e) throw notFound();
       if (this.inFlight(e) > 0) {
-        const drained = await new Promise<boolean>((resolve) => {
-          const timer = setTimeout(() => resolve(false), opts.waitMs);
-          const list = this.drains.get(name) ?? [];
-          list.push(() => { clearTimeout(timer); resolve(true); });
-          this.drains.set(name, list);
-        });
-        if (!drained) {
-          e.status = 'ready';
-          throw new LoraserveError('conflict', `adapter '${name}' still has ${this.inFlight(e)} request(s) in flight after ${opts.waitMs} ms; try again later`, { param: 'lora_name' });
+        if (opts.waitMs > 0) e.status = 'unloading';
+        if (opts.waitMs <= 0 || !(await this.drained(name, opts.waitMs))) {
+          e.status = before;
+          throw new LoraserveError('conflict', `adapter '${name}' still has ${this.inFlight(e)} request(s) in flight after ${opts.waitMs} ms; it is served again; try the unload later`, { param: 'lora_name' });
         }
       }
       this.entries.delete(name);
       if (opts.deleteFiles && e.source === 'store') this.store.remove(name);
-      await this.engine.dropAdapter(e.version);
+      await this.engine.dropAdapter(e.version).catch(() => undefined); // best effort: a restarting engine holds no copy
       this.events.onEvict?.(name);
+    });
+  }
+
+  // Resolves true once the adapter has no request in flight, false after `ms`.
+  private drained(name: string, ms: number): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), ms);
+      const list = this.drains.get(name) ?? [];
+      list.push(() => { clearTimeout(timer); resolve(true); });
+      this.drains.set(name, list);
     });
   }
 
@@ -211,7 +242,7 @@ export class AdapterRegistry {
       throw err;
     }
     const entry: Entry = {
-      name, ...info, status: 'ready', source, dir, warnings,
+      name, ...info, status: 'ready', source, dir, warnings, error: null,
       requestsServed: prev?.requestsServed ?? 0,
       loadedAt: Math.floor(Date.now() / 1000),
       inFlightByVersion: prev?.inFlightByVersion ?? new Map(),

@@ -1,5 +1,5 @@
 // Messages between the main thread (engine-client.ts) and the engine worker (engine-worker.ts).
-import type { GenerateRequest, ModelInfo, TokenEvent } from './generate-request.ts';
+import type { AdapterRef, GenerateRequest, ModelInfo, TokenEvent } from './generate-request.ts';
 import type { SerializedError } from './errors.ts';
 import type { RuntimeOptions } from './model-runtime.ts';
 import type { SchedulerLimits, StepStats } from './scheduler.ts';
@@ -17,11 +17,20 @@ export interface EngineOptions {
   runtime: RuntimeOptions;
   scheduler: SchedulerLimits;
   adapters: AdapterOptions;
+  faults?: boolean;            // tests only: honour 'fault' messages (fault-hooks.ts)
 }
+
+// Test-only faults (engine-worker.ts honours them when EngineOptions.faults is set):
+//   step      the next batched step throws (its sequences fail, the engine goes on)
+//   sequence  the next sequence to take a token throws while sampling (it alone fails)
+//   exit      the worker thread exits in the middle of its next step (the client restarts it)
+//   crash     an uncaught exception outside any step (the client restarts it)
+export type EngineFault = 'step' | 'sequence' | 'exit' | 'crash';
 
 export interface EngineStats {
   running: number;
   waiting: number;
+  paused: number;              // sequences held back because their client is not reading
   kvReservedBytes: number;
   kvArenaBytes: number;
   loraArenaBytes: number;
@@ -35,12 +44,16 @@ export type EngineCall =
   | { op: 'adapter.drop'; version: string }
   | { op: 'merged.build'; version: string }
   | { op: 'merged.has'; version: string }
+  | { op: 'adapter.warm'; refs: AdapterRef[] }
   | { op: 'stats' }
   | { op: 'gc' };
 
 export type ToWorker =
   | { type: 'generate'; id: string; request: GenerateRequest }
   | { type: 'cancel'; id: string }
+  | { type: 'pause'; id: string }    // the client is not reading: take no steps for it
+  | { type: 'resume'; id: string }
+  | { type: 'fault'; fault: EngineFault }
   | { type: 'call'; callId: number; call: EngineCall }
   | { type: 'shutdown' };
 
@@ -49,4 +62,5 @@ export type FromWorker =
   | { type: 'fatal'; error: SerializedError }
   | { type: 'events'; batch: { id: string; events: TokenEvent[] }[] }
   | { type: 'result'; callId: number; value?: unknown; error?: SerializedError }
-  | { type: 'step'; stats: StepStats; running: number; waiting: number; kvBytes: number };
+  | { type: 'step'; stats: StepStats; running: number; waiting: number; kvBytes: number }
+  | { type: 'adapter.failed'; name: string; version: string; error: SerializedError };

@@ -1,5 +1,8 @@
 // The engine thread: owns the onnxruntime sessions (whose run() blocks its thread), the scheduler,
 // the adapter host cache and every sequence. Talks to the main thread with messages only.
+// A failure serving one sequence fails that sequence (scheduler.ts); anything else a tick throws
+// fails the sequences in flight, and the loop goes on. If the thread dies anyway, the main thread
+// restarts it (engine-client.ts).
 import { parentPort, workerData } from 'node:worker_threads';
 import { setPriority } from 'node:os';
 import { createModelRuntime } from './model-runtime.ts';
@@ -7,7 +10,7 @@ import { Scheduler } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
 import { LoraserveError, serializeError } from './errors.ts';
 import type { TokenEvent } from './generate-request.ts';
-import type { EngineCall, EngineOptions, EngineStats, FromWorker, ToWorker } from './engine-messages.ts';
+import type { EngineCall, EngineFault, EngineOptions, EngineStats, FromWorker, ToWorker } from './engine-messages.ts';
 import { HostCache } from '../adapters/host-cache.ts';
 import { MergedSessions } from '../merge/merged-sessions.ts';
 
@@ -31,6 +34,9 @@ async function main(): Promise<void> {
   const cost = { weightBytes: rt.info.weightBytes, kvBytesPerPosition: 2 * rt.config.numLayers * rt.config.numKvHeads * rt.config.headDim * 4 };
   const scheduler = new Scheduler(rt.runner, rt.lanes, opts.scheduler, (id, events) => outbox.push({ id, events }), hostCache, merged, cost);
   scheduler.onStep = (s) => send({ type: 'step', stats: s, running: scheduler.runningCount, waiting: scheduler.waitingCount, kvBytes: scheduler.reservedKvBytes });
+  scheduler.onAdapterFailure = (ref, err) => send({ type: 'adapter.failed', name: ref.name, version: ref.version, error: serializeError(err) });
+  const pendingFaults: EngineFault[] = [];
+  if (opts.faults) installFaults(scheduler, pendingFaults);
   let looping = false;
 
   const flush = (): void => {
@@ -44,7 +50,11 @@ async function main(): Promise<void> {
       // waking from idle: let requests sent together arrive first, so their prompts prefill together
       await new Promise((r) => setTimeout(r, 1));
       while (scheduler.busy) {
-        await scheduler.tick();
+        try {
+          await scheduler.tick();
+        } catch (err) {
+          scheduler.failAll(err); // a fault outside any one sequence or step: fail those in flight, go on
+        }
         flush();
         await new Promise((r) => setImmediate(r)); // let new requests and cancels in between steps
       }
@@ -72,6 +82,9 @@ async function main(): Promise<void> {
       }
       case 'merged.has':
         return merged.isMerged(c.version);
+      case 'adapter.warm':
+        for (const ref of c.refs) hostCache.acquire(ref); // starts a load from disk for each missing one
+        return null;
       case 'gc':
         (globalThis as { gc?: () => void }).gc?.(); // only with --expose-gc (benchmarks)
         return null;
@@ -79,6 +92,7 @@ async function main(): Promise<void> {
         const stats: EngineStats = {
           running: scheduler.runningCount,
           waiting: scheduler.waitingCount,
+          paused: scheduler.pausedCount,
           kvReservedBytes: scheduler.reservedKvBytes,
           kvArenaBytes: rt.lanes.kvBytes,
           loraArenaBytes: rt.lanes.loraBytes,
@@ -103,6 +117,19 @@ async function main(): Promise<void> {
       }
       case 'cancel':
         scheduler.cancel(msg.id);
+        flush();
+        break;
+      case 'pause':
+        scheduler.pause(msg.id);
+        break;
+      case 'resume':
+        scheduler.resume(msg.id);
+        void loop();
+        break;
+      case 'fault':
+        if (!opts.faults) break;
+        if (msg.fault === 'crash') setImmediate(() => { throw new Error('injected crash (test fault)'); });
+        else pendingFaults.push(msg.fault);
         break;
       case 'call':
         call(msg.call).then(
@@ -121,6 +148,25 @@ async function main(): Promise<void> {
     }
   });
   send({ type: 'ready', info: rt.info });
+}
+
+// Test-only: the next step or sequence advance consumes a queued fault.
+function installFaults(scheduler: Scheduler, pending: EngineFault[]): void {
+  const take = (kind: EngineFault): boolean => {
+    const i = pending.indexOf(kind);
+    if (i === -1) return false;
+    pending.splice(i, 1);
+    return true;
+  };
+  scheduler.faults = {
+    beforeStep: () => {
+      if (take('exit')) process.exit(1); // mid-step: the thread ends with the step in flight
+      if (take('step')) throw new Error('injected step failure (test fault)');
+    },
+    beforeAdvance: () => {
+      if (take('sequence')) throw new Error('injected sequence failure (test fault)');
+    },
+  };
 }
 
 main().catch((err) => send({ type: 'fatal', error: serializeError(err) }));

@@ -8,11 +8,13 @@ export type ErrorCode =
   | 'model_not_found'     // 404: unknown model / adapter name
   | 'conflict'            // 409: e.g. adapter already exists, or is in use
   | 'payload_too_large'   // 413
+  | 'unsupported_media_type' // 415: a body that is not JSON (or multipart for uploads)
   | 'invalid_adapter'     // 422: adapter files fail validation (all problems listed)
   | 'overloaded'          // 429: queue full
   | 'client_closed'       // 499: the client went away
   | 'invalid_model'       // model directory cannot be served (start-up only)
-  | 'internal';           // 500
+  | 'internal'            // 500
+  | 'unavailable';        // 503: the engine is restarting, or an adapter cannot be served now
 
 export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   invalid_request: 400,
@@ -21,11 +23,13 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   model_not_found: 404,
   conflict: 409,
   payload_too_large: 413,
+  unsupported_media_type: 415,
   invalid_adapter: 422,
   overloaded: 429,
   client_closed: 499,
   invalid_model: 500,
   internal: 500,
+  unavailable: 503,
 };
 
 export class LoraserveError extends Error {
@@ -84,13 +88,14 @@ export interface SerializedError {
   message: string;
   param: string | null;
   problems: string[];
+  retryAfterSeconds?: number;
 }
 
 export function serializeError(err: unknown): SerializedError {
   const e = toLoraserveError(err);
-  return { code: e.code, message: e.message, param: e.param, problems: e.problems };
+  return { code: e.code, message: e.message, param: e.param, problems: e.problems, ...(e.retryAfterSeconds !== undefined ? { retryAfterSeconds: e.retryAfterSeconds } : {}) };
 }
 
 export function deserializeError(e: SerializedError): LoraserveError {
-  return new LoraserveError(e.code, e.message, { param: e.param, problems: e.problems });
+  return new LoraserveError(e.code, e.message, { param: e.param, problems: e.problems, retryAfterSeconds: e.retryAfterSeconds });
 }

@@ -126,6 +126,7 @@ export function logSoftmax(logits: Float32Array): Float64Array {
 // The k largest entries, descending (ties by id).
 export function topK(values: Float64Array, k: number): { id: number; value: number }[] {
   const best: { id: number; value: number }[] = [];
+  if (!(k > 0)) return best; // logprobs: 0 asks for the chosen token's logprob and no alternatives
   for (let i = 0; i < values.length; i++) {
     const v = values[i];
     if (best.length < k || v > best[best.length - 1].value) {

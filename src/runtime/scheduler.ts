@@ -10,10 +10,14 @@
 //   4. decode  one token for every decoding sequence, one batched step per KV lane (merged
 //             weights when every row uses the same adapter and the merge policy has them ready)
 //   5. retire  finished and cancelled sequences at once, freeing their rows
+// A failure is contained to what it belongs to: a sequence whose sampling or admission throws
+// ends alone with an in-band error; a step whose run throws fails the sequences in that step;
+// the loop goes on either way. A paused sequence (its client is not reading) keeps its row and
+// KV but takes no steps until it is resumed or cancelled.
 import type { Sequence } from './sequence.ts';
 import type { Lane, LanePool } from './lanes.ts';
 import type { StepGroup, StepRow, StepRunner } from './step.ts';
-import type { TokenEvent } from './generate-request.ts';
+import type { AdapterRef, TokenEvent } from './generate-request.ts';
 import type { AdapterSource } from './adapter-source.ts';
 import type { ort } from './session.ts';
 import { serializeError } from './errors.ts';
@@ -53,6 +57,12 @@ export interface StepCost {
 
 export type EmitFn = (seqId: string, events: TokenEvent[]) => void;
 
+// Test-only fault points (engine-worker.ts sets them when faults are enabled).
+export interface SchedulerFaults {
+  beforeStep?: () => void;      // just before a batched step runs
+  beforeAdvance?: () => void;   // just before a sequence takes its step's result
+}
+
 export interface StepStats {
   kind: 'prefill' | 'decode' | 'mixed'; // mixed: prompt chunks riding in a decode step
   path: 'base' | 'unmerged' | 'merged';
@@ -70,6 +80,8 @@ export class Scheduler {
   private chunk = 0;                            // prompt tokens per step while others decode (learned)
   private mixedSinceDecode = 0;
   onStep?: (s: StepStats) => void;
+  onAdapterFailure?: (ref: AdapterRef, err: Error) => void; // an adapter version could not be loaded
+  faults: SchedulerFaults = {};
 
   constructor(
     private readonly runner: StepRunner,
@@ -83,9 +95,25 @@ export class Scheduler {
 
   get waitingCount(): number { return this.waiting.length; }
   get runningCount(): number { return this.running.length; }
+  get pausedCount(): number { return this.running.filter((s) => s.paused).length + this.waiting.filter((s) => s.paused).length; }
   get reservedKvBytes(): number { return this.reservedKv; }
   get idle(): boolean { return this.waiting.length === 0 && this.running.length === 0; }
-  get busy(): boolean { return this.running.length > 0 || this.waiting.some((s) => this.adapterReady(s)); }
+  get busy(): boolean { return this.running.some((s) => !s.paused) || this.waiting.some((s) => this.adapterReady(s)); }
+
+  // Flow control: a sequence whose client is not reading takes no steps (it keeps its row and KV).
+  pause(seqId: string): void {
+    const s = this.find(seqId);
+    if (s) s.paused = true;
+  }
+
+  resume(seqId: string): void {
+    const s = this.find(seqId);
+    if (s) s.paused = false;
+  }
+
+  private find(seqId: string): Sequence | undefined {
+    return this.running.find((s) => s.id === seqId) ?? this.waiting.find((s) => s.id === seqId);
+  }
 
   submit(seq: Sequence): void {
     if (seq.req.adapter) this.adapters?.pin(seq.req.adapter.version);
@@ -116,7 +144,7 @@ export class Scheduler {
     // chunk rides in the first of them (one pass over the weights for both)
     this.consolidate();
     const decodeGroups = this.lanes.lanes
-      .map((lane) => this.running.filter((s) => s.state === 'decode' && s.lane === lane))
+      .map((lane) => this.running.filter((s) => s.state === 'decode' && !s.paused && s.lane === lane))
       .filter((g) => g.length > 0);
     if (decodeGroups.length === 0) {
       if (prefill.length) await this.step(prefill, [], chunk);
@@ -141,22 +169,42 @@ export class Scheduler {
         const err = this.adapters.failure(ref);
         if (err) {
           this.waiting.splice(i, 1);
-          seq.cancel();
-          this.unpin(seq);
-          this.emit(seq.id, [{ type: 'error', error: serializeError(err) }]);
+          this.onAdapterFailure?.(ref, err);
+          this.fail(seq, err);
         } else i++; // still loading from disk: the others go ahead
         continue;
       }
       if (this.running.length > 0 && this.reservedKv + seq.reservedKvBytes > this.limits.kvBudgetBytes) break;
       this.waiting.splice(i, 1);
-      seq.lane = this.lanes.laneFor(Math.min(seq.req.promptTokens.length + Math.min(seq.req.maxTokens, INITIAL_ROOM), this.runner.maxPositions));
-      seq.row = this.lanes.takeSlot();
-      seq.lane.enter(seq.row);
-      this.lanes.lora.setRow(seq.row, prepared ?? null);
+      try {
+        seq.lane = this.lanes.laneFor(Math.min(seq.req.promptTokens.length + Math.min(seq.req.maxTokens, INITIAL_ROOM), this.runner.maxPositions));
+        seq.row = this.lanes.takeSlot();
+        seq.lane.enter(seq.row);
+        this.lanes.lora.setRow(seq.row, prepared ?? null);
+      } catch (err) {
+        this.release(seq);
+        this.fail(seq, err);
+        continue;
+      }
       this.reservedKv += seq.reservedKvBytes;
       seq.state = 'prefill';
       this.running.push(seq);
     }
+  }
+
+  // A sequence that cannot go on ends alone, with an in-band error; it is then retired.
+  private fail(seq: Sequence, err: unknown): void {
+    const waiting = this.waiting.indexOf(seq);
+    if (waiting !== -1) this.waiting.splice(waiting, 1);
+    if (!this.running.includes(seq) && seq.state !== 'done') this.unpin(seq);
+    seq.cancel();
+    this.emit(seq.id, [{ type: 'error', error: serializeError(err) }]);
+  }
+
+  // Every sequence running or waiting fails (a fault that belongs to no one sequence).
+  failAll(err: unknown): void {
+    for (const s of [...this.waiting, ...this.running]) this.fail(s, err);
+    this.retire();
   }
 
   // Rows that a step will soon read whole for the first time: those of sequences in prefill (their
@@ -190,7 +238,7 @@ export class Scheduler {
   // prompts that arrive together are prefilled together. Rows between them in the lane ride along
   // padded to the chunk, so the group is kept only while padding at most doubles the work.
   private prefillGroup(budget: number): Sequence[] {
-    const ready = (s: Sequence) => s.state === 'prefill' && s.lane!.kv.isWarm(s.row);
+    const ready = (s: Sequence) => s.state === 'prefill' && !s.paused && s.lane!.kv.isWarm(s.row);
     const first = this.running.find(ready);
     if (!first) return [];
     const group = [first];
@@ -260,12 +308,10 @@ export class Scheduler {
     const t0 = performance.now();
     let result;
     try {
+      this.faults.beforeStep?.();
       result = await this.runner.runGroups([groupOf(pre), groupOf(dec)], mergedSession);
     } catch (err) {
-      for (const s of seqs) {
-        s.cancel();
-        this.emit(s.id, [{ type: 'error', error: serializeError(err) }]);
-      }
+      for (const s of seqs) if (s.state !== 'done') this.fail(s, err);
       this.retire();
       return;
     }
@@ -281,8 +327,13 @@ export class Scheduler {
       const n = tokensOf.get(s)!.length;
       const off = result.rowOffsets[i];
       const count = s.wantsPromptLogits ? n : 1;
-      const events = s.advance(n, result.logits.subarray(off * V, (off + count) * V), V);
-      if (events.length) this.emit(s.id, events);
+      try {
+        this.faults.beforeAdvance?.();
+        const events = s.advance(n, result.logits.subarray(off * V, (off + count) * V), V);
+        if (events.length) this.emit(s.id, events);
+      } catch (err) {
+        this.fail(s, err); // sampling or detokenizing this sequence failed: it alone ends
+      }
     });
     this.retire();
   }
@@ -307,11 +358,17 @@ export class Scheduler {
       if (s.state !== 'done') continue;
       this.running.splice(i, 1);
       this.reservedKv -= s.reservedKvBytes;
-      s.lane?.leave(s.row);
-      this.lanes.giveSlot(s.row);
-      s.lane = null;
+      this.release(s);
       this.unpin(s);
     }
+  }
+
+  // Gives back a sequence's row (KV lane and slot), if it holds one.
+  private release(s: Sequence): void {
+    if (s.lane && s.row >= 0) s.lane.leave(s.row);
+    if (s.row >= 0) this.lanes.giveSlot(s.row);
+    s.lane = null;
+    s.row = -1;
   }
 
   private unpin(s: Sequence): void {

@@ -22,6 +22,7 @@ export class Sequence {
   row = -1;                        // and its slot: its row there and in the LoRA arena
   readonly output: number[] = [];
   state: 'waiting' | 'prefill' | 'decode' | 'done' = 'waiting';
+  paused = false;                  // its client is not reading: no steps until resumed
   private prefilled = 0;
   private readonly rng: Rng;
   private readonly penalty: PenaltyState;

@@ -1,22 +1,26 @@
-// buildApp: Fastify with every route on one screen, one error handler, and the plugins
-// (@fastify/websocket for streaming, @fastify/multipart for adapter uploads).
+// buildApp: Fastify with every route on one screen, one error handler, the request guard (Host,
+// Origin: request-guard.ts) and the plugins (@fastify/websocket for streaming,
+// @fastify/multipart for adapter uploads, @fastify/cors only when --cors-origin is given).
 import Fastify from 'fastify';
-import type { FastifyError, FastifyInstance } from 'fastify';
+import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify';
 import websocket from '@fastify/websocket';
 import multipart from '@fastify/multipart';
+import cors from '@fastify/cors';
 import { randomUUID } from 'node:crypto';
 import type { EngineClient } from '../runtime/engine-client.ts';
 import type { AdapterRegistry } from '../adapters/registry.ts';
-import type { TextTokenizer } from '../runtime/tokenizer.ts';
 import { LoraserveError } from '../runtime/errors.ts';
-import { ChatTemplate } from './chat-template.ts';
+import type { ErrorCode } from '../runtime/errors.ts';
 import { completionsHandler } from './completions.ts';
 import type { CompletionDeps } from './completions.ts';
-import { registerAdapterRoutes } from './adapter-routes.ts';
+import { registerAdapterRoutes, UPLOAD_LIMITS } from './adapter-routes.ts';
 import { registerWebSocket } from './websocket.ts';
 import { Admission } from './generation.ts';
 import { errorBody } from './http-errors.ts';
 import { checkApiKey } from './auth.ts';
+import { guardRequest } from './request-guard.ts';
+import { parseJsonBody } from './json-body.ts';
+import type { PromptPreparer } from './prompt-preparer.ts';
 import { Metrics } from './metrics.ts';
 import type { ServerConfig } from './config.ts';
 
@@ -24,48 +28,72 @@ export interface AppDeps {
   config: ServerConfig;
   engine: EngineClient;
   registry: AdapterRegistry;
-  tokenizer: TextTokenizer;
+  prompts: PromptPreparer;
   modelName: string;
   metrics?: Metrics;
 }
 
+const BODY_LIMIT = 32 * 1024 * 1024;
+
+// Fastify's own refusals (body parsing, limits) → our codes; the rest of 4xx is a 400.
+const FASTIFY_CODES: Record<number, ErrorCode> = { 401: 'unauthorized', 403: 'forbidden', 413: 'payload_too_large', 415: 'unsupported_media_type' };
+
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
-  const { config, engine, registry, tokenizer, modelName } = deps;
+  const { config, engine, registry, modelName } = deps;
   const app = Fastify({
     logger: {
       level: config.logLevel,
       redact: ['req.headers.authorization'],
     },
     genReqId: (req) => (typeof req.headers['x-request-id'] === 'string' && req.headers['x-request-id'].length <= 128 ? req.headers['x-request-id'] : randomUUID()),
-    bodyLimit: 32 * 1024 * 1024,
+    bodyLimit: BODY_LIMIT,
   });
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+    try { done(null, parseJsonBody(body as string)); } catch (err) { done(err as Error, undefined); }
+  });
+  const guard = { host: config.host, allowedHosts: config.allowedHosts, corsOrigins: config.corsOrigins };
+  if (config.corsOrigins.length) {
+    await app.register(cors, { origin: config.corsOrigins.includes('*') ? '*' : config.corsOrigins, methods: ['GET', 'POST', 'DELETE', 'PATCH', 'OPTIONS'], allowedHeaders: ['authorization', 'content-type', 'x-request-id'], exposedHeaders: ['x-request-id', 'retry-after'], maxAge: 600 });
+  }
   const metrics = deps.metrics ?? new Metrics(config.metricsTopAdapters, config.kvBudgetBytes);
   engine.onStep = (s) => {
     if (s.kind === 'decode') metrics.batchSize.observe(s.batch);
     metrics.stepDuration.observe({ kind: s.kind, path: s.path }, s.ms / 1000);
   };
+  engine.onRestart = (why) => { metrics.engineRestarts.inc(); app.log.error({ why }, 'engine worker died: in-flight requests failed with 503; restarting it'); };
+  engine.onRestarted = () => {
+    app.log.warn('engine worker restarted; adapters reload from their directories');
+    void engine.warmAdapters(registry.refs()).catch(() => undefined);
+  };
+  engine.onAdapterFailed = (name, version, err) => {
+    registry.markFailed(name, version, err.message);
+    app.log.error({ adapter: name, version, error: err.message }, 'adapter could not be loaded back from disk; marked failed');
+  };
   const completionDeps: CompletionDeps = {
-    engine, registry, modelName, metrics, tokenizer,
+    engine, registry, modelName, metrics, prompts: deps.prompts,
     admission: new Admission(config.maxQueue),
-    chatTemplate: new ChatTemplate(tokenizer.chatTemplate, { bos_token: tokenizer.bosToken, eos_token: tokenizer.eosToken }),
     limits: { vocabSize: engine.info.vocabSize, maxContext: engine.info.maxContext, defaultMaxTokens: config.maxTokensDefault, maxPrompts: 64, maxChoices: config.maxQueue },
+    stallTimeoutMs: config.clientStallTimeoutMs,
   };
 
   await app.register(websocket, { options: { maxPayload: 4 * 1024 * 1024 } });
-  await app.register(multipart, { limits: { fileSize: config.maxUploadBytes, files: 2, fields: 8, parts: 10 } });
+  // after the WebSocket plugin's own hook, so that a refused upgrade's socket is closed
+  app.addHook('onRequest', async (req) => guardRequest(req, guard));
+  await app.register(multipart, { limits: { fileSize: config.maxUploadBytes, ...UPLOAD_LIMITS } });
 
   app.setErrorHandler((err: FastifyError | LoraserveError, req, reply) => {
     let e: unknown = err;
     if (!(err instanceof LoraserveError) && typeof (err as FastifyError).statusCode === 'number' && (err as FastifyError).statusCode! < 500) {
-      const status = (err as FastifyError).statusCode!;
-      e = new LoraserveError(status === 413 ? 'payload_too_large' : status === 401 ? 'unauthorized' : 'invalid_request', err.message, { param: status === 413 ? 'body' : null });
+      e = fastifyRefusal(err as FastifyError);
     }
     const { status, body, retryAfter } = errorBody(e);
     if (status >= 500) req.log.error({ err }, 'request failed');
     if (retryAfter) reply.header('retry-after', String(retryAfter));
     reply.code(status).send(body);
   });
-  app.setNotFoundHandler((req, reply) => {
+  app.setNotFoundHandler(async (req, reply) => {
+    guardRequest(req, guard);
     reply.code(404).send(errorBody(new LoraserveError('model_not_found', `no route ${req.method} ${req.url}`)).body);
   });
 
@@ -89,14 +117,35 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   registerAdapterRoutes(app, { registry, engine, config, metrics });
   registerWebSocket(app, completionDeps, config.apiKey);
 
-  app.get('/health', async () => {
-    const s = await engine.stats();
-    return { status: 'ok', model: modelName, adapters: registry.list().length, running: s.running, waiting: s.waiting };
+  // Liveness and readiness both say whether the engine answers now: 503 while it restarts, or if
+  // it does not answer within 5 s; /ready also waits for the adapter store to be served.
+  const engineHealth = async (reply: FastifyReply) => {
+    try {
+      const s = await engine.stats();
+      return { status: 'ok', model: modelName, adapters: registry.list().length, running: s.running, waiting: s.waiting, paused: s.paused, engine_restarts: engine.restarts };
+    } catch (err) {
+      reply.code(503);
+      return { status: engine.state === 'ready' ? 'unresponsive' : engine.state, model: modelName, error: (err as Error).message, engine_restarts: engine.restarts };
+    }
+  };
+  app.get('/health', async (_req, reply) => engineHealth(reply));
+  app.get('/ready', async (_req, reply) => {
+    if (!registry.storeLoaded) { reply.code(503); return { status: 'starting', model: modelName }; }
+    return engineHealth(reply);
   });
-  app.get('/metrics', async (_req, reply) => {
-    metrics.updateEngine(await engine.stats());
+  app.get('/metrics', async (req, reply) => {
+    checkApiKey(req, config.metricsKey ?? config.apiKey, config.metricsKey ? 'metrics key' : 'API key');
+    metrics.engineState.set(engine.state === 'ready' ? 1 : 0);
+    try { metrics.updateEngine(await engine.stats()); } catch { /* engine restarting: the rest of the metrics still answer */ }
     reply.type(metrics.registry.contentType);
     return metrics.registry.metrics();
   });
   return app;
+}
+
+function fastifyRefusal(err: FastifyError): LoraserveError {
+  const status = err.statusCode!;
+  if (status === 413) return new LoraserveError('payload_too_large', `the request body exceeds the limit of ${BODY_LIMIT} bytes`, { param: 'body' });
+  if (status === 415) return new LoraserveError('unsupported_media_type', `${err.message}; send a JSON body (content-type: application/json), or multipart/form-data to upload an adapter`, { param: 'content-type' });
+  return new LoraserveError(FASTIFY_CODES[status] ?? 'invalid_request', err.message, { param: /json/i.test(err.message) ? 'body' : null });
 }

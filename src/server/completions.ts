@@ -11,33 +11,38 @@ import { runJob } from './generation.ts';
 import type { ChoiceEvent, GenerationDeps } from './generation.ts';
 import { ResponseBuilder } from './openai-response.ts';
 import { writeSse } from './sse.ts';
-import type { TextTokenizer } from '../runtime/tokenizer.ts';
-import type { ChatTemplate } from './chat-template.ts';
-import { deserializeError } from '../runtime/errors.ts';
+import type { PromptPreparer } from './prompt-preparer.ts';
+import { deserializeError, LoraserveError } from '../runtime/errors.ts';
 
 export interface CompletionDeps extends GenerationDeps {
-  tokenizer: TextTokenizer;
-  chatTemplate: ChatTemplate;
+  prompts: PromptPreparer;       // tokenizing and chat templates, off the event loop
   limits: RequestLimits;
+  stallTimeoutMs: number;        // a client that reads nothing for this long is dropped
 }
 
 export function completionsHandler(deps: CompletionDeps, kind: 'completion' | 'chat') {
   return async (req: FastifyRequest, reply: FastifyReply): Promise<unknown> => {
-    const job = kind === 'chat' ? parseChatBody(req.body, deps.tokenizer, deps.chatTemplate, deps.limits) : parseCompletionBody(req.body, deps.tokenizer, deps.limits);
     const aborted = abortOnClose(req, reply);
+    const job = kind === 'chat' ? await parseChatBody(req.body, deps.prompts, deps.limits) : await parseCompletionBody(req.body, deps.prompts, deps.limits);
     const events = runJob(job, deps, aborted);
-    const first = await events.next(); // 404 / 429 / bad input surface here, before any output
+    const first = await events.next(); // 404 / 429 / 503 / bad input surface here, before any output
+    if (!first.done && first.value.event.type === 'error') {
+      await events.return(undefined);
+      throw deserializeError(first.value.event.error);
+    }
     const all = prepend(first, events);
-    return job.stream ? writeSse(reply, streamFrames(job, all)) : collect(job, all);
+    return job.stream ? writeSse(reply, streamFrames(job, all), deps.stallTimeoutMs) : collectResponse(job, all, aborted);
   };
 }
 
-async function collect(job: GenerationJob, events: AsyncIterable<ChoiceEvent>): Promise<Record<string, unknown>> {
+export async function collectResponse(job: GenerationJob, events: AsyncIterable<ChoiceEvent>, aborted: AbortSignal): Promise<Record<string, unknown>> {
   const all: ChoiceEvent[] = [];
   for await (const e of events) {
     if (e.event.type === 'error') throw deserializeError(e.event.error);
     all.push(e);
   }
+  // the client left before the end: nobody reads this answer, and the choices never finished
+  if (aborted.aborted) throw new LoraserveError('client_closed', 'the client closed the connection before the response was complete');
   return new ResponseBuilder(job).collect(all);
 }
 

@@ -15,7 +15,11 @@ export interface ServerConfig {
   allowAdapterDirs: string[];  // --allow-adapter-dir (repeatable): extra dirs load_lora_adapter may read
   apiKey: string | null;       // --api-key: Bearer key for inference
   adminKey: string | null;     // --admin-key: Bearer key for adapter management
-  enableLocalAdmin: boolean;   // --enable-local-admin: adapter management without a key (local use)
+  enableLocalAdmin: boolean;   // --enable-local-admin: adapter management without a key, from loopback clients only
+  metricsKey: string | null;   // --metrics-key: Bearer key for /metrics (default: the API key, when set)
+  allowedHosts: string[];      // --allowed-host (repeatable): Host header names accepted besides the listen address
+  corsOrigins: string[];       // --cors-origin (repeatable): origins allowed cross-origin requests (CORS); '*' for any
+  clientStallTimeoutMs: number; // --client-stall-timeout-ms: a stream whose client reads nothing this long is dropped
   maxLoraRank: number;         // --max-lora-rank
   loraMode: LoraMode;          // --lora-mode auto|merged|unmerged
   maxBatch: number;            // --max-batch: running sequences per step
@@ -33,6 +37,7 @@ export interface ServerConfig {
   metricsTopAdapters: number;  // --metrics-top-adapters: adapters with their own metrics label
   logLevel: string;            // --log-level
   logPrompts: boolean;         // --log-prompts: prompt text in logs (off by default)
+  testFaults?: boolean;        // tests only (no flag): the engine accepts injected faults
 }
 
 const MB = 1024 * 1024;
@@ -47,6 +52,10 @@ export const DEFAULT_CONFIG: ServerConfig = {
   apiKey: null,
   adminKey: null,
   enableLocalAdmin: false,
+  metricsKey: null,
+  allowedHosts: [],
+  corsOrigins: [],
+  clientStallTimeoutMs: 30_000,
   maxLoraRank: 64,
   loraMode: 'auto',
   maxBatch: 32,
@@ -60,7 +69,7 @@ export const DEFAULT_CONFIG: ServerConfig = {
   prefillChunk: 256,
   threads: 0,
   executionProvider: 'cpu',
-  unloadWaitMs: 30_000,
+  unloadWaitMs: 10_000,
   metricsTopAdapters: 20,
   logLevel: 'info',
   logPrompts: false,
@@ -72,7 +81,8 @@ type Flag = { type: 'string' | 'boolean'; multiple?: boolean };
 const FLAGS: Record<string, Flag> = {
   model: { type: 'string' }, 'model-name': { type: 'string' }, host: { type: 'string' }, port: { type: 'string' },
   adapters: { type: 'string' }, 'allow-adapter-dir': { type: 'string', multiple: true },
-  'api-key': { type: 'string' }, 'admin-key': { type: 'string' }, 'enable-local-admin': { type: 'boolean' },
+  'api-key': { type: 'string' }, 'admin-key': { type: 'string' }, 'enable-local-admin': { type: 'boolean' }, 'metrics-key': { type: 'string' },
+  'allowed-host': { type: 'string', multiple: true }, 'cors-origin': { type: 'string', multiple: true }, 'client-stall-timeout-ms': { type: 'string' },
   'max-lora-rank': { type: 'string' }, 'lora-mode': { type: 'string' }, 'max-batch': { type: 'string' }, 'max-queue': { type: 'string' },
   'max-upload-mb': { type: 'string' }, 'max-context': { type: 'string' }, 'default-max-tokens': { type: 'string' },
   'kv-budget-mb': { type: 'string' }, 'host-cache-mb': { type: 'string' }, 'merged-cache-mb': { type: 'string' },
@@ -119,6 +129,10 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     apiKey: (get('api-key') as string | undefined) ?? null,
     adminKey: (get('admin-key') as string | undefined) ?? null,
     enableLocalAdmin: (get('enable-local-admin') as boolean | undefined) ?? d.enableLocalAdmin,
+    metricsKey: (get('metrics-key') as string | undefined) ?? null,
+    allowedHosts: ((get('allowed-host') as string[] | undefined) ?? []).map((h) => h.toLowerCase()),
+    corsOrigins: (get('cors-origin') as string[] | undefined) ?? [],
+    clientStallTimeoutMs: int('client-stall-timeout-ms', d.clientStallTimeoutMs, 100, 3_600_000),
     maxLoraRank: int('max-lora-rank', d.maxLoraRank, 1, 1024),
     loraMode: loraMode as LoraMode,
     maxBatch: int('max-batch', d.maxBatch, 1, 1024),
@@ -139,6 +153,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   };
   if (!existsSync(cfg.model) || !statSync(cfg.model).isDirectory()) throw new ConfigError(`--model ${cfg.model} is not a directory`);
   for (const dir of cfg.allowAdapterDirs) if (!existsSync(dir)) throw new ConfigError(`--allow-adapter-dir ${dir} does not exist`);
+  for (const o of cfg.corsOrigins) if (o !== '*' && !/^https?:\/\/[^/\s]+$/.test(o)) throw new ConfigError(`--cors-origin must be '*' or an origin such as https://app.example.com (scheme and host, no path), got ${JSON.stringify(o)}`);
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(cfg.logLevel)) throw new ConfigError(`--log-level must be one of fatal, error, warn, info, debug, trace, silent`);
   return cfg;
 }

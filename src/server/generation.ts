@@ -1,10 +1,13 @@
 // One API request's generation: resolve the model name, admit the choices (bounded queue), run
 // every choice on the engine concurrently and merge their events, in order per choice. Releases
 // the adapter and the queue places however the request ends (done, error, client gone).
+// The merged queue is bounded: a consumer that stops reading (a stalled client) stops the pumps,
+// whose engine streams then fill up and pause their sequences (engine-client.ts).
 import type { EngineClient } from '../runtime/engine-client.ts';
 import type { AdapterRegistry } from '../adapters/registry.ts';
 import type { AdapterRef, GenerateRequest, TokenEvent } from '../runtime/generate-request.ts';
-import { LoraserveError } from '../runtime/errors.ts';
+import { setMaxListeners } from 'node:events';
+import { LoraserveError, serializeError } from '../runtime/errors.ts';
 import type { GenerationJob } from './openai-request.ts';
 import type { Metrics } from './metrics.ts';
 
@@ -38,14 +41,21 @@ export class Admission {
   }
 }
 
+// Events a request may hold unread before its choices stop pulling from the engine.
+const MERGED_QUEUE_LIMIT = 256;
+
 // `model`: the base model's id, an adapter's name, or "<base>:<adapter>" (SGLang's form).
 export function resolveAdapter(model: string, modelName: string, registry: AdapterRegistry): string | null {
   if (model === modelName) return null;
-  if (registry.has(model) && registry.get(model)!.status === 'ready') return model;
   const colon = model.indexOf(':');
-  if (colon > 0 && model.slice(0, colon) === modelName) {
-    const name = model.slice(colon + 1);
-    if (registry.has(name) && registry.get(name)!.status === 'ready') return name;
+  const name = registry.has(model) || colon <= 0 || model.slice(0, colon) !== modelName ? model : model.slice(colon + 1);
+  const a = registry.get(name);
+  if (a?.status === 'ready') return name;
+  if (a?.status === 'failed') {
+    throw new LoraserveError('unavailable', `adapter '${name}' cannot be served: ${a.error ?? 'its last load failed'}. Reload it (POST /v1/adapters/${name}/reload, or /v1/load_lora_adapter with load_inplace) once its files are right.`, { param: 'model' });
+  }
+  if (a?.status === 'unloading') {
+    throw new LoraserveError('unavailable', `adapter '${name}' is being unloaded; it is gone once its requests in flight end, or back if the unload gives up`, { param: 'model', retryAfterSeconds: 1 });
   }
   throw new LoraserveError('model_not_found', `The model \`${model}\` does not exist.`, { param: 'model' });
 }
@@ -58,9 +68,16 @@ export async function* runJob(job: GenerationJob, deps: GenerationDeps, signal: 
   const abort = new AbortController();
   const onAbort = (): void => abort.abort();
   signal.addEventListener('abort', onAbort);
+  setMaxListeners(0, abort.signal); // one listener per choice (n may be large)
   const queue: ChoiceEvent[] = [];
   let wake: (() => void) | null = null;
+  let room: (() => void)[] = [];  // pumps waiting for the consumer to read
   let active = 0;
+  const push = async (ev: ChoiceEvent): Promise<void> => {
+    queue.push(ev);
+    wake?.();
+    while (queue.length > MERGED_QUEUE_LIMIT && !abort.signal.aborted) await new Promise<void>((r) => room.push(r));
+  };
   try {
     const label = deps.metrics.adapterLabel(adapterName);
     const t0 = performance.now();
@@ -70,17 +87,19 @@ export async function* runJob(job: GenerationJob, deps: GenerationDeps, signal: 
         if (adapter) refs.push(adapter);
         const req: GenerateRequest = { ...job.request, promptTokens: prompt, adapter, seed: job.request.seed === null ? null : job.request.seed + j };
         active++;
-        void pump(deps, req, p * job.n + j, p, label, t0, abort.signal, (ev) => { queue.push(ev); wake?.(); }, job.kind).finally(() => { active--; wake?.(); });
+        void pump(deps, req, p * job.n + j, p, label, t0, abort.signal, push, job.kind).finally(() => { active--; wake?.(); });
       }
     });
     while (active > 0 || queue.length > 0) {
       const ev = queue.shift();
+      if (queue.length <= MERGED_QUEUE_LIMIT && room.length) { const rs = room; room = []; for (const r of rs) r(); }
       if (ev) { yield ev; continue; }
       await new Promise<void>((r) => { wake = r; });
       wake = null;
     }
   } finally {
     abort.abort(); // a consumer that stops early cancels every choice still running
+    for (const r of room) r();
     signal.removeEventListener('abort', onAbort);
     for (const r of refs) deps.registry.release(r);
     deps.admission.release(total);
@@ -88,7 +107,7 @@ export async function* runJob(job: GenerationJob, deps: GenerationDeps, signal: 
 }
 
 // One choice: engine events → the merged queue, with latency metrics.
-async function pump(deps: GenerationDeps, req: GenerateRequest, index: number, prompt: number, label: string, t0: number, signal: AbortSignal, push: (e: ChoiceEvent) => void, endpoint: string): Promise<void> {
+async function pump(deps: GenerationDeps, req: GenerateRequest, index: number, prompt: number, label: string, t0: number, signal: AbortSignal, push: (e: ChoiceEvent) => Promise<void>, endpoint: string): Promise<void> {
   const m = deps.metrics;
   const tokenTimes: number[] = [];
   try {
@@ -104,9 +123,9 @@ async function pump(deps: GenerationDeps, req: GenerateRequest, index: number, p
         m.generationTokens.inc({ adapter: label }, event.completionTokens);
         m.requests.inc({ endpoint, finish_reason: event.finishReason });
       }
-      push({ index, prompt, event });
+      await push({ index, prompt, event });
     }
   } catch (err) {
-    push({ index, prompt, event: { type: 'error', error: { code: 'internal', message: (err as Error).message, param: null, problems: [] } } });
+    await push({ index, prompt, event: { type: 'error', error: serializeError(err) } });
   }
 }

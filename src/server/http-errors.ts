@@ -10,11 +10,13 @@ const TYPE_BY_CODE: Record<ErrorCode, string> = {
   model_not_found: 'invalid_request_error',
   conflict: 'invalid_request_error',
   payload_too_large: 'invalid_request_error',
+  unsupported_media_type: 'invalid_request_error',
   invalid_adapter: 'invalid_request_error',
   overloaded: 'rate_limit_error',
   client_closed: 'invalid_request_error',
   invalid_model: 'server_error',
   internal: 'server_error',
+  unavailable: 'server_error',
 };
 
 export interface OpenAIErrorBody {

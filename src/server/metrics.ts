@@ -35,6 +35,9 @@ export class Metrics {
   readonly kvBudget = new Gauge({ name: 'loraserve_kv_cache_budget_bytes', help: 'Configured KV cache budget', registers: [this.registry] });
   readonly kvUsage = new Gauge({ name: 'loraserve_kv_cache_usage_ratio', help: 'Reserved KV bytes over the budget', registers: [this.registry] });
   readonly kvArena = new Gauge({ name: 'loraserve_kv_cache_allocated_bytes', help: 'KV cache memory allocated', registers: [this.registry] });
+  readonly engineRestarts = new Counter({ name: 'loraserve_engine_restarts_total', help: 'Engine worker restarts after it died (its requests in flight failed with 503)', registers: [this.registry] });
+  readonly engineState = new Gauge({ name: 'loraserve_engine_ready', help: '1 while the engine worker serves, 0 while it restarts', registers: [this.registry] });
+  readonly paused = new Gauge({ name: 'loraserve_paused_sequences', help: 'Sequences paused because their client is not reading', registers: [this.registry] });
 
   private readonly mirrored = new Map<Counter, number>();
 
@@ -65,6 +68,7 @@ export class Metrics {
   updateEngine(s: EngineStats): void {
     this.queueLength.set(s.waiting);
     this.running.set(s.running);
+    this.paused.set(s.paused);
     this.kvReserved.set(s.kvReservedBytes);
     this.kvArena.set(s.kvArenaBytes);
     this.kvUsage.set(this.kvBudgetBytes ? s.kvReservedBytes / this.kvBudgetBytes : 0);

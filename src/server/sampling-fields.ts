@@ -21,10 +21,20 @@ export interface SamplingFields {
   logit_bias?: unknown;
 }
 
+// A value as an error message shows it: short, and never "null" for a number JSON cannot hold.
+export function describeValue(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
+  if (v === undefined) return 'nothing';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'object' && v !== null) return 'an object';
+  return String(v);
+}
+
 export function numberField(body: Record<string, unknown>, field: string, def: number, min: number, max: number, opts: { int?: boolean; exclusiveMin?: boolean } = {}): number {
   const v = body[field];
   if (v === undefined || v === null) return def;
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw invalidField(field, `'${field}' must be a number, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number') throw invalidField(field, `'${field}' must be a number, got ${describeValue(v)}`);
+  if (!Number.isFinite(v)) throw invalidField(field, `'${field}' must be a finite number, got ${v} (a number too large for a double)`);
   if (opts.int && !Number.isInteger(v)) throw invalidField(field, `'${field}' must be an integer, got ${v}`);
   if (opts.exclusiveMin ? v <= min : v < min) throw invalidField(field, `'${field}' must be ${opts.exclusiveMin ? '>' : '≥'} ${min}, got ${v}`);
   if (v > max) throw invalidField(field, `'${field}' must be ≤ ${max}, got ${v}`);
@@ -34,7 +44,7 @@ export function numberField(body: Record<string, unknown>, field: string, def: n
 export function booleanField(body: Record<string, unknown>, field: string, def: boolean): boolean {
   const v = body[field];
   if (v === undefined || v === null) return def;
-  if (typeof v !== 'boolean') throw invalidField(field, `'${field}' must be a boolean, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'boolean') throw invalidField(field, `'${field}' must be a boolean, got ${describeValue(v)}`);
   return v;
 }
 
@@ -59,7 +69,7 @@ export function parseSampling(body: Record<string, unknown>, limits: SamplingLim
   const maxField = body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
   const maxTokens = numberField(body, maxField, limits.defaultMaxTokens, 0, limits.maxContext, { int: true });
   const seedRaw = body.seed;
-  if (seedRaw != null && (typeof seedRaw !== 'number' || !Number.isSafeInteger(seedRaw))) throw invalidField('seed', `'seed' must be an integer, got ${JSON.stringify(seedRaw)}`);
+  if (seedRaw != null && (typeof seedRaw !== 'number' || !Number.isSafeInteger(seedRaw))) throw invalidField('seed', `'seed' must be a safe integer (|seed| < 2^53), got ${describeValue(seedRaw)}`);
   return {
     sampling,
     maxTokens,

@@ -6,7 +6,7 @@ import { buildApp } from './app.ts';
 import { EngineClient } from '../runtime/engine-client.ts';
 import { AdapterRegistry } from '../adapters/registry.ts';
 import { AdapterStore } from '../adapters/adapter-store.ts';
-import { TextTokenizer } from '../runtime/tokenizer.ts';
+import { PromptWorker } from './prompt-preparer.ts';
 import { loadModelFiles } from '../runtime/model-loader.ts';
 import type { FastifyInstance } from 'fastify';
 
@@ -14,6 +14,7 @@ export interface RunningServer {
   app: FastifyInstance;
   engine: EngineClient;
   registry: AdapterRegistry;
+  prompts: PromptWorker;
   url: string;
   close(): Promise<void>;
 }
@@ -21,24 +22,27 @@ export interface RunningServer {
 export async function startServer(config: ServerConfig): Promise<RunningServer> {
   const files = loadModelFiles(config.model, { name: config.modelName ?? undefined });
   const engine = await EngineClient.start({
+    faults: config.testFaults,
     runtime: { modelDir: config.model, modelName: files.name, maxContext: config.maxContext, executionProvider: config.executionProvider, intraOpThreads: config.threads },
     scheduler: { maxRunning: config.maxBatch, prefillChunk: config.prefillChunk, kvBudgetBytes: config.kvBudgetBytes },
     adapters: { loraMode: config.loraMode, maxLoraRank: config.maxLoraRank, hostCacheBytes: config.hostCacheBytes, mergedCacheBytes: config.mergedCacheBytes },
   });
+  let prompts: PromptWorker | null = null;
   try {
-    const tokenizer = new TextTokenizer(files.tokenizerJson, files.tokenizerConfig);
+    prompts = await PromptWorker.start({ tokenizerJson: files.tokenizerJson, tokenizerConfig: files.tokenizerConfig, maxContext: engine.info.maxContext });
     const registry = new AdapterRegistry(engine, files.config, files.name, config.maxLoraRank, new AdapterStore(config.adapters));
-    const app = await buildApp({ config, engine, registry, tokenizer, modelName: files.name });
+    const app = await buildApp({ config, engine, registry, prompts, modelName: files.name });
     const stored = await registry.loadStore();
     for (const f of stored.failed) app.log.warn({ adapter: f.name, error: f.error }, 'stored adapter not served');
     app.log.info({ model: files.name, adapters: stored.loaded.length }, 'model and adapters loaded');
     const url = await app.listen({ host: config.host, port: config.port });
     return {
-      app, engine, registry, url,
-      close: async () => { await app.close(); await engine.close(); },
+      app, engine, registry, prompts, url,
+      close: async () => { await app.close(); await engine.close(); await prompts?.close(); },
     };
   } catch (err) {
     await engine.close();
+    await prompts?.close();
     throw err;
   }
 }

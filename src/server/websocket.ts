@@ -5,10 +5,14 @@
 //   server  response.created → response.output_text.delta … → response.output_text.done (per choice)
 //           → response.completed {usage}; response.incomplete {reason: "cancelled"}; error {status, error}
 // Every server event carries response_id and a per-socket sequence_number. Several responses may
-// run at once on one socket; closing the socket cancels all of them.
+// run at once on one socket; closing the socket cancels all of them. `response.created` is sent
+// only once the request is admitted (a 404 or 429 is an `error` event alone). Backpressure: past
+// SOCKET_HIGH_BYTES unsent, responses stop pulling events until the socket drains; a client that
+// reads nothing for the stall timeout is disconnected, which cancels its responses.
 import type { FastifyInstance } from 'fastify';
 import type { WebSocket } from 'ws';
 import { parseChatBody, parseCompletionBody } from './openai-request.ts';
+import { SOCKET_HIGH_BYTES } from './sse.ts';
 import { runJob } from './generation.ts';
 import type { CompletionDeps } from './completions.ts';
 import { ResponseBuilder } from './openai-response.ts';
@@ -63,17 +67,34 @@ export function registerWebSocket(app: FastifyInstance, deps: CompletionDeps, ap
       void respond(id, msg, ac.signal).finally(() => running.delete(id));
     });
 
+    // Waits while the socket holds too much unsent; false (and the socket is dropped) if the
+    // client reads nothing for the stall timeout.
+    const roomToSend = async (): Promise<boolean> => {
+      const deadline = Date.now() + deps.stallTimeoutMs;
+      while (socket.readyState === socket.OPEN && socket.bufferedAmount > SOCKET_HIGH_BYTES) {
+        if (Date.now() > deadline) {
+          req.log.warn({ unsentBytes: socket.bufferedAmount, stallTimeoutMs: deps.stallTimeoutMs }, 'WebSocket client stopped reading; dropped');
+          socket.terminate();
+          return false;
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      return socket.readyState === socket.OPEN;
+    };
+
     const respond = async (id: string, body: Record<string, unknown>, signal: AbortSignal): Promise<void> => {
       try {
         const fields = { ...body, stream: false, stream_options: undefined };
-        const job = 'messages' in body ? parseChatBody(fields, deps.tokenizer, deps.chatTemplate, deps.limits) : parseCompletionBody(fields, deps.tokenizer, deps.limits);
+        const job = 'messages' in body ? await parseChatBody(fields, deps.prompts, deps.limits) : await parseCompletionBody(fields, deps.prompts, deps.limits);
         const b = new ResponseBuilder(job);
         const texts = new Map<number, string>();
         const finish: { index: number; finish_reason: string; text: string }[] = [];
-        send({ type: 'response.created', response_id: id, model: job.model });
+        let created = false;
         for await (const e of runJob(job, deps, signal)) {
           const ev = e.event;
           if (ev.type === 'error') throw deserializeError(ev.error);
+          if (!created) { created = true; send({ type: 'response.created', response_id: id, model: job.model }); }
+          if (!(await roomToSend())) return;
           if (ev.type === 'token') {
             texts.set(e.index, (texts.get(e.index) ?? '') + ev.text);
             const delta: Record<string, unknown> = { type: 'response.output_text.delta', response_id: id, output_index: e.index, delta: ev.text };

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import { DEFAULT_SAMPLING, applyBiasAndPenalties, argmax, candidateDistribution, drawFrom, logSoftmax, sampleToken, topK } from '../../src/runtime/sampler.ts';
 import type { SamplingParams } from '../../src/runtime/sampler.ts';
 import { Rng } from '../../src/runtime/random.ts';
@@ -81,5 +82,13 @@ describe('log-probabilities', () => {
     probs4.forEach((p, i) => expect(lp[i]).toBeCloseTo(Math.log(p), 6));
     expect(topK(lp, 3).map((t) => t.id)).toEqual([0, 1, 2]);
     expect(topK(Float64Array.of(1, 5, 3, 5), 2).map((t) => t.id)).toEqual([1, 3]);
+  });
+  it('top-k of 0 is empty (logprobs: 0 asks for no alternatives); any k equals a full sort (property)', () => {
+    expect(topK(logSoftmax(logits4), 0)).toEqual([]);
+    fc.assert(fc.property(fc.array(fc.integer({ min: -5, max: 5 }), { minLength: 1, maxLength: 40 }), fc.integer({ min: -2, max: 45 }), (vals, k) => {
+      const v = Float64Array.from(vals);
+      const ref = [...v].map((value, id) => ({ id, value })).sort((a, b) => b.value - a.value || a.id - b.id).slice(0, Math.max(0, k));
+      expect(topK(v, k)).toEqual(ref);
+    }), { seed: 9, numRuns: 300 });
   });
 });

@@ -11,7 +11,7 @@ describe('writeSse', () => {
       yield { n: 1 };
       yield { n: 2 };
       throw new LoraserveError('internal', 'the engine stopped');
-    })()));
+    })(), 1000));
     const r = await app.inject({ method: 'GET', url: '/s' });
     expect(r.statusCode).toBe(200);
     expect(r.headers['content-type']).toMatch(/^text\/event-stream/);

@@ -106,10 +106,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const card = (id: string, parent: string | null, extra: Record<string, unknown> = {}) => ({ id, object: 'model', created: Math.floor(Date.now() / 1000), owned_by: 'loraserve', root: parent ? id : modelName, parent, max_model_len: engine.info.maxContext, ...extra });
   app.get('/v1/models', { preHandler: inference }, async () => ({
     object: 'list',
-    data: [card(modelName, null, { status: 'ready' }), ...registry.list().map((a) => card(a.name, modelName, { status: a.status, version: a.version }))],
+    data: [card(modelName, null, { status: engine.state }), ...registry.list().map((a) => card(a.name, modelName, { status: a.status, version: a.version }))],
   }));
   app.get<{ Params: { id: string } }>('/v1/models/:id', { preHandler: inference }, async (req) => {
-    if (req.params.id === modelName) return card(modelName, null, { status: 'ready' });
+    if (req.params.id === modelName) return card(modelName, null, { status: engine.state });
     const a = registry.get(req.params.id);
     if (!a) throw new LoraserveError('model_not_found', `The model \`${req.params.id}\` does not exist.`, { param: 'model' });
     return card(a.name, modelName, { status: a.status, version: a.version });

@@ -141,6 +141,7 @@ describe('faults inside the engine', () => {
       expect((await post('/v1/completions', { model: MODEL, prompt: 'Once', max_tokens: 2 })).status).toBe(503);
       expect(await health('/health')).toMatchObject({ status: 503, body: { status: 'restarting' } });
       expect((await health('/ready')).status).toBe(503);
+      expect((await (await fetch(`${server.url}/v1/models`)).json()).data[0]).toMatchObject({ id: MODEL, status: 'restarting' });
       await untilReady();
       expect(await restarts()).toBe(before + 1);
       expect(await plain()).toBe(200);

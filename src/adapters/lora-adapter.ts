@@ -11,7 +11,7 @@ import { TARGETS, targetShape } from '../runtime/llama-graph.ts';
 import type { Target } from '../runtime/llama-graph.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import { LoraserveError } from '../runtime/errors.ts';
-import { parsePeftConfig } from './peft-config.ts';
+import { parsePeftConfig, scaleProblem } from './peft-config.ts';
 import { isTargeted, moduleScaling } from './module-match.ts';
 
 export const CONFIG_FILE = 'adapter_config.json';
@@ -178,6 +178,8 @@ export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: A
     else if (r > limits.maxRank) { problems.push(`module ${key}: rank ${r} exceeds the server's maximum LoRA rank ${limits.maxRank}`); ok = false; }
     const scaling = config ? moduleScaling(config, key) : null;
     if (scaling && ok && scaling.rank !== r) { problems.push(`module ${key}: lora_A has rank ${r} but adapter_config.json resolves r=${scaling.rank} for it`); ok = false; }
+    const scaleTrouble = scaling && config ? scaleProblem(`module ${key}: alpha ${scaling.alpha} with rank ${scaling.rank}`, scaling.alpha, scaling.rank, config.useRslora) : null;
+    if (scaleTrouble && !problems.includes(scaleTrouble)) { problems.push(scaleTrouble); ok = false; }
     if (!ok) continue;
     const a = factor(A);
     const b = factor(B);

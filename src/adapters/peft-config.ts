@@ -1,8 +1,12 @@
 // adapter_config.json (PEFT LoraConfig) → PeftConfig, with every problem collected.
 // Field semantics: shared/reference/formats-and-apis.md §1.2–1.3. Semantic fields we do not
 // implement are refused by name (fail closed); unknown non-semantic keys are ignored, as PEFT does.
+// Regexes are compiled by python-regex.ts (RE2: linear time, whatever the pattern), here, once, so a
+// pattern RE2 cannot run is a problem at upload; so is a LoRA scale that is not finite or above the limit.
+import { compilePeft } from './python-regex.ts';
+import type { PeftUse, PyRegex } from './python-regex.ts';
 
-export type TargetModules = { kind: 'list'; names: string[] } | { kind: 'regex'; pattern: RegExp; source: string } | { kind: 'all-linear' };
+export type TargetModules = { kind: 'list'; names: string[] } | { kind: 'regex'; pattern: PyRegex; source: string } | { kind: 'all-linear' };
 
 export interface PeftConfig {
   r: number;
@@ -11,7 +15,7 @@ export interface PeftConfig {
   rankPattern: [string, number][];   // JSON order matters: first match wins
   alphaPattern: [string, number][];
   targetModules: TargetModules;
-  excludeModules: { kind: 'list'; names: string[] } | { kind: 'regex'; pattern: RegExp } | null;
+  excludeModules: { kind: 'list'; names: string[] } | { kind: 'regex'; pattern: PyRegex } | null;
   layersToTransform: number[] | null;
   layersPattern: string[] | null;
   useDora: boolean;
@@ -23,6 +27,9 @@ export interface ConfigResult {
   problems: string[];
   warnings: string[];
 }
+
+// The largest |alpha/r| (|alpha/√r| with use_rslora) served: beyond it an adapter swamps the base model.
+export const MAX_LORA_SCALE = 1000;
 
 // Llama's default targets when target_modules is null (PEFT's per-architecture mapping).
 const LLAMA_DEFAULT_TARGETS = ['q_proj', 'v_proj'];
@@ -47,7 +54,7 @@ export function parsePeftConfig(raw: unknown): ConfigResult {
   else if (typeof r !== 'number' || !Number.isInteger(r) || r <= 0) problems.push(`${field('r')} must be a positive integer, got ${JSON.stringify(r)}`);
   const alpha = c.lora_alpha;
   if (alpha === undefined) problems.push(`${field('lora_alpha')} is missing`);
-  else if (typeof alpha !== 'number' || !Number.isFinite(alpha)) problems.push(`${field('lora_alpha')} must be a number, got ${JSON.stringify(alpha)}`);
+  else if (typeof alpha !== 'number') problems.push(`${field('lora_alpha')} must be a number, got ${JSON.stringify(alpha)}`);
 
   const bias = c.bias ?? 'none';
   if (bias !== 'none') problems.push(`${field('bias')} is ${JSON.stringify(bias)}; only "none" is supported (trained base-layer biases would replace the base model's)`);
@@ -84,18 +91,25 @@ export function parsePeftConfig(raw: unknown): ConfigResult {
     else if (Array.isArray(lp) && lp.every((v) => typeof v === 'string')) layersPattern = lp as string[];
     else problems.push(`${field('layers_pattern')} must be a string or a list of strings`);
     if (!layersToTransform) problems.push(`${field('layers_pattern')} is given without layers_to_transform`);
+    for (const p of layersPattern ?? []) regex(p, 'layers', `${field('layers_pattern')} ${show(p)}`, problems);
   }
   if (targetModules?.kind === 'regex' && (layersToTransform || layersPattern)) {
     problems.push(`${field('layers_to_transform')}/layers_pattern cannot be used with a regex string target_modules`);
   }
   const baseModel = typeof c.base_model_name_or_path === 'string' ? c.base_model_name_or_path : null;
+  const useRslora = c.use_rslora === true;
+  const rank = typeof r === 'number' && Number.isInteger(r) && r > 0 ? r : null;
+  const loraAlpha = typeof alpha === 'number' ? alpha : null;
+  if (loraAlpha !== null) checkScale(`${field('lora_alpha')} ${fmt(loraAlpha)}`, loraAlpha, rank, useRslora, 'the adapter then equals the base model', problems, warnings);
+  for (const [k, a] of alphaPattern) checkScale(`${field(`alpha_pattern.${k}`)} ${fmt(a)}`, a, rank, useRslora, 'the modules it matches then equal the base model', problems, warnings);
+  if (loraAlpha !== null && Number.isFinite(loraAlpha)) for (const [k, rk] of rankPattern) checkScale(`${field(`rank_pattern.${k}`)} ${rk}`, loraAlpha, rk, useRslora, null, problems, warnings);
 
   if (problems.length || !targetModules) return { config: null, problems, warnings };
   return {
     config: {
       r: r as number,
       loraAlpha: alpha as number,
-      useRslora: c.use_rslora === true,
+      useRslora,
       rankPattern,
       alphaPattern,
       targetModules,
@@ -110,18 +124,53 @@ export function parsePeftConfig(raw: unknown): ConfigResult {
   };
 }
 
+// The scale alpha/r (alpha/√r with use_rslora) of a module with this rank and alpha.
+export function loraScale(alpha: number, rank: number, useRslora: boolean): number {
+  return useRslora ? alpha / Math.sqrt(rank) : alpha / rank;
+}
+
+// Why this rank and alpha give a scale that is refused (not finite, or |scale| > MAX_LORA_SCALE); null if fine.
+// `what` names the value, e.g. 'adapter_config.json: "lora_alpha" 1e30'.
+export function scaleProblem(what: string, alpha: number, rank: number, useRslora: boolean): string | null {
+  const s = loraScale(alpha, rank, useRslora);
+  if (Number.isFinite(s) && Math.abs(s) <= MAX_LORA_SCALE) return null;
+  const formula = useRslora ? `alpha/√r = ${fmt(alpha)}/√${rank}` : `alpha/r = ${fmt(alpha)}/${rank}`;
+  return `${what} gives a scale of ${fmt(Number(s.toPrecision(6)))} (${formula}); the limit is |scale| ≤ ${MAX_LORA_SCALE}`;
+}
+
+// A scale check at parse time; rank null when "r" is itself invalid (already a problem).
+function checkScale(what: string, alpha: number, rank: number | null, useRslora: boolean, zeroWarning: string | null, problems: string[], warnings: string[]): void {
+  if (rank === null) {
+    if (!Number.isFinite(alpha)) problems.push(`${what} is not a finite number; the limit is |scale| ≤ ${MAX_LORA_SCALE}`);
+    return;
+  }
+  const problem = scaleProblem(what, alpha, rank, useRslora);
+  if (problem) problems.push(problem);
+  else if (zeroWarning && loraScale(alpha, rank, useRslora) === 0) warnings.push(`${what} gives a scale of 0: ${zeroWarning}`);
+}
+
+const fmt = (n: number): string => String(n).replace('e+', 'e');
+const show = (s: string): string => JSON.stringify(s.length > 120 ? `${s.slice(0, 120)}…` : s);
+
+// A configured regex compiled for one of PEFT's uses; its reason becomes a problem if RE2 cannot run it.
+function regex(pattern: string, use: PeftUse, what: string, problems: string[]): PyRegex | null {
+  const c = compilePeft(pattern, use);
+  if (c.ok) return c.re;
+  problems.push(`${what} cannot be used: ${c.reason}`);
+  return null;
+}
+
+// rank_pattern / alpha_pattern: {regex key: value} in JSON order; every key is compiled now.
 function patternField(c: Record<string, unknown>, name: string, problems: string[], integer: boolean): [string, number][] {
   const v = c[name];
   if (v === undefined || v === null) return [];
   if (typeof v !== 'object' || Array.isArray(v)) { problems.push(`adapter_config.json: "${name}" must be an object`); return []; }
   const out: [string, number][] = [];
   for (const [k, n] of Object.entries(v as Record<string, unknown>)) {
-    if (typeof n !== 'number' || !Number.isFinite(n) || (integer && (!Number.isInteger(n) || n <= 0))) {
-      problems.push(`adapter_config.json: "${name}.${k}" must be a ${integer ? 'positive integer' : 'number'}, got ${JSON.stringify(n)}`);
-      continue;
-    }
-    if (!compilePython(`(.*\\.)?(${k})$`)) { problems.push(`adapter_config.json: "${name}" key ${JSON.stringify(k)} is not a valid regular expression`); continue; }
-    out.push([k, n]);
+    const valueOk = typeof n === 'number' && (!integer || (Number.isInteger(n) && n > 0));
+    if (!valueOk) problems.push(`adapter_config.json: "${name}.${k}" must be a ${integer ? 'positive integer' : 'number'}, got ${typeof n === 'number' ? fmt(n) : JSON.stringify(n)}`);
+    const keyOk = regex(k, 'pattern-key', `adapter_config.json: "${name}" key ${show(k)}`, problems) !== null;
+    if (valueOk && keyOk) out.push([k, n as number]);
   }
   return out;
 }
@@ -131,9 +180,8 @@ function targetModulesField(c: Record<string, unknown>, problems: string[]): Tar
   if (v === undefined || v === null) return { kind: 'list', names: LLAMA_DEFAULT_TARGETS };
   if (typeof v === 'string') {
     if (v.toLowerCase() === 'all-linear') return { kind: 'all-linear' };
-    const pattern = compilePython(`^(?:${v})$`);
-    if (!pattern) { problems.push(`adapter_config.json: "target_modules" ${JSON.stringify(v)} is not a regular expression we can evaluate`); return null; }
-    return { kind: 'regex', pattern, source: v };
+    const pattern = regex(v, 'fullmatch', `adapter_config.json: "target_modules" regex ${show(v)}`, problems);
+    return pattern ? { kind: 'regex', pattern, source: v } : null;
   }
   if (Array.isArray(v) && v.every((s) => typeof s === 'string')) {
     if (v.length === 0) { problems.push('adapter_config.json: "target_modules" is an empty list'); return null; }
@@ -148,22 +196,10 @@ function excludeField(c: Record<string, unknown>, problems: string[]): PeftConfi
   const v = c.exclude_modules;
   if (v === undefined || v === null) return null;
   if (typeof v === 'string') {
-    const pattern = compilePython(`^(?:${v})$`);
-    if (!pattern) { problems.push(`adapter_config.json: "exclude_modules" ${JSON.stringify(v)} is not a regular expression we can evaluate`); return null; }
-    return { kind: 'regex', pattern };
+    const pattern = regex(v, 'fullmatch', `adapter_config.json: "exclude_modules" regex ${show(v)}`, problems);
+    return pattern ? { kind: 'regex', pattern } : null;
   }
   if (Array.isArray(v) && v.every((s) => typeof s === 'string')) return { kind: 'list', names: v as string[] };
   problems.push('adapter_config.json: "exclude_modules" must be a list of module names or a regex string');
   return null;
-}
-
-// Python `re` → JS RegExp for the common subset; null when it cannot be translated faithfully.
-export function compilePython(source: string): RegExp | null {
-  if (/\(\?[aiLmsux]+\)|\(\?>|[*+?}]\+|\\[AZ]/.test(source.replace(/\\Z$/, ''))) return null;
-  const js = source.replace(/\(\?P<([A-Za-z_]\w*)>/g, '(?<$1>').replace(/\(\?P=([A-Za-z_]\w*)\)/g, '\\k<$1>').replace(/\\Z/g, '$');
-  try {
-    return new RegExp(js, 'u');
-  } catch {
-    try { return new RegExp(js); } catch { return null; }
-  }
 }

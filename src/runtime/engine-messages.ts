@@ -31,6 +31,7 @@ export interface EngineStats {
   running: number;
   waiting: number;
   paused: number;              // sequences held back because their client is not reading
+  preemptions: number;         // rows given up by paused sequences for others (they recompute their KV later)
   kvReservedBytes: number;
   kvArenaBytes: number;
   loraArenaBytes: number;

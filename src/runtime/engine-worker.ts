@@ -50,12 +50,14 @@ async function main(): Promise<void> {
       // waking from idle: let requests sent together arrive first, so their prompts prefill together
       await new Promise((r) => setTimeout(r, 1));
       while (scheduler.busy) {
+        let stepped = true;
         try {
-          await scheduler.tick();
+          stepped = await scheduler.tick();
         } catch (err) {
           scheduler.failAll(err); // a fault outside any one sequence or step: fail those in flight, go on
         }
         flush();
+        if (!stepped) break; // nothing runnable now: the next message wakes the loop
         await new Promise((r) => setImmediate(r)); // let new requests and cancels in between steps
       }
       flush();
@@ -93,6 +95,7 @@ async function main(): Promise<void> {
           running: scheduler.runningCount,
           waiting: scheduler.waitingCount,
           paused: scheduler.pausedCount,
+          preemptions: scheduler.preemptions,
           kvReservedBytes: scheduler.reservedKvBytes,
           kvArenaBytes: rt.lanes.kvBytes,
           loraArenaBytes: rt.lanes.loraBytes,
@@ -118,6 +121,7 @@ async function main(): Promise<void> {
       case 'cancel':
         scheduler.cancel(msg.id);
         flush();
+        void loop(); // its row may let a waiting sequence in
         break;
       case 'pause':
         scheduler.pause(msg.id);

@@ -79,6 +79,7 @@ export class Scheduler {
   private readonly decodeTimes: number[] = []; // the last decode-only step times (ms)
   private chunk = 0;                            // prompt tokens per step while others decode (learned)
   private mixedSinceDecode = 0;
+  preemptions = 0;                              // rows given up by paused sequences
   onStep?: (s: StepStats) => void;
   onAdapterFailure?: (ref: AdapterRef, err: Error) => void; // an adapter version could not be loaded
   faults: SchedulerFaults = {};
@@ -98,7 +99,7 @@ export class Scheduler {
   get pausedCount(): number { return this.running.filter((s) => s.paused).length + this.waiting.filter((s) => s.paused).length; }
   get reservedKvBytes(): number { return this.reservedKv; }
   get idle(): boolean { return this.waiting.length === 0 && this.running.length === 0; }
-  get busy(): boolean { return this.running.some((s) => !s.paused) || this.waiting.some((s) => this.adapterReady(s)); }
+  get busy(): boolean { return this.running.some((s) => !s.paused) || this.waiting.some((s) => !s.paused && this.adapterReady(s)); }
 
   // Flow control: a sequence whose client is not reading takes no steps (it keeps its row and KV).
   pause(seqId: string): void {
@@ -134,7 +135,9 @@ export class Scheduler {
     if (r) { r.cancel(); this.retire(); }
   }
 
-  async tick(): Promise<void> {
+  // One round of the five stages; false when there was nothing to step (the loop then waits for a
+  // message: a new request, a resume, a cancel, a finished adapter load).
+  async tick(): Promise<boolean> {
     this.admit();
     this.warmRows();
     const chunk = this.chunkSize();
@@ -147,22 +150,33 @@ export class Scheduler {
       .map((lane) => this.running.filter((s) => s.state === 'decode' && !s.paused && s.lane === lane))
       .filter((g) => g.length > 0);
     if (decodeGroups.length === 0) {
-      if (prefill.length) await this.step(prefill, [], chunk);
-      return;
+      if (!prefill.length) return false;
+      await this.step(prefill, [], chunk);
+      return true;
     }
     // now and then a decode step without a chunk keeps the reference time for sizing chunks fresh
     const measure = prefill.length > 0 && (this.decodeTimes.length === 0 || this.mixedSinceDecode >= REMEASURE_EVERY);
     await this.step(measure ? [] : prefill, decodeGroups[0], chunk);
     for (const group of decodeGroups.slice(1)) await this.step([], group, chunk);
+    return true;
   }
 
   private adapterReady(seq: Sequence): boolean {
     return !seq.req.adapter || !this.adapters || this.adapters.acquire(seq.req.adapter) !== undefined || this.adapters.failure(seq.req.adapter) !== undefined;
   }
 
+  // FIFO over the waiting sequences whose clients read (a paused one takes no row). When the batch
+  // or the KV budget is full, a paused decoding sequence gives up its row (preempted: it recomputes
+  // its KV when admitted again), so clients that stop reading never lock the others out.
   private admit(): void {
-    for (let i = 0; i < this.waiting.length && this.running.length < this.limits.maxRunning;) {
+    for (let i = 0; i < this.waiting.length;) {
       const seq = this.waiting[i];
+      if (seq.paused) { i++; continue; }
+      if (this.running.length >= this.limits.maxRunning) {
+        if (!this.preemptPaused()) break;
+        i++; // the preempted sequence went in front of this one
+        continue;
+      }
       const ref = seq.req.adapter;
       const prepared = ref && this.adapters ? this.adapters.acquire(ref) : null;
       if (ref && this.adapters && !prepared) {
@@ -174,10 +188,15 @@ export class Scheduler {
         } else i++; // still loading from disk: the others go ahead
         continue;
       }
-      if (this.running.length > 0 && this.reservedKv + seq.reservedKvBytes > this.limits.kvBudgetBytes) break;
+      if (this.running.length > 0 && this.reservedKv + seq.reservedKvBytes > this.limits.kvBudgetBytes) {
+        if (!this.preemptPaused()) break;
+        i++;
+        continue;
+      }
       this.waiting.splice(i, 1);
       try {
-        seq.lane = this.lanes.laneFor(Math.min(seq.req.promptTokens.length + Math.min(seq.req.maxTokens, INITIAL_ROOM), this.runner.maxPositions));
+        const room = Math.min(seq.req.maxTokens - seq.output.length, INITIAL_ROOM);
+        seq.lane = this.lanes.laneFor(Math.min(seq.contextLength + room, this.runner.maxPositions));
         seq.row = this.lanes.takeSlot();
         seq.lane.enter(seq.row);
         this.lanes.lora.setRow(seq.row, prepared ?? null);
@@ -190,6 +209,19 @@ export class Scheduler {
       seq.state = 'prefill';
       this.running.push(seq);
     }
+  }
+
+  // Frees the row of a paused decoding sequence; it waits (first in line) until its client reads.
+  private preemptPaused(): boolean {
+    const i = this.running.findIndex((s) => s.paused && s.state === 'decode' && s.output.length > 0);
+    if (i === -1) return false;
+    const [victim] = this.running.splice(i, 1);
+    this.reservedKv -= victim.reservedKvBytes;
+    this.release(victim);
+    victim.preempt();
+    this.waiting.unshift(victim);
+    this.preemptions++;
+    return true;
   }
 
   // A sequence that cannot go on ends alone, with an in-band error; it is then retired.

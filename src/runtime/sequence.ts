@@ -1,5 +1,7 @@
 // One generation: prompt, output so far, its KV cache, sampler state and stop rules.
-// Lifecycle: waiting → prefill (chunks) → decode → done(reason).
+// Lifecycle: waiting → prefill (chunks) → decode → done(reason). A decoding sequence may be
+// preempted (its row and KV given up while its client is not reading): it waits again, and when
+// admitted recomputes the KV of its prompt and output so far (no events), then decodes on.
 import { Rng, randomSeed } from './random.ts';
 import { applyBiasAndPenalties, logSoftmax, sampleToken, topK } from './sampler.ts';
 import type { PenaltyState } from './sampler.ts';
@@ -24,6 +26,8 @@ export class Sequence {
   state: 'waiting' | 'prefill' | 'decode' | 'done' = 'waiting';
   paused = false;                  // its client is not reading: no steps until resumed
   private prefilled = 0;
+  private prefillTokens: number[];   // the prompt; after a preemption, the prompt and the output but its last token
+  private recomputing = false;
   private readonly rng: Rng;
   private readonly penalty: PenaltyState;
   private readonly decoder: StreamDecoder;
@@ -36,6 +40,7 @@ export class Sequence {
 
   constructor(readonly id: string, readonly req: GenerateRequest, private readonly tok: TextTokenizer, private readonly limits: SequenceLimits) {
     this.rng = new Rng(req.seed ?? randomSeed());
+    this.prefillTokens = req.promptTokens;
     this.penalty = { seen: new Set(req.promptTokens), outputCounts: new Map() };
     this.decoder = new StreamDecoder(tok, req.promptTokens);
     this.stopper = new StopMatcher(req.stop);
@@ -48,22 +53,36 @@ export class Sequence {
     return (this.req.promptTokens.length + this.req.maxTokens) * numKvHeads * headDim * numLayers * 2 * 4;
   }
 
+  // Tokens in its context so far: the prompt and the output.
+  get contextLength(): number {
+    return this.req.promptTokens.length + this.output.length;
+  }
+
   get remainingPrefill(): number {
-    return this.req.promptTokens.length - this.prefilled;
+    return this.prefillTokens.length - this.prefilled;
+  }
+
+  // Gives up the KV cache (the scheduler frees the row): the next admission recomputes it.
+  preempt(): void {
+    if (this.state !== 'decode' || this.output.length === 0) throw new Error('only a decoding sequence can be preempted');
+    this.prefillTokens = [...this.req.promptTokens, ...this.output.slice(0, -1)];
+    this.prefilled = 0;
+    this.recomputing = true;
+    this.state = 'waiting';
   }
 
   // The tokens of the next step: a prompt chunk of at most `chunk` tokens, or the last output token.
   nextTokens(chunk: number): number[] {
     if (this.state === 'prefill') {
-      const end = Math.min(this.req.promptTokens.length, this.prefilled + chunk);
-      return this.req.promptTokens.slice(this.prefilled, end);
+      const end = Math.min(this.prefillTokens.length, this.prefilled + chunk);
+      return this.prefillTokens.slice(this.prefilled, end);
     }
     return [this.output[this.output.length - 1]];
   }
 
   // Whether the step should return logits for every prompt position (prompt logprobs).
   get wantsPromptLogits(): boolean {
-    return this.state === 'prefill' && this.req.promptLogprobs != null;
+    return this.state === 'prefill' && this.req.promptLogprobs != null && !this.recomputing;
   }
 
   // After a step that consumed `n` tokens. `logits` holds the rows the step returned for this
@@ -71,10 +90,11 @@ export class Sequence {
   advance(n: number, logits: Float32Array, vocab: number): TokenEvent[] {
     const events: TokenEvent[] = [];
     if (this.state === 'prefill') {
-      if (this.req.promptLogprobs != null) events.push(this.promptLogprobs(n, logits, vocab));
+      if (this.wantsPromptLogits) events.push(this.promptLogprobs(n, logits, vocab));
       this.prefilled += n;
-      if (this.prefilled < this.req.promptTokens.length) return events;
+      if (this.prefilled < this.prefillTokens.length) return events;
       this.state = 'decode';
+      if (this.recomputing) { this.recomputing = false; return events; } // its next token is known already
       if (this.req.maxTokens === 0) return this.finish(events, 'length', null);
     }
     return [...events, ...this.sample(logits.subarray(logits.length - vocab))];

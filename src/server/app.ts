@@ -33,20 +33,29 @@ export interface AppDeps {
   metrics?: Metrics;
 }
 
-const BODY_LIMIT = 32 * 1024 * 1024;
+const MAX_PROMPTS = 64;
+
+// The largest JSON body a valid request can have: MAX_PROMPTS text prompts at the byte bound (×2
+// for JSON escapes and the other fields), or MAX_PROMPTS token-id prompts of the whole context (≤ 8
+// bytes an id); at least 1 MB (long chats, logit_bias), at most 32 MB. A bigger body cannot be
+// served, and parsing it alone would hold the event loop (~25 ms per MB here).
+export function bodyLimit(maxPromptBytes: number, maxContext: number): number {
+  return Math.min(32 * 1024 * 1024, Math.max(1024 * 1024, 2 * MAX_PROMPTS * maxPromptBytes, MAX_PROMPTS * maxContext * 8));
+}
 
 // Fastify's own refusals (body parsing, limits) → our codes; the rest of 4xx is a 400.
 const FASTIFY_CODES: Record<number, ErrorCode> = { 401: 'unauthorized', 403: 'forbidden', 413: 'payload_too_large', 415: 'unsupported_media_type' };
 
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const { config, engine, registry, modelName } = deps;
+  const maxBody = bodyLimit(deps.prompts.maxPromptBytes, engine.info.maxContext);
   const app = Fastify({
     logger: {
       level: config.logLevel,
       redact: ['req.headers.authorization'],
     },
     genReqId: (req) => (typeof req.headers['x-request-id'] === 'string' && req.headers['x-request-id'].length <= 128 ? req.headers['x-request-id'] : randomUUID()),
-    bodyLimit: BODY_LIMIT,
+    bodyLimit: maxBody,
   });
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
@@ -73,11 +82,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const completionDeps: CompletionDeps = {
     engine, registry, modelName, metrics, prompts: deps.prompts,
     admission: new Admission(config.maxQueue),
-    limits: { vocabSize: engine.info.vocabSize, maxContext: engine.info.maxContext, defaultMaxTokens: config.maxTokensDefault, maxPrompts: 64, maxChoices: config.maxQueue },
+    limits: { vocabSize: engine.info.vocabSize, maxContext: engine.info.maxContext, defaultMaxTokens: config.maxTokensDefault, maxPrompts: MAX_PROMPTS, maxChoices: config.maxQueue },
     stallTimeoutMs: config.clientStallTimeoutMs,
   };
 
-  await app.register(websocket, { options: { maxPayload: 4 * 1024 * 1024 } });
+  await app.register(websocket, { options: { maxPayload: maxBody } });
   // after the WebSocket plugin's own hook, so that a refused upgrade's socket is closed
   app.addHook('onRequest', async (req) => guardRequest(req, guard));
   await app.register(multipart, { limits: { fileSize: config.maxUploadBytes, ...UPLOAD_LIMITS } });
@@ -85,7 +94,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.setErrorHandler((err: FastifyError | LoraserveError, req, reply) => {
     let e: unknown = err;
     if (!(err instanceof LoraserveError) && typeof (err as FastifyError).statusCode === 'number' && (err as FastifyError).statusCode! < 500) {
-      e = fastifyRefusal(err as FastifyError);
+      e = fastifyRefusal(err as FastifyError, maxBody);
     }
     const { status, body, retryAfter } = errorBody(e);
     if (status >= 500) req.log.error({ err }, 'request failed');
@@ -143,9 +152,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   return app;
 }
 
-function fastifyRefusal(err: FastifyError): LoraserveError {
+function fastifyRefusal(err: FastifyError, maxBody: number): LoraserveError {
   const status = err.statusCode!;
-  if (status === 413) return new LoraserveError('payload_too_large', `the request body exceeds the limit of ${BODY_LIMIT} bytes`, { param: 'body' });
+  if (status === 413) return new LoraserveError('payload_too_large', `the request body exceeds the limit of ${maxBody} bytes (the largest request this model can serve)`, { param: 'body' });
   if (status === 415) return new LoraserveError('unsupported_media_type', `${err.message}; send a JSON body (content-type: application/json), or multipart/form-data to upload an adapter`, { param: 'content-type' });
   return new LoraserveError(FASTIFY_CODES[status] ?? 'invalid_request', err.message, { param: /json/i.test(err.message) ? 'body' : null });
 }

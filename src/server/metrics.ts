@@ -38,6 +38,7 @@ export class Metrics {
   readonly engineRestarts = new Counter({ name: 'loraserve_engine_restarts_total', help: 'Engine worker restarts after it died (its requests in flight failed with 503)', registers: [this.registry] });
   readonly engineState = new Gauge({ name: 'loraserve_engine_ready', help: '1 while the engine worker serves, 0 while it restarts', registers: [this.registry] });
   readonly paused = new Gauge({ name: 'loraserve_paused_sequences', help: 'Sequences paused because their client is not reading', registers: [this.registry] });
+  readonly preemptions = new Counter({ name: 'loraserve_preemptions_total', help: 'Rows given up by paused sequences so others could run (they recompute their KV when their client reads again)', registers: [this.registry] });
 
   private readonly mirrored = new Map<Counter, number>();
 
@@ -69,6 +70,7 @@ export class Metrics {
     this.queueLength.set(s.waiting);
     this.running.set(s.running);
     this.paused.set(s.paused);
+    this.mirror(this.preemptions, s.preemptions);
     this.kvReserved.set(s.kvReservedBytes);
     this.kvArena.set(s.kvArenaBytes);
     this.kvUsage.set(this.kvBudgetBytes ? s.kvReservedBytes / this.kvBudgetBytes : 0);

@@ -72,4 +72,32 @@ describe('continuous batching', () => {
     expect(steps.some((s) => s.kind === 'decode' && new Set(s.adapters).size >= 3)).toBe(true);
     expect(steps.some((s) => s.kind === 'mixed')).toBe(true);
   });
+
+  it('a stream whose reader stops is paused; it gives up its row to waiting requests and, read again, recomputes its KV: the same tokens', async () => {
+    const slowJob: Job = { adapter: 'r16', prompt: JOBS[2].prompt, maxTokens: 200, delayMs: 0 };
+    const others = JOBS.slice(0, 9).map((j) => ({ ...j, maxTokens: 40, delayMs: 0 }));
+    const slowAlone = await run(slowJob);
+    const othersAlone: number[][] = [];
+    for (const j of others) othersAlone.push(await run(j));
+    const before = (await engine.stats()).preemptions;
+    const ref = registry.acquire('r16');
+    const it = engine.generate({ promptTokens: slowJob.prompt, maxTokens: slowJob.maxTokens, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, seed: null, stop: [], stopTokenIds: [], ignoreEos: true, logprobs: null, adapter: ref })[Symbol.asyncIterator]();
+    const ids: number[] = [];
+    for (let i = 0; i < 3; i++) { const r = await it.next(); if (!r.done && r.value.type === 'token') ids.push(r.value.id); }
+    // not read: past the client's bound its sequence is paused, holding its row
+    for (let i = 0; i < 400 && (await engine.stats()).paused === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect((await engine.stats()).paused).toBe(1);
+    // 9 more requests for 8 rows: the paused one must give up its row, or one of them would wait for it
+    const together = await Promise.all(others.map(run));
+    expect((await engine.stats()).preemptions).toBeGreaterThan(before);
+    together.forEach((t, i) => expect(t, `request ${i}`).toEqual(othersAlone[i]));
+    for (;;) {
+      const r = await it.next();
+      if (r.done) break;
+      if (r.value.type === 'token') ids.push(r.value.id);
+      if (r.value.type === 'error') throw new Error(r.value.error.message);
+    }
+    registry.release(ref);
+    expect(ids).toEqual(slowAlone);
+  });
 });

@@ -19,7 +19,7 @@ beforeAll(async () => {
 afterAll(async () => { await server?.close(); });
 
 // Every call here is bounded: a hang fails the test instead of stalling the suite.
-async function post(path: string, body: unknown, ms = 20_000): Promise<Response> {
+async function post(path: string, body: unknown, ms = 60_000): Promise<Response> {
   return fetch(`${server.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(ms) });
 }
 

@@ -199,20 +199,23 @@ describe('slow readers and huge prompts', () => {
   // of the load tests (npm run load-test -- --only attack), on a server in its own process: a
   // time is not asserted in this suite. Here: refused by its size, never tokenized on any thread;
   // a prompt under the size bound is tokenized in the prompt worker, not on the HTTP thread.
-  it('a 2 MB prompt is refused by its size before any tokenizing; a smaller one is tokenized in the prompt worker', async () => {
+  it('a 2 MB prompt is refused by its size before any tokenizing (413: over the largest servable body), a 900 KB one by its byte bound (400); a smaller one is tokenized in the prompt worker', async () => {
     const prompts = server.prompts;
     const before = prompts.jobs;
     const huge = await post(server.url, '/v1/completions', { model: MODEL, prompt: 'Once upon a time '.repeat(2 * 1024 * 1024 / 17), max_tokens: 4 });
-    expect(huge.status).toBe(400);
-    const hugeError = (await huge.json()).error;
-    expect(hugeError).toMatchObject({ param: 'prompt', message: expect.stringMatching(/is 2097\d+ bytes; no text over \d+ bytes fits/) });
-    const chat = await post(server.url, '/v1/chat/completions', { model: MODEL, messages: [{ role: 'user', content: 'x'.repeat(2 * 1024 * 1024) }] });
+    expect(huge.status).toBe(413);
+    expect((await huge.json()).error).toMatchObject({ param: 'body', message: expect.stringMatching(/limit of \d+ bytes \(the largest request this model can serve\)/) });
+    const big = await post(server.url, '/v1/completions', { model: MODEL, prompt: 'Once upon a time '.repeat(900 * 1024 / 17), max_tokens: 4 });
+    expect(big.status).toBe(400);
+    const bigError = (await big.json()).error;
+    expect(bigError).toMatchObject({ param: 'prompt', message: expect.stringMatching(/is 921\d+ bytes; no text over \d+ bytes fits/) });
+    const chat = await post(server.url, '/v1/chat/completions', { model: MODEL, messages: [{ role: 'user', content: 'x'.repeat(900 * 1024) }] });
     expect(chat.status).toBe(400);
     expect((await chat.json()).error.param).toBe('messages');
-    const many = await post(server.url, '/v1/completions', { model: MODEL, prompt: ['Once', 'x'.repeat(1024 * 1024)] });
+    const many = await post(server.url, '/v1/completions', { model: MODEL, prompt: ['Once', 'x'.repeat(512 * 1024)] });
     expect((await many.json()).error.param).toBe('prompt[1]');
     expect(prompts.jobs).toBe(before); // nothing was tokenized
-    const bound = Number(/no text over (\d+) bytes/.exec(hugeError.message)?.[1]);
+    const bound = Number(/no text over (\d+) bytes/.exec(bigError.message)?.[1]);
     expect(bound).toBeGreaterThan(512);
     const near = await post(server.url, '/v1/completions', { model: MODEL, prompt: 'Once upon a time '.repeat(Math.floor(bound / 17)) });
     expect(near.status).toBe(400);

@@ -16,7 +16,7 @@ export async function startServer(model: string, extra: string[] = []): Promise<
   const bin = fileURLToPath(new URL('../bin/loraserve.js', import.meta.url));
   const proc = spawn(process.execPath, [bin, 'serve', '--model', model, '--host', '127.0.0.1', '--port', '0', '--adapters', adapters, '--enable-local-admin', '--log-level', 'info', ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
   const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('server did not start within 120 s')), 120_000);
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error('server did not start within 120 s (it must log "listening at" at --log-level info)')); }, 120_000);
     let buf = '';
     proc.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();

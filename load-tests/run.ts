@@ -1,9 +1,11 @@
-// npm run load-test [-- --model DIR --seconds N --concurrency N]
-// Starts loraserve on 127.0.0.1 and runs three bounded scenarios against it:
+// npm run load-test [-- --model DIR --seconds N --concurrency N --only steady|churn|disconnects|attack]
+// Starts loraserve on 127.0.0.1 and runs three bounded scenarios against it (all by default, or the one named by --only):
 //   steady       many adapters with power-law (Zipf) popularity, as in S-LoRA's evaluation:
 //                streaming clients (TTFT, inter-token latency) plus autocannon (throughput)
 //   churn        the same traffic while adapters are uploaded, replaced and deleted
 //   disconnects  clients that drop their streams mid-way; the server must free them at once
+//   attack       attack.ts, on servers of its own: huge prompts, reload churn, slow readers,
+//                symlink/Host/Origin attacks, with victim streams' gaps, lag, RSS (results/attack.json)
 // Each prints throughput, TTFT and inter-token percentiles, and error counts; JSON goes to
 // load-tests/results/. Exits non-zero on any 5xx, on leaked sequences, or on a wrong output.
 import autocannon from 'autocannon';
@@ -17,13 +19,18 @@ import { parseModelConfig } from '../src/runtime/model-config.ts';
 import { encodeSafetensors } from '../src/runtime/safetensors.ts';
 import { latencyRow, metricValue, printTable, startServer, streamCompletion, zipf } from './harness.ts';
 import type { StreamStats } from './harness.ts';
+import { runAttack } from './attack.ts';
 
 const { values } = parseArgs({ options: {
   model: { type: 'string', default: fileURLToPath(new URL('../../shared/fixtures/stories260K', import.meta.url)) },
   seconds: { type: 'string', default: '10' },
   concurrency: { type: 'string', default: '8' },
   adapters: { type: 'string', default: '20' },
+  only: { type: 'string' },
 } });
+const SCENARIOS = ['steady', 'churn', 'disconnects', 'attack'];
+if (values.only !== undefined && !SCENARIOS.includes(values.only)) throw new Error(`--only must be one of ${SCENARIOS.join(', ')}`);
+const want = (scenario: string): boolean => values.only === undefined || values.only === scenario;
 const SECONDS = Number(values.seconds);
 const CONC = Number(values.concurrency);
 const N_ADAPTERS = Number(values.adapters);
@@ -43,10 +50,10 @@ function form(name: string, seed: number): FormData {
   return fd;
 }
 
-const server = await startServer(values.model!, ['--max-queue', '512']);
 const rows: Record<string, string | number>[] = [];
 const failures: string[] = [];
-try {
+const server = values.only === 'attack' ? null : await startServer(values.model!, ['--max-queue', '512']);
+if (server) try {
   for (let i = 0; i < N_ADAPTERS; i++) {
     const r = await fetch(`${server.url}/v1/adapters`, { method: 'POST', body: form(`tenant-${i}`, i) });
     if (r.status !== 201) throw new Error(`upload failed: ${r.status} ${await r.text()}`);
@@ -67,19 +74,25 @@ try {
     return out;
   };
 
-  // 1. steady
+  let steady: StreamStats[] = [], churned: StreamStats[] = [], disc: StreamStats[] = [];
+  let expected404 = 0, leaked = 0;
   let t0 = performance.now();
+  // 1. steady
+  if (want('steady')) {
   const cannon = autocannon({
     url: server.url, connections: 4, amount: 300, timeout: 60,
     requests: [{ method: 'POST', path: '/v1/completions', headers: { 'content-type': 'application/json' }, setupRequest: (req) => ({ ...req, body: JSON.stringify({ ...body(), max_tokens: 16 }) }) }],
   });
-  const [steady, cannonResult] = await Promise.all([streamLoad(t0 + SECONDS * 1000), cannon]);
+  const [steadyOut, cannonResult] = await Promise.all([streamLoad(t0 + SECONDS * 1000), cannon]);
+  steady = steadyOut;
   rows.push(latencyRow('steady (zipf over adapters)', steady, performance.now() - t0));
   const non2xx = cannonResult.non2xx + cannonResult.errors;
   printTable('autocannon, non-streamed completions (16 tokens) alongside the streams', [{ requests: cannonResult.requests.total, req_s: cannonResult.requests.average, latency_p50_ms: cannonResult.latency.p50, latency_p99_ms: cannonResult.latency.p99, non_2xx_or_errors: non2xx }]);
   if (non2xx) failures.push(`autocannon saw ${non2xx} non-2xx responses or errors`);
+  }
 
   // 2. churn: replace, delete and re-upload adapters while traffic flows
+  if (want('churn')) {
   t0 = performance.now();
   let churnOps = 0;
   const churn = (async () => {
@@ -92,22 +105,24 @@ try {
       await new Promise((res) => setTimeout(res, 100));
     }
   })();
-  const churned = await streamLoad(t0 + SECONDS * 1000);
+  churned = await streamLoad(t0 + SECONDS * 1000);
   await churn;
   const churnRow = latencyRow(`churn (${churnOps} replace/delete ops)`, churned, performance.now() - t0);
   rows.push(churnRow);
-  const expected404 = churned.filter((r) => r.status === 404).length; // requests racing a delete
+  expected404 = churned.filter((r) => r.status === 404).length; // requests racing a delete
   if (churned.some((r) => r.status >= 500)) failures.push('churn: 5xx responses');
+  }
 
   // 3. disconnects: a third of the requests drop their stream after 3 tokens
+  if (want('disconnects')) {
   t0 = performance.now();
   let dropped = 0;
-  const disc = await streamLoad(t0 + SECONDS * 1000, async () => {
+  disc = await streamLoad(t0 + SECONDS * 1000, async () => {
     if (rng.next() < 0.33) { dropped++; await streamCompletion(server.url, { ...body(), max_tokens: 400, ignore_eos: true }, { abortAfterTokens: 3 }); }
     return null;
   });
   rows.push(latencyRow(`disconnects (${dropped} dropped)`, disc, performance.now() - t0));
-  let leaked = -1;
+  leaked = -1;
   for (let i = 0; i < 100; i++) {
     const h = await (await fetch(`${server.url}/health`)).json() as { running: number; waiting: number };
     leaked = h.running + h.waiting;
@@ -115,6 +130,7 @@ try {
     await new Promise((res) => setTimeout(res, 50));
   }
   if (leaked !== 0) failures.push(`${leaked} sequences still running after the disconnect scenario`);
+  }
 
   printTable('load tests (streaming clients)', rows);
   const errorMessages = [...new Set([...steady, ...churned, ...disc].filter((r) => !r.ok).map((r) => `${r.status}: ${(r.error ?? '').slice(0, 160)}`))];
@@ -129,6 +145,7 @@ try {
 } finally {
   await server.stop();
 }
+if (want('attack')) failures.push(...(await runAttack({ model: values.model!, seconds: SECONDS })).failures.map((f) => `attack: ${f}`));
 if (failures.length) {
   console.error(`\nFAILED:\n${[...new Set(failures)].slice(0, 20).join('\n')}`);
   process.exit(1);

@@ -60,11 +60,11 @@ export function candidateDistribution(logits: Float32Array, p: SamplingParams): 
     ids = topK(prob, p.topK).map((t) => t.id);
   } else if (p.topP < 1) {
     ids = [];
-    for (let tau = 1e-3; ids.length === 0; tau = tau > 1e-12 ? tau * 1e-3 : 0) {
+    for (const tau of [1e-3, 1e-6, 1e-9, 1e-12, 0]) { // bounded: at tau 0 every token with mass is in
       let mass = 0;
       const above: number[] = [];
       for (let i = 0; i < V; i++) if (prob[i] >= tau && prob[i] > 0) { above.push(i); mass += prob[i]; }
-      if (mass >= p.topP * total || tau === 0) ids = above;
+      if (mass >= p.topP * total || tau === 0) { ids = above; break; }
     }
     ids.sort(byProb);
   } else {
@@ -89,8 +89,10 @@ export function candidateDistribution(logits: Float32Array, p: SamplingParams): 
     const threshold = p.minP * prob[ids[0]];
     ids = ids.filter((id, i) => i === 0 || prob[id] >= threshold);
   }
+  if (ids.length === 0) ids = [argmax(logits)]; // no mass anywhere (cannot follow sanitize): the best logit
   let mass = 0;
   for (const id of ids) mass += prob[id];
+  if (!(mass > 0)) { mass = 1; prob[ids[0]] = 1; }
   const probs = new Float64Array(ids.length);
   ids.forEach((id, i) => { probs[i] = prob[id] / mass; });
   return { ids: Int32Array.from(ids), probs };
@@ -107,8 +109,22 @@ export function drawFrom(dist: { ids: Int32Array; probs: Float64Array }, coin: n
 }
 
 export function sampleToken(logits: Float32Array, p: SamplingParams, coin: () => number): number {
+  sanitize(logits);
   if (p.temperature === 0) return argmax(logits);
   return drawFrom(candidateDistribution(logits, p), coin());
+}
+
+// Extreme penalties or biases can push a logit to ±Infinity (or NaN from ∞ − ∞): NaN becomes
+// −∞ (never drawn), +∞ the largest float, so the distribution stays defined and some token wins.
+export function sanitize(logits: Float32Array): void {
+  let finite = false;
+  for (let i = 0; i < logits.length; i++) {
+    const l = logits[i];
+    if (Number.isNaN(l)) logits[i] = -Infinity;
+    else if (l === Infinity) logits[i] = 3.4e38;
+    if (logits[i] !== -Infinity) finite = true;
+  }
+  if (!finite) logits.fill(0); // nothing left: uniform rather than no token at all
 }
 
 // log_softmax of the raw model logits (before bias, penalties and temperature, as vLLM reports them).

@@ -7,6 +7,8 @@ import websocket from '@fastify/websocket';
 import multipart from '@fastify/multipart';
 import cors from '@fastify/cors';
 import { randomUUID } from 'node:crypto';
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { EngineClient } from '../runtime/engine-client.ts';
 import type { AdapterRegistry } from '../adapters/registry.ts';
 import { LoraserveError } from '../runtime/errors.ts';
@@ -56,6 +58,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
     genReqId: (req) => (typeof req.headers['x-request-id'] === 'string' && req.headers['x-request-id'].length <= 128 ? req.headers['x-request-id'] : randomUUID()),
     bodyLimit: maxBody,
+    clientErrorHandler: malformedHttp,
   });
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
@@ -150,6 +153,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     return metrics.registry.metrics();
   });
   return app;
+}
+
+// A request Node's HTTP parser refuses (a truncated body, a bad header, a timeout) gets OpenAI's
+// error body too, then the connection closes.
+function malformedHttp(err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, code, message]: [number, ErrorCode, string] = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'invalid_request', 'the request was not received in time']
+    : err.code === 'HPE_HEADER_OVERFLOW' ? [431, 'invalid_request', 'the request headers exceed the size limit']
+      : [400, 'invalid_request', `malformed HTTP request (${err.code ?? 'parse error'})`];
+  const body = JSON.stringify(errorBody(new LoraserveError(code, message)).body);
+  if (socket.writable) socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${body}`);
+  socket.destroy(err);
 }
 
 function fastifyRefusal(err: FastifyError, maxBody: number): LoraserveError {

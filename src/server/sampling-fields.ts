@@ -61,7 +61,7 @@ export function parseSampling(body: Record<string, unknown>, limits: SamplingLim
     topP: numberField(body, 'top_p', 1, 0, 1, { exclusiveMin: true }),
     topK: topKField(body),
     minP: numberField(body, 'min_p', 0, 0, 1),
-    repetitionPenalty: numberField(body, 'repetition_penalty', 1, 0, 100, { exclusiveMin: true }),
+    repetitionPenalty: numberField(body, 'repetition_penalty', 1, 0.01, 100),
     frequencyPenalty: numberField(body, 'frequency_penalty', 0, -2, 2),
     presencePenalty: numberField(body, 'presence_penalty', 0, -2, 2),
     logitBias: logitBiasField(body, limits.vocabSize),

@@ -91,4 +91,27 @@ describe('log-probabilities', () => {
       expect(topK(v, k)).toEqual(ref);
     }), { seed: 9, numRuns: 300 });
   });
+  it('any logits (±Infinity, NaN, huge) and any valid parameters give a token id in range (property)', () => {
+    const logit = fc.oneof(fc.float({ noNaN: false }), fc.constantFrom(Infinity, -Infinity, NaN, 3.4e38, -3.4e38, 0));
+    fc.assert(fc.property(
+      fc.array(logit, { minLength: 1, maxLength: 64 }),
+      fc.record({
+        temperature: fc.oneof(fc.constant(0), fc.double({ min: 1e-6, max: 2, noNaN: true })),
+        topP: fc.double({ min: 1e-9, max: 1, noNaN: true }),
+        topK: fc.integer({ min: 0, max: 70 }),
+        minP: fc.double({ min: 0, max: 1, noNaN: true }),
+        repetitionPenalty: fc.double({ min: 0.01, max: 100, noNaN: true }),
+        frequencyPenalty: fc.double({ min: -2, max: 2, noNaN: true }),
+        presencePenalty: fc.double({ min: -2, max: 2, noNaN: true }),
+      }),
+      fc.double({ min: 0, max: 0.999999, noNaN: true }),
+      (vals, params, coin) => {
+        const logits = Float32Array.from(vals);
+        const p = { ...DEFAULT_SAMPLING, ...params, logitBias: new Map([[0, 100]]) };
+        applyBiasAndPenalties(logits, p, { seen: new Set([0, vals.length - 1]), outputCounts: new Map([[0, 3]]) });
+        const id = sampleToken(logits, p, () => coin);
+        expect(Number.isInteger(id) && id >= 0 && id < vals.length).toBe(true);
+      },
+    ), { seed: 11, numRuns: 500 });
+  });
 });

@@ -1,4 +1,4 @@
-// npm run bench [-- --only memory|runtime|lora|batching (repeatable)] [-- --quick]
+// npm run bench [-- --only memory|runtime|lora|batching|serving (repeatable)] [-- --quick]
 // Prints tables and saves JSON under bench/results/. A benchmark, not a test: nothing here asserts.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -7,6 +7,7 @@ import { runtimeBench } from './runtime-bench.ts';
 import { loraBench } from './lora-bench.ts';
 import { batchingBench } from './batching-bench.ts';
 import { memoryBench } from './memory-bench.ts';
+import { servingBench } from './serving-bench.ts';
 
 const { values } = parseArgs({ options: { only: { type: 'string', multiple: true }, quick: { type: 'boolean', default: false } } });
 const only = new Set(values.only ?? []);
@@ -23,6 +24,7 @@ if (want('memory')) results.memory = await memoryBench({ quick: values.quick });
 if (want('runtime')) results.runtime = await runtimeBench({ quick: values.quick });
 if (want('lora')) results.lora = await loraBench({ quick: values.quick });
 if (want('batching')) results.batching = await batchingBench({ quick: values.quick });
+if (want('serving')) results.serving = await servingBench({ quick: values.quick });
 
 const dir = fileURLToPath(new URL('./results/', import.meta.url));
 mkdirSync(dir, { recursive: true });

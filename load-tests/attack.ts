@@ -4,7 +4,8 @@
 // completions; every gap between two consecutive tokens of a victim stream is recorded on the
 // client side, and the server's own loraserve_inter_token_latency_seconds histogram (victim series
 // only) is read before and after the phase, for the fraction of gaps over 100 ms server-side.
-//   1 huge-prompts  2 MB and 1 MB completion prompts, a 2 MB chat message, and prompts of real words
+//   1 huge-prompts  2 MB and 1 MB completion prompts, a 2 MB chat message (413 or 400), a 900 KB
+//                   prompt (400 by its byte bound), and prompts of real words
 //                   at ~0.9 × the server's byte bound (parsed from its 400), which are tokenized for
 //                   real and refused by token count: 400s expected, never a 5xx
 //   2 reload-churn  a second server with --host-cache-mb 1: rank-64 adapters on all seven targets,
@@ -53,7 +54,12 @@ const VICTIM_ADAPTER = 'victim';
 const SLOW_ADAPTER = 'slow';    // the slow readers' model, so their paused gaps stay out of the victims' ITL series
 const GAP_MS = 100;             // an inter-token gap over this counts as a stall
 const STALL_MS = 3000;          // --client-stall-timeout-ms for phase 3
-const FREE_SLACK_MS = 5000;     // after the stall timeout, how long the server may take to free sequences
+// After the stall timeout, how long the server may take to free every slow sequence. A slow request
+// is dropped once its socket buffers are full and STALL_MS pass; with fair shares the 6 × 64 slow
+// choices fill theirs a few rows at a time, so that takes tens of seconds. What others must not
+// see meanwhile is a lock-out: VICTIM_TTFT_BOUND_MS bounds the victims' first tokens in the phase.
+const FREE_SLACK_MS = 60_000;
+const VICTIM_TTFT_BOUND_MS = 5000;
 const REQ_TIMEOUT_MS = 30_000;  // any single non-streamed request; past it, a hang
 const LOAD_TIMEOUT_MS = 10_000; // a load_lora_adapter / Host / Origin probe; past it, a hang
 const VICTIM_TIMEOUT_MS = 60_000;
@@ -344,19 +350,24 @@ async function hugePrompts(ctx: PhaseCtx, deadline: number): Promise<PhaseOut> {
   const url = ctx.server.url;
   const big2 = 'tell me a story '.repeat(2 * 1024 * 1024 / 16);
   const big1 = big2.slice(0, 1024 * 1024);
-  const probe = await httpRequest(url, { method: 'POST', path: '/v1/completions', ...json({ model: ctx.baseModel, prompt: big2, max_tokens: 8 }) });
-  tally.note(probe.status, 'completion 2 MB', [400], probe.status === 400 ? '' : probe.body);
+  const big900k = big2.slice(0, 900 * 1024);
+  // bodies over the largest servable request are a 413 before they are read; a prompt under that
+  // but over the byte bound is a 400 that states the bound
+  const probe = await httpRequest(url, { method: 'POST', path: '/v1/completions', ...json({ model: ctx.baseModel, prompt: big900k, max_tokens: 8 }) });
+  tally.note(probe.status, 'completion 900 KB', [400], probe.status === 400 ? '' : probe.body);
   const m = /no (?:text|prompt) over (\d+) bytes/.exec(probe.body);
-  if (!m) failures.push(`the 400 for a 2 MB prompt does not state the byte bound: ${probe.body.slice(0, 200)}`);
+  if (!m) failures.push(`the 400 for a 900 KB prompt does not state the byte bound: ${probe.body.slice(0, 200)}`);
   const bound = m ? Number(m[1]) : 8192;
   const near = words(Math.floor(0.9 * bound));
-  const bodies: { what: string; path: string; body: string }[] = [
-    { what: 'completion 2 MB', path: '/v1/completions', body: JSON.stringify({ model: ctx.baseModel, prompt: big2, max_tokens: 8 }) },
-    { what: 'completion 1 MB', path: '/v1/completions', body: JSON.stringify({ model: VICTIM_ADAPTER, prompt: big1, max_tokens: 8 }) },
-    { what: 'chat 2 MB', path: '/v1/chat/completions', body: JSON.stringify({ model: ctx.baseModel, messages: [{ role: 'user', content: big2 }], max_tokens: 8 }) },
-    { what: `completion 0.9×${bound} B of words`, path: '/v1/completions', body: JSON.stringify({ model: ctx.baseModel, prompt: near, max_tokens: 8 }) },
-    { what: `chat 0.9×${bound} B of words`, path: '/v1/chat/completions', body: JSON.stringify({ model: VICTIM_ADAPTER, messages: [{ role: 'user', content: near }], max_tokens: 8 }) },
-    { what: `completion 4 × 0.9×${bound} B`, path: '/v1/completions', body: JSON.stringify({ model: ctx.baseModel, prompt: [near, near, near, near], max_tokens: 8 }) },
+  const bodies: { what: string; path: string; body: string; expect: number[] }[] = [
+    // 0 (conn-error): the server answered 413 from the content-length and closed while we still wrote
+    { what: 'completion 2 MB', path: '/v1/completions', body: JSON.stringify({ model: ctx.baseModel, prompt: big2, max_tokens: 8 }), expect: [400, 413, 0] },
+    { what: 'completion 1 MB', path: '/v1/completions', body: JSON.stringify({ model: VICTIM_ADAPTER, prompt: big1, max_tokens: 8 }), expect: [400, 413, 0] },
+    { what: 'chat 2 MB', path: '/v1/chat/completions', body: JSON.stringify({ model: ctx.baseModel, messages: [{ role: 'user', content: big2 }], max_tokens: 8 }), expect: [400, 413, 0] },
+    { what: 'completion 900 KB', path: '/v1/completions', body: JSON.stringify({ model: VICTIM_ADAPTER, prompt: big900k, max_tokens: 8 }), expect: [400] },
+    { what: `completion 0.9×${bound} B of words`, path: '/v1/completions', body: JSON.stringify({ model: ctx.baseModel, prompt: near, max_tokens: 8 }), expect: [400] },
+    { what: `chat 0.9×${bound} B of words`, path: '/v1/chat/completions', body: JSON.stringify({ model: VICTIM_ADAPTER, messages: [{ role: 'user', content: near }], max_tokens: 8 }), expect: [400] },
+    { what: `completion 4 × 0.9×${bound} B`, path: '/v1/completions', body: JSON.stringify({ model: ctx.baseModel, prompt: [near, near, near, near], max_tokens: 8 }), expect: [400] },
   ];
   let maxMs = 0;
   let k = 0;
@@ -365,7 +376,7 @@ async function hugePrompts(ctx: PhaseCtx, deadline: number): Promise<PhaseOut> {
       const b = bodies[(k++ + c) % bodies.length];
       const r = await httpRequest(url, { method: 'POST', path: b.path, headers: { 'content-type': 'application/json' }, body: b.body });
       maxMs = Math.max(maxMs, r.ms);
-      tally.note(r.status, b.what, [400], r.status === 400 ? '' : r.body);
+      tally.note(r.status, b.what, b.expect, b.expect.includes(r.status) ? '' : r.body);
     }
   }));
   return { tally, failures, extra: { notes: `byte bound ${bound} B; slowest refusal ${maxMs.toFixed(0)} ms` } };
@@ -658,7 +669,9 @@ export async function runAttack(opts: { model: string; seconds: number }): Promi
     }
 
     // 3: slow readers on the main server (stall timeout STALL_MS)
-    rows.push(await phase('3 slow readers', ctx(main), (deadline) => slowReaders(ctx(main), deadline)));
+    const slowRow = await phase('3 slow readers', ctx(main), (deadline) => slowReaders(ctx(main), deadline));
+    rows.push(slowRow);
+    if (Number(slowRow.victim_ttft_max_ms) > VICTIM_TTFT_BOUND_MS) failures.push(`3 slow readers: a victim waited ${Number(slowRow.victim_ttft_max_ms).toFixed(0)} ms for its first token (bound ${VICTIM_TTFT_BOUND_MS} ms): slow readers lock others out`);
 
     // 4: paths and Host/Origin, one pass (each probe with its own timeout); the victims stream for the phase
     rows.push(await phase('4 symlinks, paths, Host/Origin', ctx(main), () => pathAndHost(ctx(main), allowDir, outsideDir, secret, small)));

@@ -13,6 +13,7 @@ export interface GenerateRequest {
   logprobs: number | null;      // null: none; k ≥ 0: the chosen token plus the top k alternatives
   promptLogprobs?: number | null; // logprobs of the prompt tokens too (echo), with top k alternatives
   adapter: AdapterRef | null;   // null: the base model
+  group?: string;               // the API request it belongs to: its choices share one fair share of rows
 }
 
 // An adapter version as the registry resolved it when the request started: the request keeps

@@ -165,35 +165,36 @@ export class Scheduler {
     return !seq.req.adapter || !this.adapters || this.adapters.acquire(seq.req.adapter) !== undefined || this.adapters.failure(seq.req.adapter) !== undefined;
   }
 
-  // FIFO over the waiting sequences whose clients read (a paused one takes no row). When the batch
-  // or the KV budget is full, a paused decoding sequence gives up its row (preempted: it recomputes
-  // its KV when admitted again), so clients that stop reading never lock the others out.
+  // Fair share between requests: the next sequence admitted is the oldest waiting one of the request
+  // (GenerateRequest.group) with the fewest rows, so one request with n = 64 cannot take every row
+  // from the requests behind it; within that, arrival order. A paused sequence (its client is not
+  // reading) takes no row. When the batch or the KV budget is full, a paused decoding sequence
+  // gives up its row (preempted: it recomputes its KV when admitted again), so clients that stop
+  // reading never lock the others out.
   private admit(): void {
-    for (let i = 0; i < this.waiting.length;) {
-      const seq = this.waiting[i];
-      if (seq.paused) { i++; continue; }
-      if (this.running.length >= this.limits.maxRunning) {
-        if (!this.preemptPaused()) break;
-        i++; // the preempted sequence went in front of this one
-        continue;
+    const rowsOf = new Map<string, number>();
+    for (const s of this.running) rowsOf.set(s.group, (rowsOf.get(s.group) ?? 0) + 1);
+    const skipped = new Set<Sequence>(); // adapters still loading from disk: the others go ahead
+    for (;;) {
+      let seq: Sequence | undefined;
+      for (const s of this.waiting) {
+        if (s.paused || skipped.has(s)) continue;
+        if (!seq || (rowsOf.get(s.group) ?? 0) < (rowsOf.get(seq.group) ?? 0)) seq = s;
       }
+      if (!seq) return;
+      if (this.running.length >= this.limits.maxRunning && !this.preemptPaused()) return;
       const ref = seq.req.adapter;
       const prepared = ref && this.adapters ? this.adapters.acquire(ref) : null;
       if (ref && this.adapters && !prepared) {
         const err = this.adapters.failure(ref);
         if (err) {
-          this.waiting.splice(i, 1);
           this.onAdapterFailure?.(ref, err);
           this.fail(seq, err);
-        } else i++; // still loading from disk: the others go ahead
+        } else skipped.add(seq);
         continue;
       }
-      if (this.running.length > 0 && this.reservedKv + seq.reservedKvBytes > this.limits.kvBudgetBytes) {
-        if (!this.preemptPaused()) break;
-        i++;
-        continue;
-      }
-      this.waiting.splice(i, 1);
+      if (this.running.length > 0 && this.reservedKv + seq.reservedKvBytes > this.limits.kvBudgetBytes && !this.preemptPaused()) return;
+      this.waiting.splice(this.waiting.indexOf(seq), 1);
       try {
         const room = Math.min(seq.req.maxTokens - seq.output.length, INITIAL_ROOM);
         seq.lane = this.lanes.laneFor(Math.min(seq.contextLength + room, this.runner.maxPositions));
@@ -208,6 +209,7 @@ export class Scheduler {
       this.reservedKv += seq.reservedKvBytes;
       seq.state = 'prefill';
       this.running.push(seq);
+      rowsOf.set(seq.group, (rowsOf.get(seq.group) ?? 0) + 1);
     }
   }
 

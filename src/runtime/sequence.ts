@@ -53,6 +53,11 @@ export class Sequence {
     return (this.req.promptTokens.length + this.req.maxTokens) * numKvHeads * headDim * numLayers * 2 * 4;
   }
 
+  // The request it belongs to (choices of one API request share it), for fair admission.
+  get group(): string {
+    return this.req.group ?? this.id;
+  }
+
   // Tokens in its context so far: the prompt and the output.
   get contextLength(): number {
     return this.req.promptTokens.length + this.output.length;

@@ -7,6 +7,7 @@ import type { EngineClient } from '../runtime/engine-client.ts';
 import type { AdapterRegistry } from '../adapters/registry.ts';
 import type { AdapterRef, GenerateRequest, TokenEvent } from '../runtime/generate-request.ts';
 import { setMaxListeners } from 'node:events';
+import { randomUUID } from 'node:crypto';
 import { LoraserveError, serializeError } from '../runtime/errors.ts';
 import type { GenerationJob } from './openai-request.ts';
 import type { Metrics } from './metrics.ts';
@@ -63,6 +64,7 @@ export function resolveAdapter(model: string, modelName: string, registry: Adapt
 export async function* runJob(job: GenerationJob, deps: GenerationDeps, signal: AbortSignal): AsyncGenerator<ChoiceEvent> {
   const adapterName = resolveAdapter(job.model, deps.modelName, deps.registry);
   const total = job.prompts.length * job.n;
+  const group = randomUUID(); // this request's choices share one fair share of the batch
   deps.admission.acquire(total);
   const refs: AdapterRef[] = [];
   const abort = new AbortController();
@@ -85,7 +87,7 @@ export async function* runJob(job: GenerationJob, deps: GenerationDeps, signal: 
       for (let j = 0; j < job.n; j++) {
         const adapter = adapterName ? deps.registry.acquire(adapterName) : null;
         if (adapter) refs.push(adapter);
-        const req: GenerateRequest = { ...job.request, promptTokens: prompt, adapter, seed: job.request.seed === null ? null : job.request.seed + j };
+        const req: GenerateRequest = { ...job.request, promptTokens: prompt, adapter, seed: job.request.seed === null ? null : job.request.seed + j, group };
         active++;
         void pump(deps, req, p * job.n + j, p, label, t0, abort.signal, push, job.kind).finally(() => { active--; wake?.(); });
       }

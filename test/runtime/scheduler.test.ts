@@ -92,6 +92,17 @@ describe('scheduler', () => {
     expect(stepsToRare).toBeLessThanOrEqual(Math.ceil(7 / 2) * (10 + 2));
   });
 
+  it('fair share between requests: the choices of a large request do not take every row from a later one', async () => {
+    const h = harness({ maxRunning: 4 });
+    for (let i = 0; i < 8; i++) h.submit(`big${i}`, request({ group: 'big', maxTokens: 30 }));
+    h.submit('small', request({ group: 'small', maxTokens: 3 }));
+    await h.s.tick();
+    expect(h.s.runningCount).toBe(4);
+    expect(h.s.waitingCount).toBe(5); // small was admitted with the first wave: 3 big + 1 small run
+    await h.drain();
+    expect(h.finished[0]).toBe('small');
+  });
+
   it('a request whose adapter is loading from disk does not block others; it runs once loaded', async () => {
     let loaded = false;
     let settle: () => void = () => {};

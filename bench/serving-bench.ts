@@ -33,7 +33,7 @@ import { Rng } from '../src/runtime/random.ts';
 import { parseModelConfig } from '../src/runtime/model-config.ts';
 import { encodeSafetensors } from '../src/runtime/safetensors.ts';
 import { buildAdapter } from '../scripts/make-test-adapters.ts';
-import { startServer, zipf } from '../load-tests/harness.ts';
+import { sseData, startServer, zipf } from '../load-tests/harness.ts';
 import { llama110mDir } from './bench-models.ts';
 import { printTable } from './stats.ts';
 
@@ -142,30 +142,17 @@ export async function streamRequest(url: string, body: Record<string, unknown>, 
   try {
     const r = await fetch(`${url}/v1/completions`, { method: 'POST', signal: ac.signal, headers: { 'content-type': 'application/json', ...authHeaders(opts.apiKey) }, body: JSON.stringify(body) });
     if (!r.ok || !r.body) return fail(r.status, (await r.text()).slice(0, 300));
-    const reader = r.body.getReader();
-    const dec = new TextDecoder();
-    let buf = '';
     let error: string | undefined;
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
+    for await (const data of sseData(r.body)) {
+      if (data === '[DONE]') continue;
       const now = performance.now();
-      buf += dec.decode(value, { stream: true });
-      let i;
-      while ((i = buf.indexOf('\n\n')) !== -1) {
-        const frame = buf.slice(0, i).trim();
-        buf = buf.slice(i + 2);
-        if (!frame.startsWith('data:')) continue;
-        const data = frame.slice(5).trim();
-        if (data === '[DONE]') continue;
-        const j = JSON.parse(data) as { error?: { message?: string }; choices?: { text?: string; logprobs?: unknown; finish_reason?: string | null }[]; usage?: typeof usage };
-        if (j.error) { error = j.error.message ?? 'error'; continue; }
-        const c = j.choices?.[0];
-        if (c) {
-          // a token chunk: text, or a token's logprobs; a bare finish_reason chunk is not one
-          if (c.text || c.logprobs || !c.finish_reason) times.push(now);
-        } else if (j.usage) usage = j.usage;
-      }
+      const j = JSON.parse(data) as { error?: { message?: string }; choices?: { text?: string; logprobs?: unknown; finish_reason?: string | null }[]; usage?: typeof usage };
+      if (j.error) { error = j.error.message ?? 'error'; continue; }
+      const c = j.choices?.[0];
+      if (c) {
+        // a token chunk: text, or a token's logprobs; a bare finish_reason chunk is not one
+        if (c.text || c.logprobs || !c.finish_reason) times.push(now);
+      } else if (j.usage) usage = j.usage;
     }
     if (error !== undefined) return fail(r.status, `in-band: ${error}`.slice(0, 300));
     if (times.length === 0) return fail(r.status, 'no token chunks');

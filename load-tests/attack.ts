@@ -40,7 +40,7 @@ import type { AdapterFilesOnDisk } from '../scripts/make-test-adapters.ts';
 import { parseModelConfig } from '../src/runtime/model-config.ts';
 import type { ModelConfig } from '../src/runtime/model-config.ts';
 import { encodeSafetensors } from '../src/runtime/safetensors.ts';
-import { printTable, startServer } from './harness.ts';
+import { printTable, sseData, startServer } from './harness.ts';
 import type { Server } from './harness.ts';
 
 // Peak RSS of any server in any phase. Measured on stories260K (2-core VM, 4 runs): 215–235 MB
@@ -240,26 +240,15 @@ async function victimStream(url: string, body: Record<string, unknown>, v: Victi
   try {
     const r = await fetch(`${url}/v1/completions`, { method: 'POST', signal: ac.signal, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: true }) });
     if (!r.ok || !r.body) { v.tally.note(r.status, `victim ${String(body.model)}`, [200], await r.text()); return; }
-    const reader = r.body.getReader();
-    const dec = new TextDecoder();
-    let buf = '';
     let error = '';
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += dec.decode(value, { stream: true });
-      let i;
-      while ((i = buf.indexOf('\n\n')) !== -1) {
-        const data = buf.slice(0, i).replace(/^data: /, '');
-        buf = buf.slice(i + 2);
-        if (data === '[DONE]') continue;
-        const j = JSON.parse(data) as { error?: { message: string }; choices?: { finish_reason: string | null }[] };
-        if (j.error) error = j.error.message;
-        else if (j.choices?.[0] && j.choices[0].finish_reason === null) {
-          const now = performance.now();
-          if (last < 0) v.ttft.push(now - t0); else v.gaps.push(now - last);
-          last = now;
-        }
+    for await (const data of sseData(r.body)) {
+      if (data === '[DONE]') continue;
+      const j = JSON.parse(data) as { error?: { message: string }; choices?: { finish_reason: string | null }[] };
+      if (j.error) error = j.error.message;
+      else if (j.choices?.[0] && j.choices[0].finish_reason === null) {
+        const now = performance.now();
+        if (last < 0) v.ttft.push(now - t0); else v.gaps.push(now - last);
+        last = now;
       }
     }
     v.streams++;

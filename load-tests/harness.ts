@@ -32,6 +32,24 @@ export async function startServer(model: string, extra: string[] = []): Promise<
   };
 }
 
+// The data payloads of a server-sent event stream, in order ('[DONE]' included).
+export async function* sseData(body: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+  const reader = body.getReader();
+  const dec = new TextDecoder();
+  let buf = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += dec.decode(value, { stream: true });
+    let i;
+    while ((i = buf.indexOf('\n\n')) !== -1) {
+      const frame = buf.slice(0, i).trim();
+      buf = buf.slice(i + 2);
+      if (frame.startsWith('data:')) yield frame.slice(5).trim();
+    }
+  }
+}
+
 export interface StreamStats { ok: boolean; status: number; ttftMs: number | null; itlMs: number[]; tokens: number; error?: string }
 
 // One streamed completion; `abortAfterTokens` disconnects mid-stream.
@@ -43,24 +61,12 @@ export async function streamCompletion(url: string, body: Record<string, unknown
   try {
     const r = await fetch(`${url}/v1/completions`, { method: 'POST', signal: ac.signal, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: true }) });
     if (!r.ok || !r.body) return { ok: false, status: r.status, ttftMs: null, itlMs: [], tokens: 0, error: await r.text() };
-    const reader = r.body.getReader();
-    const dec = new TextDecoder();
-    let buf = '';
     let error: string | undefined;
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += dec.decode(value, { stream: true });
-      let i;
-      while ((i = buf.indexOf('\n\n')) !== -1) {
-        const frame = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        const data = frame.replace(/^data: /, '');
-        if (data === '[DONE]') continue;
-        const j = JSON.parse(data);
-        if (j.error) error = j.error.message;
-        else if (j.choices?.[0]?.text) times.push(performance.now());
-      }
+    for await (const data of sseData(r.body)) {
+      if (data === '[DONE]') continue;
+      const j = JSON.parse(data);
+      if (j.error) error = j.error.message;
+      else if (j.choices?.[0]?.text) times.push(performance.now());
       if (opts.abortAfterTokens !== undefined && times.length >= opts.abortAfterTokens) { ac.abort(); break; }
     }
     return { ok: !error, status: r.status, ttftMs: times.length ? times[0] - t0 : null, itlMs: times.slice(1).map((t, k) => t - times[k]), tokens: times.length, error };

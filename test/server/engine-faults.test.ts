@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunningServer } from '../../src/server/serve.ts';
 import { adapterFiles, startTestServer, upload } from '../helpers/server.ts';
 import type { EngineFault } from '../../src/runtime/engine-messages.ts';
+import { sseData } from '../../load-tests/harness.ts';
 
 const MODEL = 'stories260K';
 let server: RunningServer;
@@ -29,22 +30,11 @@ async function stream(body: Record<string, unknown>, onFirstToken?: () => void):
   const r = await post('/v1/completions', { ...body, stream: true });
   const out: StreamResult = { status: r.status, texts: [], errors: [], done: false };
   if (r.status !== 200) return out;
-  const reader = r.body!.getReader();
-  const dec = new TextDecoder();
-  let buf = '';
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buf += dec.decode(value, { stream: true });
-    let i;
-    while ((i = buf.indexOf('\n\n')) !== -1) {
-      const data = buf.slice(0, i).replace(/^data: /, '');
-      buf = buf.slice(i + 2);
-      if (data === '[DONE]') { out.done = true; continue; }
-      const j = JSON.parse(data);
-      if (j.error) out.errors.push(j.error);
-      else if (j.choices[0].text) { out.texts.push(j.choices[0].text); if (out.texts.length === 1) onFirstToken?.(); }
-    }
+  for await (const data of sseData(r.body!)) {
+    if (data === '[DONE]') { out.done = true; continue; }
+    const j = JSON.parse(data);
+    if (j.error) out.errors.push(j.error);
+    else if (j.choices[0].text) { out.texts.push(j.choices[0].text); if (out.texts.length === 1) onFirstToken?.(); }
   }
   return out;
 }

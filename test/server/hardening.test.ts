@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'node:http';
 import { connect } from 'node:net';
-import { writeFileSync } from 'node:fs';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import type { FastifyRequest } from 'fastify';
@@ -126,6 +126,29 @@ describe('adapter state under failure', () => {
     expect((await (await fetch(`${server.url}/v1/adapters/busy`)).json()).status).toBe('ready');
     expect((await fetch(`${server.url}/v1/adapters/busy?wait_ms=99999999`, { method: 'DELETE' })).status).toBe(400);
     expect((await running).status).toBe(200);
+  });
+
+  it('a refused upload writes nothing: the store is as it was, no staging left behind', async () => {
+    const root = server.registry.store.root;
+    const before = readdirSync(root).sort();
+    const store = server.registry.store;
+    const stage = store.stage.bind(store);
+    let staged = 0;
+    store.stage = (...args) => { staged++; return stage(...args); }; // validation comes before any write
+    const good = adapterFiles({ rank: 4, seed: 9 });
+    const badConfig = new TextEncoder().encode(JSON.stringify({ peft_type: 'LORA', r: 4, lora_alpha: 1e30, target_modules: ['q_proj'] }));
+    const r = await upload(server.url, 'refused', { config: badConfig, weights: good.weights });
+    expect(r.status).toBe(422);
+    expect((await r.json()).error.problems.join(' ')).toMatch(/lora_alpha/);
+    const nan = new Uint8Array(good.weights);
+    const notJson = await upload(server.url, 'refused', { config: new TextEncoder().encode('{"r":'), weights: nan });
+    expect(notJson.status).toBe(422);
+    expect(staged).toBe(0);
+    expect(readdirSync(root).sort()).toEqual(before);
+    expect((await fetch(`${server.url}/v1/adapters/refused`)).status).toBe(404);
+    expect((await upload(server.url, 'accepted', good)).status).toBe(201);
+    expect(staged).toBe(1);
+    store.stage = stage;
   });
 
   it('files changed in place: the adapter is marked failed with a clear status, and a reload fixes it', async () => {

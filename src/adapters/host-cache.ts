@@ -1,7 +1,25 @@
 // The host-memory tier of adapters, in the engine worker: prepared adapters (factors in PEFT's layout,
 // scale folded in, DoRA multipliers computed) in an LRU bounded in bytes. Versions used by
-// waiting or running sequences are pinned and never evicted. A version that is not in memory is
-// read from its directory on disk (the store) without stopping the running batch.
+// waiting or running sequences are pinned and never dropped: one the LRU lets go of while pinned
+// is held outside it. A version that is not in memory is read from its directory on disk (the
+// store) without stopping the running batch.
+//
+// Bounded in bytes as a whole, not only the LRU (--host-cache-mb = maxBytes):
+//   - pinned adapters held outside the LRU count against maxBytes too: after every insert, the
+//     least recently used unpinned entries go until LRU + held outside ≤ maxBytes, or only pinned
+//     adapters are left. So the adapters in host memory ≤ max(maxBytes, pinnedBytes).
+//   - loads from disk run one at a time (MAX_LOADS), and one starts only while pinnedBytes <
+//     maxBytes + the largest adapter held so far: so a running batch that pins more than the cache
+//     holds still leaves room for the next waiting sequence's adapter (a sequence is not starved
+//     by later requests for adapters in memory), and pinnedBytes passes maxBytes by at most two
+//     adapters through loads (more only by sequences pinning adapters that are in memory already).
+//     Before, the adapter of every waiting sequence was loaded at once (acquire() runs for each
+//     waiting sequence on every tick) and each was held for its sequence outside the LRU: with
+//     --max-queue 256 and 45 MB adapters, up to 11 GB.
+//   - the failures map keeps the last MAX_FAILURES versions (a sequence waiting on an older failed
+//     version just loads it again, and fails again).
+// snapshot() reports bytes (the LRU), pinnedBytes, pinnedOutsideBytes and limitBytes for metrics,
+// and this thread's warm buffers (warm-buffers.ts).
 import { LRUCache } from 'lru-cache';
 import { targetPath, targetShape } from '../runtime/llama-graph.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
@@ -12,14 +30,27 @@ import { LoraserveError } from '../runtime/errors.ts';
 import { doraScale } from '../merge/merge-lora.ts';
 import { adapterVersion, decodeAdapterOrThrow, readAdapterDir } from './lora-adapter.ts';
 import type { AdapterFiles, AdapterLimits, LoraAdapter } from './lora-adapter.ts';
+import { warmBufferStats } from './warm-buffers.ts';
+import type { WarmBufferStats } from './warm-buffers.ts';
 
 export interface HostCacheStats {
-  entries: number;
-  bytes: number;
+  entries: number;            // adapters in the LRU
+  bytes: number;              // bytes in the LRU
+  limitBytes: number;         // the bound (--host-cache-mb): bytes + pinnedOutsideBytes ≤ max(limitBytes, pinnedBytes)
+  largestBytes: number;       // the largest adapter held so far: loads start while pinnedBytes < limitBytes + it
+  pinnedBytes: number;        // adapters pinned by waiting or running sequences (in the LRU or outside it)
+  pinnedOutsideBytes: number; // pinned adapters the LRU does not hold (kept alive for their sequences)
+  loading: number;            // loads from disk in flight (≤ MAX_LOADS)
+  warmBuffers: WarmBufferStats; // the warm buffers of this (the engine) thread, which loads read into
   loads: number;
   evictions: number;
   failures: number;
 }
+
+// Loads from disk at a time: each reads and decodes on this thread anyway, and each holds a whole
+// adapter (its read buffer) before the LRU or a sequence accounts for it.
+export const MAX_LOADS = 1;
+const MAX_FAILURES = 256;
 
 export class HostCache implements AdapterSource {
   private readonly lru: LRUCache<string, PreparedAdapter>;
@@ -27,7 +58,8 @@ export class HostCache implements AdapterSource {
   private readonly loading = new Map<string, Promise<void>>();
   private readonly failures = new Map<string, Error>();
   private readonly listeners: (() => void)[] = [];
-  readonly stats: HostCacheStats = { entries: 0, bytes: 0, loads: 0, evictions: 0, failures: 0 };
+  private readonly maxBytes: number;
+  readonly stats: HostCacheStats = { entries: 0, bytes: 0, limitBytes: 0, largestBytes: 0, pinnedBytes: 0, pinnedOutsideBytes: 0, loading: 0, warmBuffers: warmBufferStats(), loads: 0, evictions: 0, failures: 0 };
 
   constructor(
     private readonly cfg: ModelConfig,
@@ -35,8 +67,9 @@ export class HostCache implements AdapterSource {
     private readonly limits: AdapterLimits,
     maxBytes: number,
   ) {
+    this.maxBytes = Math.max(1, maxBytes);
     this.lru = new LRUCache<string, PreparedAdapter>({
-      maxSize: Math.max(1, maxBytes),
+      maxSize: this.maxBytes,
       sizeCalculation: (a) => Math.max(1, a.bytes),
       dispose: (a, version, reason) => {
         if (reason === 'evict') this.stats.evictions++;
@@ -54,13 +87,20 @@ export class HostCache implements AdapterSource {
     if (p) p.adapter = prepared; // in use: held even if the LRU cannot keep it
     this.failures.delete(adapter.version);
     this.stats.loads++;
+    this.stats.largestBytes = Math.max(this.stats.largestBytes, prepared.bytes);
+    this.trim();
     return prepared;
   }
 
+  // The adapter if it is in host memory; else undefined, and a load starts when the bounds allow
+  // (the scheduler asks again on every tick and when a load settles, in the waiting order, so the
+  // oldest waiting sequence's adapter loads first).
   acquire(ref: AdapterRef): PreparedAdapter | undefined {
     const hit = this.lru.get(ref.version) ?? this.pinned.get(ref.version)?.adapter ?? undefined;
     if (hit) return hit;
-    if (!this.loading.has(ref.version) && !this.failures.has(ref.version)) this.loading.set(ref.version, this.load(ref));
+    if (this.loading.has(ref.version) || this.failures.has(ref.version) || this.loading.size >= MAX_LOADS) return undefined;
+    if (this.pinnedBytes().total >= this.maxBytes + this.stats.largestBytes) return undefined; // until sequences release some
+    this.loading.set(ref.version, this.load(ref));
     return undefined;
   }
 
@@ -81,7 +121,7 @@ export class HostCache implements AdapterSource {
 
   unpin(version: string): void {
     const p = this.pinned.get(version);
-    if (p && --p.count === 0) this.pinned.delete(version);
+    if (p && --p.count === 0) this.pinned.delete(version); // held outside the LRU: dropped now
   }
 
   forget(version: string): void {
@@ -94,7 +134,34 @@ export class HostCache implements AdapterSource {
   }
 
   snapshot(): HostCacheStats {
-    return { ...this.stats, entries: this.lru.size, bytes: this.lru.calculatedSize ?? 0 };
+    const { total, outside } = this.pinnedBytes();
+    return { ...this.stats, entries: this.lru.size, bytes: this.lru.calculatedSize ?? 0, limitBytes: this.maxBytes, pinnedBytes: total, pinnedOutsideBytes: outside, loading: this.loading.size, warmBuffers: warmBufferStats() };
+  }
+
+  // Bytes of the pinned adapters in memory, and of those the LRU does not hold.
+  private pinnedBytes(): { total: number; outside: number } {
+    let total = 0;
+    let outside = 0;
+    for (const [version, p] of this.pinned) {
+      if (!p.adapter) continue;
+      total += p.adapter.bytes;
+      if (!this.lru.has(version)) outside += p.adapter.bytes;
+    }
+    return { total, outside };
+  }
+
+  // Pinned adapters held outside the LRU count against its bound: drop the least recently used
+  // unpinned entries until LRU + outside ≤ maxBytes, or only pinned entries are left.
+  private trim(): void {
+    let excess = (this.lru.calculatedSize ?? 0) + this.pinnedBytes().outside - this.maxBytes;
+    if (excess <= 0) return;
+    for (const version of [...this.lru.rkeys()]) { // least recently used first
+      if (excess <= 0) break;
+      if (this.pinned.has(version)) continue;
+      excess -= Math.max(1, this.lru.peek(version)?.bytes ?? 0);
+      this.lru.delete(version);
+      this.stats.evictions++;
+    }
   }
 
   private async load(ref: AdapterRef): Promise<void> {
@@ -103,6 +170,7 @@ export class HostCache implements AdapterSource {
     } catch (err) {
       this.stats.failures++;
       this.failures.set(ref.version, err as Error);
+      if (this.failures.size > MAX_FAILURES) this.failures.delete(this.failures.keys().next().value!); // the oldest
     } finally {
       this.loading.delete(ref.version);
       for (const l of this.listeners) l();

@@ -29,8 +29,8 @@ export interface LoraTargetWeights {
 
 // F32 factors are views of the uploaded weights file wherever it owns its whole buffer (no copy:
 // fresh memory costs more than the copy on this VM), so an adapter takes its files over: hand the
-// adapter on (to the engine, which takes that buffer: transferred, or shared when it is a warm
-// SharedArrayBuffer from warm-buffers.ts) only once nothing reads or writes the files again.
+// adapter on (to the engine, which takes that buffer: transferred, warm buffers from
+// warm-buffers.ts included) only once nothing reads or writes the files again.
 export interface LoraAdapter {
   version: string;                // content hash of the two files
   targets: LoraTargetWeights[];
@@ -148,8 +148,8 @@ export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: A
     entry.parts.set(kind, t);
   }
 
-  // views only into a buffer that nothing else shares (not a slice of Node's Buffer pool); a warm
-  // buffer from warm-buffers.ts is shared memory, which the engine thread then shares
+  // views only into a buffer that nothing else shares (not a slice of Node's Buffer pool), such as
+  // a warm buffer from warm-buffers.ts, which then moves to the engine thread whole
   const ownsBuffer = files.weights.byteOffset === 0 && files.weights.byteLength === files.weights.buffer.byteLength;
   const factor = (t: TensorEntry): Float32Array => (ownsBuffer && t.dtype === 'F32' && t.bytes.byteOffset % 4 === 0
     ? new Float32Array(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength / 4)

@@ -132,8 +132,8 @@ export class EngineClient {
     });
   }
 
-  // Hands a validated adapter to the engine's host cache: its buffers move to the worker (shared
-  // memory, warm-buffers.ts, is shared instead).
+  // Hands a validated adapter to the engine's host cache: its buffers move to the worker
+  // (transferred, not copied).
   putAdapter(adapter: LoraAdapter): Promise<void> {
     const buffers = adapter.targets.flatMap((t) => [t.a.buffer, t.b.buffer, ...(t.magnitude ? [t.magnitude.buffer] : [])]);
     const transfer = buffers.filter((b): b is ArrayBuffer => b instanceof ArrayBuffer);

@@ -5,6 +5,7 @@ import type { RuntimeOptions } from './model-runtime.ts';
 import type { SchedulerLimits, StepStats } from './scheduler.ts';
 import type { LoraAdapter } from '../adapters/lora-adapter.ts';
 import type { LoraMode } from '../merge/merged-sessions.ts';
+import type { HostCacheStats } from '../adapters/host-cache.ts';
 
 export interface AdapterOptions {
   loraMode: LoraMode;
@@ -35,7 +36,7 @@ export interface EngineStats {
   kvReservedBytes: number;
   kvArenaBytes: number;
   loraArenaBytes: number;
-  hostCache: { entries: number; bytes: number; loads: number; evictions: number; failures: number };
+  hostCache: HostCacheStats;
   merged: { hits: number; misses: number; builds: number; evictions: number; bytes: number; lastBuildMs: number };
 }
 

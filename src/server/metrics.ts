@@ -3,6 +3,8 @@
 // bounded: the top adapters by traffic keep their own value, the rest share "other".
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { EngineStats } from '../runtime/engine-messages.ts';
+import { warmBufferStats } from '../adapters/warm-buffers.ts';
+import type { WarmBufferStats } from '../adapters/warm-buffers.ts';
 
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
@@ -26,7 +28,13 @@ export class Metrics {
   readonly hostEvictions = new Counter({ name: 'loraserve_adapter_host_cache_evictions_total', help: 'Adapters evicted from the host-memory cache', registers: [this.registry] });
   readonly hostLoads = new Counter({ name: 'loraserve_adapter_host_cache_loads_total', help: 'Adapters decoded into the host-memory cache (from uploads or disk)', registers: [this.registry] });
   readonly hostFailures = new Counter({ name: 'loraserve_adapter_host_cache_failures_total', help: 'Adapter reloads from disk that failed', registers: [this.registry] });
-  readonly hostBytes = new Gauge({ name: 'loraserve_adapter_host_cache_bytes', help: 'Bytes of decoded adapters in host memory', registers: [this.registry] });
+  readonly hostBytes = new Gauge({ name: 'loraserve_adapter_host_cache_bytes', help: 'Bytes of decoded adapters in the host cache (LRU)', registers: [this.registry] });
+  readonly hostLimit = new Gauge({ name: 'loraserve_adapter_host_cache_limit_bytes', help: 'The host cache bound (--host-cache-mb): LRU + pinned adapters outside it stay within max(limit, pinned)', registers: [this.registry] });
+  readonly hostPinned = new Gauge({ name: 'loraserve_adapter_host_cache_pinned_bytes', help: 'Bytes of adapters pinned by waiting or running sequences', registers: [this.registry] });
+  readonly hostPinnedOutside = new Gauge({ name: 'loraserve_adapter_host_cache_pinned_outside_bytes', help: 'Bytes of pinned adapters the LRU does not hold', registers: [this.registry] });
+  readonly hostLoading = new Gauge({ name: 'loraserve_adapter_host_cache_loading', help: 'Adapter loads from disk in flight (at most 1)', registers: [this.registry] });
+  readonly warmBytes = new Gauge({ name: 'loraserve_adapter_warm_buffer_bytes', help: 'Pre-touched read buffers: spare (ready) and outstanding (being touched), per thread', labelNames: ['thread', 'kind'], registers: [this.registry] });
+  readonly warmLimit = new Gauge({ name: 'loraserve_adapter_warm_buffer_limit_bytes', help: 'Bound on spare + outstanding warm buffers, per thread', registers: [this.registry] });
   readonly mergedHits = new Counter({ name: 'loraserve_merged_cache_hits_total', help: 'Decode steps served from merged weights', registers: [this.registry] });
   readonly mergedMisses = new Counter({ name: 'loraserve_merged_cache_misses_total', help: 'Single-adapter decode steps without merged weights ready', registers: [this.registry] });
   readonly mergedBytes = new Gauge({ name: 'loraserve_merged_cache_bytes', help: 'Bytes of merged weights held', registers: [this.registry] });
@@ -35,6 +43,7 @@ export class Metrics {
   readonly kvBudget = new Gauge({ name: 'loraserve_kv_cache_budget_bytes', help: 'Configured KV cache budget', registers: [this.registry] });
   readonly kvUsage = new Gauge({ name: 'loraserve_kv_cache_usage_ratio', help: 'Reserved KV bytes over the budget', registers: [this.registry] });
   readonly kvArena = new Gauge({ name: 'loraserve_kv_cache_allocated_bytes', help: 'KV cache memory allocated', registers: [this.registry] });
+  readonly loraArena = new Gauge({ name: 'loraserve_lora_arena_bytes', help: 'LoRA factors of the running rows (rows × the largest rank loaded)', registers: [this.registry] });
   readonly engineRestarts = new Counter({ name: 'loraserve_engine_restarts_total', help: 'Engine worker restarts after it died (its requests in flight failed with 503)', registers: [this.registry] });
   readonly engineState = new Gauge({ name: 'loraserve_engine_ready', help: '1 while the engine worker serves, 0 while it restarts', registers: [this.registry] });
   readonly paused = new Gauge({ name: 'loraserve_paused_sequences', help: 'Sequences paused because their client is not reading', registers: [this.registry] });
@@ -73,15 +82,28 @@ export class Metrics {
     this.mirror(this.preemptions, s.preemptions);
     this.kvReserved.set(s.kvReservedBytes);
     this.kvArena.set(s.kvArenaBytes);
+    this.loraArena.set(s.loraArenaBytes);
     this.kvUsage.set(this.kvBudgetBytes ? s.kvReservedBytes / this.kvBudgetBytes : 0);
     this.mirror(this.hostEvictions, s.hostCache.evictions);
     this.mirror(this.hostLoads, s.hostCache.loads);
     this.mirror(this.hostFailures, s.hostCache.failures);
     this.hostBytes.set(s.hostCache.bytes);
+    this.hostLimit.set(s.hostCache.limitBytes);
+    this.hostPinned.set(s.hostCache.pinnedBytes);
+    this.hostPinnedOutside.set(s.hostCache.pinnedOutsideBytes);
+    this.hostLoading.set(s.hostCache.loading);
+    this.warm('engine', s.hostCache.warmBuffers);
+    this.warm('main', warmBufferStats());
     this.mirror(this.mergedHits, s.merged.hits);
     this.mirror(this.mergedMisses, s.merged.misses);
     this.mergedBytes.set(s.merged.bytes);
     this.mirror(this.mergedBuilds, s.merged.builds);
+  }
+
+  private warm(thread: string, w: WarmBufferStats): void {
+    this.warmBytes.set({ thread, kind: 'spare' }, w.spareBytes);
+    this.warmBytes.set({ thread, kind: 'outstanding' }, w.outstandingBytes);
+    this.warmLimit.set(w.limitBytes);
   }
 
   // A counter that follows a total kept in the engine thread.

@@ -6,7 +6,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { prepareSpare, spareSettled, takeBuffer, MAX_SPARE } from '../../src/adapters/warm-buffers.ts';
+import { prepareSpare, spareSettled, takeBuffer, warmBufferStats, MAX_SPARE } from '../../src/adapters/warm-buffers.ts';
 import { readWhole } from '../../src/adapters/read-file.ts';
 import { adapterVersion, readAdapterDir } from '../../src/adapters/lora-adapter.ts';
 
@@ -16,19 +16,23 @@ const alive = async <T>(p: Promise<T>): Promise<T> => {
 };
 
 describe('warm buffers', () => {
-  it('hands out exact sizes, each buffer once, zeroed; the spare is shared memory touched ahead', async () => {
+  it('hands out exact sizes, each buffer once, zeroed; the spare is touched ahead and moved here', async () => {
     const size = 3 * 1024 * 1024 + 5;
     const a = takeBuffer(size);
     expect(a.byteLength).toBe(size);
     a.fill(9);
     prepareSpare(size);
     await alive(spareSettled());
+    expect(warmBufferStats().spareBytes).toBe(size);
+    const hits = warmBufferStats().hits;
     const b = takeBuffer(size);
-    expect(b.buffer).toBeInstanceOf(SharedArrayBuffer); // the helper's, not a fresh one
+    expect(warmBufferStats().hits).toBe(hits + 1); // the helper's, not a fresh one
+    expect(b.buffer).not.toBeInstanceOf(SharedArrayBuffer); // moved, not shared: the helper keeps no handle
     expect(b.buffer).not.toBe(a.buffer);
     expect(b.byteLength).toBe(size);
     expect(b.every((x) => x === 0)).toBe(true); // nothing of an earlier buffer shows through
-    expect(takeBuffer(size).buffer).toBeInstanceOf(ArrayBuffer); // the spare was taken: a fresh one until asked again
+    takeBuffer(size);
+    expect(warmBufferStats().hits).toBe(hits + 1); // the spare was taken: a fresh one until asked again
     const c = takeBuffer(100); // another size: a fresh buffer
     expect(c.byteLength).toBe(100);
     prepareSpare(MAX_SPARE + 1); // too big for a spare: ignored, and still served
@@ -40,8 +44,12 @@ describe('warm buffers', () => {
     prepareSpare(2_000_001);
     prepareSpare(2_000_002);
     await alive(spareSettled());
-    expect(takeBuffer(2_000_001).buffer).toBeInstanceOf(ArrayBuffer);
-    expect(takeBuffer(2_000_002).buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(warmBufferStats().spareBytes).toBe(2_000_002);
+    const hits = warmBufferStats().hits;
+    takeBuffer(2_000_001);
+    expect(warmBufferStats().hits).toBe(hits); // a fresh one
+    takeBuffer(2_000_002);
+    expect(warmBufferStats().hits).toBe(hits + 1); // the spare
   });
 
   it('the helper thread never keeps the process alive', () => {

@@ -98,7 +98,14 @@ describe('who may call', () => {
     expect((await fetch(`${server.url}/metrics`, { headers: { authorization: 'Bearer wrong' } })).status).toBe(401);
     const r = await fetch(`${server.url}/metrics`, { headers: { authorization: 'Bearer metrics-secret' } });
     expect(r.status).toBe(200);
-    expect(await r.text()).toMatch(/loraserve_engine_restarts_total 0/);
+    const text = await r.text();
+    expect(text).toMatch(/loraserve_engine_restarts_total 0/);
+    // every buffer pool's bound and size is exported
+    expect(text).toMatch(/^loraserve_adapter_host_cache_limit_bytes 1073741824$/m);
+    expect(text).toMatch(/^loraserve_adapter_host_cache_pinned_outside_bytes 0$/m);
+    expect(text).toMatch(/^loraserve_adapter_warm_buffer_limit_bytes 134217728$/m);
+    expect(text).toMatch(/^loraserve_adapter_warm_buffer_bytes\{thread="engine",kind="spare"\} \d+$/m);
+    expect(text).toMatch(/^loraserve_kv_cache_allocated_bytes \d+$/m);
   });
 });
 

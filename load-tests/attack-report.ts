@@ -1,8 +1,9 @@
 // node --import tsx load-tests/attack-report.ts [results.json]
-// Writes the attack scenario's figures (load-tests/attack.ts) into docs/benchmarks.md, between the
-// markers <!-- attack:begin --> and <!-- attack:end -->, and keeps the JSON they came from in
-// docs/figures/attack.json, so the numbers in the docs are never typed by hand.
-import { readFileSync, writeFileSync, copyFileSync } from 'node:fs';
+// Writes the attack scenario's figures (load-tests/attack.ts) and, when it has run, the memory
+// churn figures (load-tests/memory-churn.ts) into docs/benchmarks.md, between the markers
+// <!-- attack:begin --> and <!-- attack:end -->, and keeps the JSON they came from in
+// docs/figures/, so the numbers in the docs are never typed by hand.
+import { existsSync, readFileSync, writeFileSync, copyFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 const src = process.argv[2] ?? fileURLToPath(new URL('./results/attack.json', import.meta.url));
@@ -28,6 +29,17 @@ const lines = [
   `Across phases: event-loop lag p99 at most ${r.eventLoopLagP99MaxMs.toFixed(1)} ms, peak RSS ${r.peakRssMb.toFixed(0)} MB (bound ${r.peakRssBoundMb} MB), ` +
     `${r.failures.length ? `${r.failures.length} failure(s): ${r.failures.map((f) => f.slice(0, 160)).join('; ')}` : 'no failure'}.`,
 ];
+const churnSrc = fileURLToPath(new URL('./results/memory-churn.json', import.meta.url));
+const churnKept = fileURLToPath(new URL('../docs/figures/memory-churn.json', import.meta.url));
+const churnFile = existsSync(churnSrc) ? churnSrc : existsSync(churnKept) ? churnKept : null;
+if (churnFile) {
+  const c = JSON.parse(readFileSync(churnFile, 'utf8')) as { date: string; model: string; results: Record<string, number | string>[] };
+  lines.push('', `Memory under adapter reload churn (${c.date.slice(0, 10)}, ${String(c.model).split('/').at(-1)}, \`--host-cache-mb 1\`, rank-64 adapter on all seven targets; ` +
+    '`node --import tsx load-tests/memory-churn.ts --seconds 60`): the server\'s RSS once warm, its peak, and the stated bound.', '',
+  '| scenario | seconds | adapter MB | warm RSS MB | peak RSS MB | bound MB | reloads | requests | replace/delete ops | errors |', '|---|---|---|---|---|---|---|---|---|---|',
+  ...c.results.map((r) => `| ${r.scenario} | ${n(r.seconds)} | ${n(r.adapter_mb, 1)} | ${n(r.warm_rss_mb)} | ${n(r.peak_rss_mb)} | ${n(r.bound_mb)} | ${n(r.reloads)} | ${n(r.requests)} | ${n(r.ops)} | ${n(r.errors)} |`));
+  if (churnFile !== churnKept) copyFileSync(churnFile, churnKept);
+}
 const md = readFileSync(docs, 'utf8');
 const begin = '<!-- attack:begin -->';
 const end = '<!-- attack:end -->';

@@ -21,7 +21,7 @@
 // snapshot() reports bytes (the LRU), pinnedBytes, pinnedOutsideBytes and limitBytes for metrics,
 // and this thread's warm buffers (warm-buffers.ts).
 import { LRUCache } from 'lru-cache';
-import { targetPath, targetShape } from '../runtime/llama-graph.ts';
+import { targetPath, targetShape } from '../runtime/model-targets.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import type { PreparedAdapter, PreparedTarget } from '../runtime/lora-arena.ts';
 import type { AdapterRef } from '../runtime/generate-request.ts';

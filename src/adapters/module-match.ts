@@ -5,7 +5,7 @@ import { compilePeft, compilePython } from './python-regex.ts';
 import type { Compiled, PeftUse, PyRegex } from './python-regex.ts';
 import { loraScale } from './peft-config.ts';
 import type { PeftConfig } from './peft-config.ts';
-import { TARGETS } from '../runtime/llama-graph.ts';
+import { TARGETS } from '../runtime/model-targets.ts';
 
 export function isTargeted(c: PeftConfig, key: string): boolean {
   const ex = c.excludeModules;

@@ -12,7 +12,7 @@ import type { StagedWrite } from './adapter-store.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import type { AdapterRef } from '../runtime/generate-request.ts';
 import { LoraserveError } from '../runtime/errors.ts';
-import { TARGETS } from '../runtime/llama-graph.ts';
+import { TARGETS } from '../runtime/model-targets.ts';
 
 // ready: served. unloading: an unload waits for its requests in flight (new ones get a 503 until
 // it ends: gone, or ready again if it gives up). failed: the engine could not load the registered

@@ -14,7 +14,8 @@
 //             build_ms = the last build's duration, or an estimate from the model's size before the
 //             first build. Building blocks the engine thread (session creation), so on CPUs, where the
 //             unmerged overhead is a few percent, auto rarely merges; see docs/lora-modes.md.
-import { buildLlamaGraph, TARGETS, targetPath, targetShape } from '../runtime/llama-graph.ts';
+import { buildLlamaGraph } from '../runtime/llama-graph.ts';
+import { TARGETS, targetHasBias, targetPath, targetShape } from '../runtime/model-targets.ts';
 import type { Weights } from '../runtime/llama-graph.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import { createSession } from '../runtime/session.ts';
@@ -154,8 +155,7 @@ export function mergedWeights(cfg: ModelConfig, readBase: (name: string) => Floa
     names.push(`model.layers.${l}.input_layernorm.weight`, `model.layers.${l}.post_attention_layernorm.weight`);
     for (const t of TARGETS) {
       names.push(`${targetPath(l, t)}.weight`);
-      const hasBias = ['q_proj', 'k_proj', 'v_proj'].includes(t) ? cfg.attentionBias : t === 'o_proj' ? cfg.oProjBias : cfg.mlpBias;
-      if (hasBias) names.push(`${targetPath(l, t)}.bias`);
+      if (targetHasBias(cfg, t)) names.push(`${targetPath(l, t)}.bias`);
     }
   }
   for (const name of names) {

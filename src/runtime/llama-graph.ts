@@ -19,33 +19,11 @@
 import { GraphBuilder, float, int, ints } from './graph/ir.ts';
 import type { Graph } from './graph/ir.ts';
 import type { ModelConfig } from './model-config.ts';
+import { targetPath, targetShape } from './model-targets.ts';
+import type { Target } from './model-targets.ts';
 import { ropeCaches, ropeInverseFrequencies } from './rope.ts';
 
 export const GROUPS = 2;
-
-export const TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
-export type Target = (typeof TARGETS)[number];
-
-export function targetPath(layer: number, target: Target): string {
-  const block = target.endsWith('_proj') && ['gate_proj', 'up_proj', 'down_proj'].includes(target) ? 'mlp' : 'self_attn';
-  return `model.layers.${layer}.${block}.${target}`;
-}
-
-// [out, in] of each target, from the config.
-export function targetShape(cfg: ModelConfig, target: Target): [number, number] {
-  const D = cfg.hiddenSize;
-  const q = cfg.numHeads * cfg.headDim;
-  const kv = cfg.numKvHeads * cfg.headDim;
-  switch (target) {
-    case 'q_proj': return [q, D];
-    case 'k_proj': return [kv, D];
-    case 'v_proj': return [kv, D];
-    case 'o_proj': return [D, q];
-    case 'gate_proj': return [cfg.intermediateSize, D];
-    case 'up_proj': return [cfg.intermediateSize, D];
-    case 'down_proj': return [D, cfg.intermediateSize];
-  }
-}
 
 export type Weights = Map<string, Float32Array>;
 

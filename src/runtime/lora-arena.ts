@@ -8,8 +8,8 @@
 //   g[l,t]: [rows, 1, out]   DoRA multiplier m/‖W0+ΔW‖ (ones for plain LoRA)
 // R is the largest rank among the rows; a step with no adapter feeds R = 0.
 import { ort } from './session.ts';
-import { TARGETS, targetShape } from './llama-graph.ts';
-import type { Target } from './llama-graph.ts';
+import { TARGETS, targetShape } from './model-targets.ts';
+import type { Target } from './model-targets.ts';
 import type { ModelConfig } from './model-config.ts';
 
 export interface PreparedTarget {

@@ -8,7 +8,7 @@ import type { ModelConfig } from './model-config.ts';
 import { readSafetensorsFile } from './safetensors.ts';
 import type { Dtype } from './safetensors.ts';
 import { tensorToF32 } from './dtype.ts';
-import { TARGETS, targetPath, targetShape } from './llama-graph.ts';
+import { TARGETS, targetHasBias, targetPath, targetShape } from './model-targets.ts';
 import type { Weights } from './llama-graph.ts';
 
 export interface LoadedModel {
@@ -107,8 +107,7 @@ export function expectedWeights(cfg: ModelConfig): Map<string, number[]> {
     for (const t of TARGETS) {
       const [out, inDim] = targetShape(cfg, t);
       m.set(`${targetPath(l, t)}.weight`, [out, inDim]);
-      const hasBias = ['q_proj', 'k_proj', 'v_proj'].includes(t) ? cfg.attentionBias : t === 'o_proj' ? cfg.oProjBias : cfg.mlpBias;
-      if (hasBias) m.set(`${targetPath(l, t)}.bias`, [out]);
+      if (targetHasBias(cfg, t)) m.set(`${targetPath(l, t)}.bias`, [out]);
     }
   }
   return m;

@@ -388,3 +388,20 @@ describe('LoRA scales', () => {
     expect(zero.warnings.join('\n')).toMatch(/"alpha_pattern\.v_proj" 0 gives a scale of 0: the modules it matches then equal the base model/);
   });
 });
+
+describe('a module whose rank_pattern and alpha_pattern each pass but together exceed the scale limit', () => {
+  it('is a 422 naming the module', async () => {
+    const { buildAdapter: build } = await import('../../scripts/make-test-adapters.ts');
+    const { loadModelFiles } = await import('../../src/runtime/model-loader.ts');
+    const { STORIES_DIR } = await import('../helpers/fixtures.ts');
+    const { encodeSafetensors } = await import('../../src/runtime/safetensors.ts');
+    const { decodeAdapter } = await import('../../src/adapters/lora-adapter.ts');
+    const cfg = loadModelFiles(STORIES_DIR).config;
+    // r 4, alpha 8 (scale 2); q_proj: rank 1 (8/1 = 8 alone) and alpha 2000 (2000/4 = 500 alone) → 2000/1
+    const f = build(cfg, { rank: 4, alpha: 8, targets: ['q_proj', 'v_proj'], rankPattern: { q_proj: 1 }, alphaPattern: { q_proj: 2000 }, seed: 1 });
+    const r = decodeAdapter({ config: new TextEncoder().encode(JSON.stringify(f.config)), weights: encodeSafetensors(f.tensors) }, cfg, { maxRank: 64, modelName: 'stories260K' });
+    expect(r.adapter).toBeNull();
+    expect(r.problems.join('\n')).toMatch(/q_proj: alpha 2000 with rank 1.*limit is \|scale\| ≤ 1000/);
+  });
+});
+

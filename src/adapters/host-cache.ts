@@ -191,7 +191,7 @@ async function readVersion(ref: AdapterRef): Promise<AdapterFiles> {
     }
   }
   if (firstError && !ref.retiredDir) throw firstError;
-  throw new LoraserveError('conflict', `adapter ${ref.name}: the files in ${ref.dir} changed since version ${ref.version} was registered`);
+  throw new LoraserveError('unavailable', `adapter '${ref.name}' cannot be served: its files in ${ref.dir} changed since version ${ref.version} was registered. Reload it (POST /v1/adapters/${ref.name}/reload, or /v1/load_lora_adapter with load_inplace).`);
 }
 
 // LoraAdapter → what the arena takes (lora-arena.ts): A [r, in] and s·B [out, r] in PEFT's own

@@ -12,8 +12,11 @@
 //             the same batch size (EWMA, per power-of-two batch bucket); steps_X = X's single-adapter
 //             steps among the last AUTO_WINDOW decode steps (its traffic is assumed to continue);
 //             build_ms = the last build's duration, or an estimate from the model's size before the
-//             first build. Building blocks the engine thread (session creation), so on CPUs, where the
-//             unmerged overhead is a few percent, auto rarely merges; see docs/lora-modes.md.
+//             first build. Building blocks the engine thread (session creation), which stalls
+//             every stream for the whole build, so auto never starts a build expected to take more
+//             than MAX_AUTO_STALL_MS, whatever it would save: on a CPU with a real model (~10 s
+//             builds) auto does not merge (measured noise in the overhead once made it build on a
+//             busy machine: a 40 s stall for every stream). See docs/lora-modes.md.
 import { buildLlamaGraph } from '../runtime/llama-graph.ts';
 import { TARGETS, targetHasBias, targetPath, targetShape } from '../runtime/model-targets.ts';
 import type { Weights } from '../runtime/llama-graph.ts';
@@ -27,6 +30,7 @@ import { mergePrepared } from './merge-lora.ts';
 export type LoraMode = 'auto' | 'merged' | 'unmerged';
 
 export const AUTO_WINDOW = 256;
+export const MAX_AUTO_STALL_MS = 1000;
 const EWMA = 0.1;
 // Until a build has been timed: about this many ms per GB of weights (measured here: ~23 s/GB on a 2-core VM).
 const BUILD_MS_PER_GB = 25_000;
@@ -107,7 +111,7 @@ export class MergedSessions implements MergedPath {
     if (this.building.has(version)) return false;
     if (this.mode === 'merged') return true;
     const { overheadMs, steps, buildMs } = this.autoEstimate(version, batch);
-    return overheadMs * steps > buildMs;
+    return buildMs <= MAX_AUTO_STALL_MS && overheadMs * steps > buildMs;
   }
 
   private scheduleBuild(version: string): void {

@@ -90,7 +90,7 @@ export class PromptWorker implements PromptPreparer {
 
   encode(texts: string[], addSpecialTokens: boolean, param: string): Promise<number[][]> {
     texts.forEach((t, i) => checkPromptBytes(t, this.maxPromptBytes, texts.length > 1 ? `${param}[${i}]` : param));
-    return this.run({ op: 'encode', texts, addSpecialTokens, param }, texts.reduce((a, t) => a + t.length, 0));
+    return this.run({ op: 'encode', texts, addSpecialTokens, param }, texts.reduce((a, t) => a + Buffer.byteLength(t, 'utf8'), 0));
   }
 
   decode(prompts: number[][]): Promise<string[]> {

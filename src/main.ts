@@ -3,7 +3,7 @@
 //                      --min-p P --seed S --stop STR (repeatable) --ignore-eos]
 //   loraserve serve [options]   (see src/server/config.ts)
 import { parseArgs } from 'node:util';
-import { EngineClient } from './runtime/engine-client.ts';
+import { startEngine } from './start-engine.ts';
 import { parseSampling } from './server/sampling-fields.ts';
 import { TextTokenizer } from './runtime/tokenizer.ts';
 import { loadModelFiles } from './runtime/model-loader.ts';
@@ -41,7 +41,7 @@ async function generate(argv: string[]): Promise<void> {
   };
   const model = loadModelFiles(values.model!);
   const tokenizer = new TextTokenizer(model.tokenizerJson, model.tokenizerConfig);
-  const engine = await EngineClient.start({ runtime: { modelDir: values.model! } });
+  const engine = await startEngine({ runtime: { modelDir: values.model! } });
   try {
     const fields = parseSampling({
       max_tokens: num('max-tokens'), temperature: num('temperature'), top_p: num('top-p'), top_k: num('top-k'),

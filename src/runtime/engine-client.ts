@@ -7,6 +7,10 @@
 // their directories, warmed by `onRestarted`). Until it is ready, generate() ends at once with the
 // same 503, and `state` says 'restarting'. Nothing waits on a dead worker.
 //
+// The worker's entry module is its creator's choice (EngineStartOptions.entry): the engine thread's
+// composition root wires the adapter tiers in (src/engine-thread.ts, started by src/start-engine.ts),
+// so this module names no file outside src/runtime.
+//
 // Flow control: each stream's unread events are bounded. Past PAUSE_AT unread events the worker
 // is told to pause the sequence (it keeps its KV but takes no steps); below RESUME_AT it resumes.
 import { Worker } from 'node:worker_threads';
@@ -15,7 +19,7 @@ import { deserializeError, LoraserveError, serializeError } from './errors.ts';
 import type { AdapterRef, GenerateRequest, ModelInfo, TokenEvent } from './generate-request.ts';
 import type { AdapterOptions, EngineCall, EngineFault, EngineOptions, EngineStats, FromWorker, ToWorker } from './engine-messages.ts';
 import type { SchedulerLimits, StepStats } from './scheduler.ts';
-import type { LoraAdapter } from '../adapters/lora-adapter.ts';
+import type { AdapterWeights } from './adapter-source.ts';
 
 export const DEFAULT_SCHEDULER: SchedulerLimits = { maxRunning: 32, prefillChunk: 256, kvBudgetBytes: 2 * 1024 ** 3 };
 export const DEFAULT_ADAPTERS: AdapterOptions = { loraMode: 'auto', maxLoraRank: 64, hostCacheBytes: 1024 ** 3, mergedCacheBytes: 2 * 1024 ** 3 };
@@ -25,6 +29,7 @@ export const RESUME_AT = 16;
 const RESTART_BACKOFF_MS = [0, 1000, 2000, 5000, 10_000, 30_000];
 
 export interface EngineStartOptions {
+  entry: URL;       // the engine thread's entry module (a file: URL), which runs runEngineWorker (engine-worker.ts)
   runtime: EngineOptions['runtime'];
   scheduler?: Partial<SchedulerLimits>;
   adapters?: Partial<AdapterOptions>;
@@ -54,17 +59,17 @@ export class EngineClient {
   onRestarted?: () => void;                      // the new worker is ready
   onAdapterFailed?: (name: string, version: string, error: LoraserveError) => void;
 
-  private constructor(private readonly workerData: EngineOptions) {}
+  private constructor(private readonly entry: URL, private readonly workerData: EngineOptions) {}
 
   static async start(opts: EngineStartOptions): Promise<EngineClient> {
-    const client = new EngineClient({ runtime: opts.runtime, scheduler: { ...DEFAULT_SCHEDULER, ...opts.scheduler }, adapters: { ...DEFAULT_ADAPTERS, ...opts.adapters }, faults: opts.faults });
+    const client = new EngineClient(opts.entry, { runtime: opts.runtime, scheduler: { ...DEFAULT_SCHEDULER, ...opts.scheduler }, adapters: { ...DEFAULT_ADAPTERS, ...opts.adapters }, faults: opts.faults });
     await client.spawn(); // a model that cannot start is fatal at start-up
     return client;
   }
 
   // A worker, until its 'ready' (resolves) or its start failing (rejects).
   private spawn(): Promise<void> {
-    const worker = new Worker(new URL('./worker-entry.mjs', import.meta.url), { workerData: this.workerData, env: { ...process.env } });
+    const worker = new Worker(this.entry, { workerData: this.workerData, env: { ...process.env } });
     this.worker = worker;
     return new Promise<void>((resolve, reject) => {
       let ready = false;
@@ -134,7 +139,7 @@ export class EngineClient {
 
   // Hands a validated adapter to the engine's host cache: its buffers move to the worker
   // (transferred, not copied).
-  putAdapter(adapter: LoraAdapter): Promise<void> {
+  putAdapter(adapter: AdapterWeights): Promise<void> {
     const buffers = adapter.targets.flatMap((t) => [t.a.buffer, t.b.buffer, ...(t.magnitude ? [t.magnitude.buffer] : [])]);
     const transfer = buffers.filter((b): b is ArrayBuffer => b instanceof ArrayBuffer);
     return this.call({ op: 'adapter.put', adapter }, [...new Set(transfer)]);

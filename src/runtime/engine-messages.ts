@@ -1,11 +1,10 @@
 // Messages between the main thread (engine-client.ts) and the engine worker (engine-worker.ts).
+// Types from the adapter tiers that cross here are runtime's own structural types (adapter-source.ts).
 import type { AdapterRef, GenerateRequest, ModelInfo, TokenEvent } from './generate-request.ts';
 import type { SerializedError } from './errors.ts';
 import type { RuntimeOptions } from './model-runtime.ts';
 import type { SchedulerLimits, StepStats } from './scheduler.ts';
-import type { LoraAdapter } from '../adapters/lora-adapter.ts';
-import type { LoraMode } from '../merge/merged-sessions.ts';
-import type { HostCacheStats } from '../adapters/host-cache.ts';
+import type { AdapterCacheStats, AdapterWeights, LoraMode, MergedPathStats } from './adapter-source.ts';
 
 export interface AdapterOptions {
   loraMode: LoraMode;
@@ -18,7 +17,7 @@ export interface EngineOptions {
   runtime: RuntimeOptions;
   scheduler: SchedulerLimits;
   adapters: AdapterOptions;
-  faults?: boolean;            // tests only: honour 'fault' messages (fault-hooks.ts)
+  faults?: boolean;            // tests only: honour 'fault' messages (engine-worker.ts installFaults)
 }
 
 // Test-only faults (engine-worker.ts honours them when EngineOptions.faults is set):
@@ -36,13 +35,13 @@ export interface EngineStats {
   kvReservedBytes: number;
   kvArenaBytes: number;
   loraArenaBytes: number;
-  hostCache: HostCacheStats;
-  merged: { hits: number; misses: number; builds: number; evictions: number; bytes: number; lastBuildMs: number };
+  hostCache: AdapterCacheStats;
+  merged: MergedPathStats;
 }
 
 // Calls that answer (adapter management, stats, benchmarks).
 export type EngineCall =
-  | { op: 'adapter.put'; adapter: LoraAdapter }
+  | { op: 'adapter.put'; adapter: AdapterWeights }
   | { op: 'adapter.drop'; version: string }
   | { op: 'merged.build'; version: string }
   | { op: 'merged.has'; version: string }

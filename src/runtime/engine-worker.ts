@@ -1,35 +1,44 @@
-// The engine thread: owns the onnxruntime sessions (whose run() blocks its thread), the scheduler,
-// the adapter host cache and every sequence. Talks to the main thread with messages only.
-// A failure serving one sequence fails that sequence (scheduler.ts); anything else a tick throws
-// fails the sequences in flight, and the loop goes on. If the thread dies anyway, the main thread
-// restarts it (engine-client.ts).
-import { parentPort, workerData } from 'node:worker_threads';
+// The engine thread's loop: owns the onnxruntime sessions (whose run() blocks its thread), the
+// scheduler, the adapter tiers it is given and every sequence. Talks to the main thread with
+// messages only. A failure serving one sequence fails that sequence (scheduler.ts); anything else a
+// tick throws fails the sequences in flight, and the loop goes on. If the thread dies anyway, the
+// main thread restarts it (engine-client.ts).
+// The adapter tiers come in through interfaces (adapter-source.ts): the thread's composition root
+// (src/engine-thread.ts) creates them and calls runEngineWorker.
+import type { MessagePort } from 'node:worker_threads';
 import { setPriority } from 'node:os';
 import { createModelRuntime } from './model-runtime.ts';
+import type { ModelRuntime } from './model-runtime.ts';
 import { Scheduler } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
 import { LoraserveError, serializeError } from './errors.ts';
 import type { TokenEvent } from './generate-request.ts';
+import type { AdapterHost, MergedStore } from './adapter-source.ts';
 import type { EngineCall, EngineFault, EngineOptions, EngineStats, FromWorker, ToWorker } from './engine-messages.ts';
-import { HostCache } from '../adapters/host-cache.ts';
-import { MergedSessions } from '../merge/merged-sessions.ts';
 
-const port = parentPort!;
 const ENGINE_NICE = 5;
-const opts = workerData as EngineOptions;
 
-function send(msg: FromWorker): void {
-  port.postMessage(msg);
+// The adapter tiers, made once the model is loaded (they need its config and base weights).
+export interface EngineTiers {
+  hostCache: AdapterHost;
+  merged: MergedStore;
+}
+export type MakeTiers = (rt: ModelRuntime, opts: EngineOptions) => EngineTiers;
+
+// Runs the engine on this thread: `port` is its link to the main thread (parentPort), `opts` its
+// workerData. Reports 'ready' once the model is loaded, or 'fatal' if it cannot start.
+export function runEngineWorker(port: MessagePort, opts: EngineOptions, makeTiers: MakeTiers): void {
+  const send = (msg: FromWorker): void => port.postMessage(msg);
+  run(port, opts, makeTiers, send).catch((err) => send({ type: 'fatal', error: serializeError(err) }));
 }
 
-async function main(): Promise<void> {
+async function run(port: MessagePort, opts: EngineOptions, makeTiers: MakeTiers, send: (msg: FromWorker) => void): Promise<void> {
   // Lower this thread's priority before onnxruntime creates its pool threads, which inherit it (Linux
   // nice values are per thread): the HTTP thread then gets a core as soon as it needs one, instead
   // of waiting out the compute threads' time slices.
   try { setPriority(0, ENGINE_NICE); } catch { /* not permitted: run at normal priority */ }
   const rt = await createModelRuntime({ ...opts.runtime, maxRunning: opts.scheduler.maxRunning });
-  const hostCache = new HostCache(rt.config, rt.readBase, { maxRank: opts.adapters.maxLoraRank, modelName: rt.info.name }, opts.adapters.hostCacheBytes);
-  const merged = new MergedSessions(opts.adapters.loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.peek(v), opts.adapters.mergedCacheBytes, rt.sessionOptions, rt.info.weightBytes);
+  const { hostCache, merged } = makeTiers(rt, opts);
   let outbox: { id: string; events: TokenEvent[] }[] = [];
   const cost = { weightBytes: rt.info.weightBytes, kvBytesPerPosition: 2 * rt.config.numLayers * rt.config.numKvHeads * rt.config.headDim * 4 };
   const scheduler = new Scheduler(rt.runner, rt.lanes, opts.scheduler, (id, events) => outbox.push({ id, events }), hostCache, merged, cost);
@@ -172,5 +181,3 @@ function installFaults(scheduler: Scheduler, pending: EngineFault[]): void {
     },
   };
 }
-
-main().catch((err) => send({ type: 'fatal', error: serializeError(err) }));

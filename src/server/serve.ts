@@ -3,7 +3,8 @@
 import { loadConfig, ConfigError } from './config.ts';
 import type { ServerConfig } from './config.ts';
 import { buildApp } from './app.ts';
-import { EngineClient } from '../runtime/engine-client.ts';
+import type { EngineClient } from '../runtime/engine-client.ts';
+import { startEngine } from '../start-engine.ts';
 import { AdapterRegistry } from '../adapters/registry.ts';
 import { AdapterStore } from '../adapters/adapter-store.ts';
 import { PromptWorker } from './prompt-preparer.ts';
@@ -21,10 +22,10 @@ export interface RunningServer {
 
 export async function startServer(config: ServerConfig): Promise<RunningServer> {
   const files = loadModelFiles(config.model, { name: config.modelName ?? undefined });
-  const engine = await EngineClient.start({
+  const engine = await startEngine({
     faults: config.testFaults,
     runtime: { modelDir: config.model, modelName: files.name, maxContext: config.maxContext, executionProvider: config.executionProvider, intraOpThreads: config.threads },
-    scheduler: { maxRunning: config.maxBatch, prefillChunk: config.prefillChunk, kvBudgetBytes: config.kvBudgetBytes },
+    scheduler: { maxRunning: config.maxBatch, prefillChunk: config.prefillChunk, kvBudgetBytes: config.kvBudgetBytes, itlTargetMs: config.itlTargetMs, scheduling: config.scheduling },
     adapters: { loraMode: config.loraMode, maxLoraRank: config.maxLoraRank, hostCacheBytes: config.hostCacheBytes, mergedCacheBytes: config.mergedCacheBytes },
   });
   let prompts: PromptWorker | null = null;

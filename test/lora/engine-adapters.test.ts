@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { EngineClient } from '../../src/runtime/engine-client.ts';
+import { startEngine } from '../../src/start-engine.ts';
 import { AdapterRegistry } from '../../src/adapters/registry.ts';
 import { AdapterStore } from '../../src/adapters/adapter-store.ts';
 import { DEFAULT_SAMPLING } from '../../src/runtime/sampler.ts';
@@ -22,7 +22,7 @@ const files = (spec: AdapterSpec) => { const f = buildAdapter(cfg, spec, model.w
 const ONCE = [1, 403, 407, 261, 378];
 
 async function setup(loraMode: 'auto' | 'merged' | 'unmerged', hostCacheBytes = 1 << 30) {
-  const engine = await EngineClient.start({ runtime: { modelDir: STORIES_DIR, intraOpThreads: 1 }, adapters: { loraMode, hostCacheBytes } });
+  const engine = await startEngine({ runtime: { modelDir: STORIES_DIR, intraOpThreads: 1 }, adapters: { loraMode, hostCacheBytes } });
   const registry = new AdapterRegistry(engine, cfg, 'stories260K', 64, new AdapterStore(mkdtempSync(join(tmpdir(), 'loraserve-store-'))));
   const greedy = (adapter: string | null, maxTokens = 40, prompt = ONCE): GenerateRequest => ({
     promptTokens: prompt, maxTokens, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, seed: null, stop: [], stopTokenIds: [], ignoreEos: true, logprobs: null,

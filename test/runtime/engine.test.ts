@@ -1,13 +1,14 @@
 // The engine worker with the stories260K model: sampling, stops, logprobs, cancellation.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/runtime/engine-client.ts';
+import { startEngine } from '../../src/start-engine.ts';
 import { DEFAULT_SAMPLING } from '../../src/runtime/sampler.ts';
 import type { GenerateRequest, TokenEvent } from '../../src/runtime/generate-request.ts';
 import { STORIES_DIR } from '../helpers/fixtures.ts';
 
 const ONCE = [1, 403, 407, 261, 378]; // "Once upon a time"
 let engine: EngineClient;
-beforeAll(async () => { engine = await EngineClient.start({ runtime: { modelDir: STORIES_DIR, intraOpThreads: 1 } }); });
+beforeAll(async () => { engine = await startEngine({ runtime: { modelDir: STORIES_DIR, intraOpThreads: 1 } }); });
 afterAll(async () => { await engine?.close(); });
 
 const req = (over: Partial<GenerateRequest>): GenerateRequest => ({
@@ -95,7 +96,7 @@ describe('engine', () => {
 
 describe('engine shutdown', () => {
   it('closing while a step runs cancels the work and ends the streams without crashing the process', async () => {
-    const e = await EngineClient.start({ runtime: { modelDir: STORIES_DIR, intraOpThreads: 1 } });
+    const e = await startEngine({ runtime: { modelDir: STORIES_DIR, intraOpThreads: 1 } });
     const events: string[] = [];
     let n = 0;
     const consume = (async () => {

@@ -4,6 +4,7 @@ import { loadModel } from '../../src/runtime/model-loader.ts';
 import { TextTokenizer } from '../../src/runtime/tokenizer.ts';
 import { logSoftmax } from '../../src/runtime/sampler.ts';
 import { EngineClient } from '../../src/runtime/engine-client.ts';
+import { startEngine } from '../../src/start-engine.ts';
 import { DEFAULT_SAMPLING } from '../../src/runtime/sampler.ts';
 import type { GenerateRequest } from '../../src/runtime/generate-request.ts';
 import { makeRunner } from '../helpers/runtime.ts';
@@ -50,7 +51,7 @@ describe('stories260K: step runner', () => {
 
 describe('stories260K: engine worker end to end', () => {
   let engine: EngineClient;
-  beforeAll(async () => { engine = await EngineClient.start({ runtime: { modelDir: STORIES_DIR, intraOpThreads: 1 } }); });
+  beforeAll(async () => { engine = await startEngine({ runtime: { modelDir: STORIES_DIR, intraOpThreads: 1 } }); });
   afterAll(async () => { await engine?.close(); });
 
   const greedy = (promptTokens: number[], maxTokens: number): GenerateRequest => ({

@@ -3,10 +3,10 @@
 //             a sequence whose adapter is still loading from disk waits without holding others up
 //   2. warm    the pages of KV rows about to be read for the first time, within a time slice
 //             (kv-arena.ts), so a first touch never stalls the streams in one step
-//   3. prefill a prompt chunk of the oldest sequences still in prefill, inside the first decode
-//             step (one pass over the weights for both); while others decode, the chunk is sized
-//             from measured costs to about PREFILL_SHARE of a decode step, so a long prompt
-//             arriving never stalls the running streams
+//   3. prefill prompt chunks of one or more sequences, inside the first decode step (one pass
+//             over the weights for both). How many prompt tokens, and whose, is the policy's
+//             (schedule-policy.ts): the budget keeps the tick within the ITL target from costs
+//             learned as it runs (tick-costs.ts); shortest remaining prompt first, aged
 //   4. decode  one token for every decoding sequence, one batched step per KV lane (merged
 //             weights when every row uses the same adapter and the merge policy has them ready)
 //   5. retire  finished and cancelled sequences at once, freeing their rows
@@ -21,12 +21,19 @@ import type { AdapterRef, TokenEvent } from './generate-request.ts';
 import type { AdapterSource } from './adapter-source.ts';
 import type { ort } from './session.ts';
 import { serializeError } from './errors.ts';
+import { chooseChunks, nextAdmission, prefillOrder, stepBudget } from './schedule-policy.ts';
+import type { PrefillCandidate, SchedulingMode } from './schedule-policy.ts';
+import { TickCosts } from './tick-costs.ts';
 
 export interface SchedulerLimits {
   maxRunning: number;        // sequences in the running batch (rows per lane)
-  prefillChunk: number;      // most prompt tokens of one sequence per step (chunked prefill)
+  prefillChunk: number;      // most prompt tokens in one step (chunked prefill)
   kvBudgetBytes: number;     // KV bytes reserved by running sequences (prompt + max_tokens each)
+  scheduling?: SchedulingMode; // goodput (default) or strict (schedule-policy.ts)
+  itlTargetMs?: number;      // goodput: the inter-token latency running streams are kept within
 }
+
+export const DEFAULT_ITL_TARGET_MS = 200;
 
 // The merged-weights path (merge/merged-sessions.ts), consulted once per decode step.
 export interface MergedPath {
@@ -39,10 +46,9 @@ export interface MergedPath {
 // A new sequence starts in the lane that holds its prompt and this many more tokens (or max_tokens
 // if fewer): most sequences then never move, and the lanes stay few.
 const INITIAL_ROOM = 256;
-// While sequences decode, a prefill chunk may cost this share of a decode step.
-export const PREFILL_SHARE = 0.7;
-const MIN_CHUNK = 8;
-const REMEASURE_EVERY = 16;
+// While prompts wait, every this many ticks one runs without prompt tokens, to keep the decode
+// cost the budget subtracts fresh (its streams still take their token).
+const REMEASURE_EVERY = 8;
 // While sequences decode, warming KV pages may add this share of a decode step to a tick.
 export const WARM_SHARE = 0.25;
 const WARM_MS_UNMEASURED = 5;
@@ -67,6 +73,7 @@ export interface StepStats {
   kind: 'prefill' | 'decode' | 'mixed'; // mixed: prompt chunks riding in a decode step
   path: 'base' | 'unmerged' | 'merged';
   batch: number;
+  promptRows: number;          // sequences whose prompt chunks rode in the step
   tokens: number;
   ms: number;
   adapters: (string | null)[]; // adapter name per sequence in the step
@@ -76,9 +83,10 @@ export class Scheduler {
   private readonly waiting: Sequence[] = [];
   private readonly running: Sequence[] = [];
   private reservedKv = 0;
-  private readonly decodeTimes: number[] = []; // the last decode-only step times (ms)
-  private chunk = 0;                            // prompt tokens per step while others decode (learned)
+  private readonly costs = new TickCosts();
   private mixedSinceDecode = 0;
+  private tickStepMs = 0;                       // time in steps during the current tick
+  lastBudget = 0;                               // prompt tokens the last tick could carry (tests)
   preemptions = 0;                              // rows given up by paused sequences
   onStep?: (s: StepStats) => void;
   onAdapterFailure?: (ref: AdapterRef, err: Error) => void; // an adapter version could not be loaded
@@ -140,48 +148,76 @@ export class Scheduler {
   async tick(): Promise<boolean> {
     this.admit();
     this.warmRows();
-    const chunk = this.chunkSize();
-    const prefill = this.prefillGroup(chunk);
     // one decode step per lane (capacity class), shortest first, after folding small lanes into
     // bigger ones wherever the padding costs less than the extra step's weight pass; the prompt
-    // chunk rides in the first of them (one pass over the weights for both)
+    // chunks ride in the first of them (one pass over the weights for both)
     this.consolidate();
     const decodeGroups = this.lanes.lanes
       .map((lane) => this.running.filter((s) => s.state === 'decode' && !s.paused && s.lane === lane))
       .filter((g) => g.length > 0);
-    if (decodeGroups.length === 0) {
-      if (!prefill.length) return false;
-      await this.step(prefill, [], chunk);
-      return true;
+    const decodeRows = decodeGroups.reduce((a, g) => a + g.length, 0);
+    const candidates = this.prefillCandidates();
+    // now and then a tick without prompt tokens keeps the decode cost the budget relies on fresh
+    const measure = decodeRows > 0 && candidates.length > 0 && (this.costs.decodeSamples === 0 || this.mixedSinceDecode >= REMEASURE_EVERY);
+    const budget = measure ? 0 : this.budget(decodeRows);
+    this.lastBudget = budget;
+    const chunks = this.chooseChunks(candidates, budget);
+    const prefill = [...chunks.keys()];
+    if (decodeGroups.length === 0 && !prefill.length) return false;
+    this.tickStepMs = 0;
+    if (decodeGroups.length === 0) await this.step(prefill, [], chunks);
+    else {
+      await this.step(prefill, decodeGroups[0], chunks);
+      for (const group of decodeGroups.slice(1)) await this.step([], group, chunks);
     }
-    // now and then a decode step without a chunk keeps the reference time for sizing chunks fresh
-    const measure = prefill.length > 0 && (this.decodeTimes.length === 0 || this.mixedSinceDecode >= REMEASURE_EVERY);
-    await this.step(measure ? [] : prefill, decodeGroups[0], chunk);
-    for (const group of decodeGroups.slice(1)) await this.step([], group, chunk);
+    const promptTokens = [...chunks.values()].reduce((a, n) => a + n, 0);
+    this.costs.observe(promptTokens, decodeRows, this.tickStepMs);
+    if (decodeRows > 0) this.mixedSinceDecode = promptTokens > 0 ? this.mixedSinceDecode + 1 : 0;
     return true;
+  }
+
+  // Prompt tokens this tick may carry (schedule-policy.ts stepBudget).
+  private budget(decodeRows: number): number {
+    return stepBudget({
+      mode: this.limits.scheduling ?? 'goodput',
+      itlTargetMs: this.limits.itlTargetMs ?? DEFAULT_ITL_TARGET_MS,
+      maxTokens: this.limits.prefillChunk,
+      decoding: decodeRows > 0,
+      decodeMs: this.costs.decodeMs(decodeRows),
+      msPerPromptToken: this.costs.msPerPromptToken,
+    });
+  }
+
+  // Sequences whose next prompt chunk can run now: in prefill, not paused, their KV row warm.
+  private prefillCandidates(): Sequence[] {
+    return this.running.filter((s) => s.state === 'prefill' && !s.paused && s.lane!.kv.isWarm(s.row));
+  }
+
+  // Whose prompt chunks ride in this step and how many tokens each (schedule-policy.ts).
+  private chooseChunks(seqs: Sequence[], budget: number): Map<Sequence, number> {
+    const now = performance.now();
+    const laneIndex = new Map(this.lanes.lanes.map((l, i) => [l, i]));
+    const c: PrefillCandidate[] = seqs.map((s) => ({ lane: laneIndex.get(s.lane!)!, row: s.row, remaining: s.remainingPrefill, waitedMs: now - s.enqueuedAt }));
+    const chosen = chooseChunks(c, prefillOrder(c, this.costs.msPerPromptToken), budget);
+    return new Map(chosen.map((x) => [seqs[x.index], x.tokens]));
   }
 
   private adapterReady(seq: Sequence): boolean {
     return !seq.req.adapter || !this.adapters || this.adapters.acquire(seq.req.adapter) !== undefined || this.adapters.failure(seq.req.adapter) !== undefined;
   }
 
-  // Fair share between requests: the next sequence admitted is the oldest waiting one of the request
-  // (GenerateRequest.group) with the fewest rows, so one request with n = 64 cannot take every row
-  // from the requests behind it; within that, arrival order. A paused sequence (its client is not
-  // reading) takes no row. When the batch or the KV budget is full, a paused decoding sequence
-  // gives up its row (preempted: it recomputes its KV when admitted again), so clients that stop
-  // reading never lock the others out.
+  // Fair share between requests (schedule-policy.ts nextAdmission); a paused sequence (its client
+  // is not reading) takes no row. When the batch or the KV budget is full, a paused decoding
+  // sequence gives up its row (preempted: it recomputes its KV when admitted again), so clients
+  // that stop reading never lock the others out.
   private admit(): void {
     const rowsOf = new Map<string, number>();
     for (const s of this.running) rowsOf.set(s.group, (rowsOf.get(s.group) ?? 0) + 1);
     const skipped = new Set<Sequence>(); // adapters still loading from disk: the others go ahead
     for (;;) {
-      let seq: Sequence | undefined;
-      for (const s of this.waiting) {
-        if (s.paused || skipped.has(s)) continue;
-        if (!seq || (rowsOf.get(s.group) ?? 0) < (rowsOf.get(seq.group) ?? 0)) seq = s;
-      }
-      if (!seq) return;
+      const i = nextAdmission(this.waiting.map((s) => ({ group: s.group, eligible: !s.paused && !skipped.has(s) })), rowsOf);
+      if (i === -1) return;
+      const seq = this.waiting[i];
       if (this.running.length >= this.limits.maxRunning && !this.preemptPaused()) return;
       const ref = seq.req.adapter;
       const prepared = ref && this.adapters ? this.adapters.acquire(ref) : null;
@@ -246,7 +282,8 @@ export class Scheduler {
   // theirs. With nothing decoding nobody waits, so rows warm at once; else within a time slice.
   private warmRows(): void {
     const decoding = this.running.filter((s) => s.state === 'decode');
-    const slice = decoding.length === 0 ? Infinity : this.decodeTimes.length ? WARM_SHARE * this.medianDecodeMs() : WARM_MS_UNMEASURED;
+    const decodeMs = this.costs.decodeMs(decoding.length);
+    const slice = decoding.length === 0 ? Infinity : decodeMs !== null ? WARM_SHARE * decodeMs : WARM_MS_UNMEASURED;
     const deadline = performance.now() + slice;
     for (const s of this.running) {
       if (s.state !== 'prefill' || s.lane!.kv.isWarm(s.row)) continue;
@@ -261,33 +298,6 @@ export class Scheduler {
       next.kv.ensure(this.lanes.slots);
       if (!next.kv.warmRow(s.row, deadline)) return;
     }
-  }
-
-  private medianDecodeMs(): number {
-    const sorted = [...this.decodeTimes].sort((a, b) => a - b);
-    return sorted[sorted.length >> 1];
-  }
-
-  // The oldest sequence in prefill, plus others of its lane that fit in the same chunk budget, so
-  // prompts that arrive together are prefilled together. Rows between them in the lane ride along
-  // padded to the chunk, so the group is kept only while padding at most doubles the work.
-  private prefillGroup(budget: number): Sequence[] {
-    const ready = (s: Sequence) => s.state === 'prefill' && !s.paused && s.lane!.kv.isWarm(s.row);
-    const first = this.running.find(ready);
-    if (!first) return [];
-    const group = [first];
-    let tokens = Math.min(first.remainingPrefill, budget);
-    for (const s of this.running) {
-      if (s === first || !ready(s) || s.lane !== first.lane) continue;
-      const n = Math.min(s.remainingPrefill, budget);
-      const candidate = [...group, s];
-      const rows = Math.max(...candidate.map((x) => x.row)) - Math.min(...candidate.map((x) => x.row)) + 1;
-      const width = Math.max(...candidate.map((x) => Math.min(x.remainingPrefill, budget)));
-      if (tokens + n > budget || rows * width > 2 * (tokens + n)) continue;
-      group.push(s);
-      tokens += n;
-    }
-    return group;
   }
 
   // Lanes with decoding sequences, smallest first: move all of a lane's sequences up into the next
@@ -305,19 +315,10 @@ export class Scheduler {
     }
   }
 
-  // Prompt tokens per step: the full chunk when nothing decodes; else a chunk steered so that a
-  // step carrying it takes about (1 + PREFILL_SHARE) × a decode step (median of the recent ones).
-  chunkSize(): number {
-    const max = this.limits.prefillChunk;
-    if (!this.running.some((s) => s.state === 'decode')) return max;
-    if (this.chunk === 0) this.chunk = 2 * MIN_CHUNK; // until measured: start small, grow by feedback
-    return Math.max(MIN_CHUNK, Math.min(max, Math.round(this.chunk)));
-  }
-
   // One step: prompt chunks (group 0) and decode tokens (group 1), each group within one lane.
-  private async step(prefill: Sequence[], decode: Sequence[], chunk: number): Promise<void> {
+  private async step(prefill: Sequence[], decode: Sequence[], chunks: Map<Sequence, number>): Promise<void> {
     const all = [...prefill, ...decode];
-    const tokensOf = new Map(all.map((s) => [s, s.nextTokens(chunk)]));
+    const tokensOf = new Map(all.map((s) => [s, s.nextTokens(chunks.get(s) ?? 1)]));
     // a sequence that outgrows its lane moves up first
     for (const s of all) {
       const need = s.lane!.kv.lengths[s.row] + tokensOf.get(s)!.length;
@@ -327,8 +328,8 @@ export class Scheduler {
     const split = (g: Sequence[]): [Sequence[], Sequence[]] => [g.filter((s) => s.lane === g[0]?.lane), g.filter((s) => s.lane !== g[0]?.lane)];
     const [pre, preMoved] = split(prefill);
     const [dec, decMoved] = split(decode);
-    for (const s of preMoved) await this.step([s], [], chunk);
-    for (const s of decMoved) await this.step([], [s], chunk);
+    for (const s of preMoved) await this.step([s], [], chunks);
+    for (const s of decMoved) await this.step([], [s], chunks);
     if (pre.length === 0 && dec.length === 0) return;
 
     const rowsOf = (g: Sequence[]): StepRow[] => g.map((s) => ({ row: s.row, tokens: tokensOf.get(s)!, allLogits: s.wantsPromptLogits }));
@@ -351,9 +352,9 @@ export class Scheduler {
     }
     const path = mergedSession ? 'merged' : versions.has(null) && versions.size === 1 ? 'base' : 'unmerged';
     const ms = performance.now() - t0;
-    this.learnCosts(kind, ms, prefillTokens);
+    this.tickStepMs += ms;
     if (kind === 'decode' && (path !== 'unmerged' || versions.size === 1)) this.merged?.observe(path, dec.length, ms);
-    this.onStep?.({ kind, path, batch: dec.length || pre.length, tokens: prefillTokens + dec.length, ms, adapters: seqs.map((s) => s.req.adapter?.name ?? null) });
+    this.onStep?.({ kind, path, batch: dec.length || pre.length, promptRows: pre.length, tokens: prefillTokens + dec.length, ms, adapters: seqs.map((s) => s.req.adapter?.name ?? null) });
     const V = result.vocabSize;
     seqs.forEach((s, i) => {
       if (s.state === 'done') return; // cancelled while the step ran
@@ -370,20 +371,6 @@ export class Scheduler {
       }
     });
     this.retire();
-  }
-
-  // Decode-only step times feed the target; each mixed step nudges the chunk toward it.
-  private learnCosts(kind: StepStats['kind'], ms: number, prefillTokens: number): void {
-    if (kind === 'decode') {
-      this.decodeTimes.push(ms);
-      if (this.decodeTimes.length > 16) this.decodeTimes.shift();
-      this.mixedSinceDecode = 0;
-    } else if (kind === 'mixed' && this.decodeTimes.length) {
-      this.mixedSinceDecode++;
-      const target = (1 + PREFILL_SHARE) * this.medianDecodeMs();
-      const step = Math.sqrt(target / ms); // damped
-      this.chunk = Math.max(MIN_CHUNK, Math.min(this.limits.prefillChunk, prefillTokens * step));
-    }
   }
 
   private retire(): void {

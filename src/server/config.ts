@@ -5,6 +5,8 @@ import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { DEFAULT_MODEL_DIR } from './default-model.ts';
 import type { LoraMode } from '../merge/merged-sessions.ts';
+import { DEFAULT_ITL_TARGET_MS } from '../runtime/scheduler.ts';
+import type { SchedulingMode } from '../runtime/schedule-policy.ts';
 
 export interface ServerConfig {
   model: string;               // --model DIR: Hugging Face model directory
@@ -30,7 +32,10 @@ export interface ServerConfig {
   kvBudgetBytes: number;       // --kv-budget-mb
   hostCacheBytes: number;      // --host-cache-mb: decoded adapters kept in memory
   mergedCacheBytes: number;    // --merged-cache-mb: merged-weight sessions kept
-  prefillChunk: number;        // --prefill-chunk: prompt tokens per step
+  prefillChunk: number;        // --prefill-chunk: the most prompt tokens in one step
+  itlTargetMs: number;         // --itl-target-ms: inter-token latency kept for running streams while prompts prefill
+  scheduling: SchedulingMode;  // --scheduling goodput|strict
+  loraArenaBytes: number;      // --lora-arena-mb: LoRA factors of the running batch's adapters
   threads: number;             // --threads: onnxruntime intra-op threads (0 = all cores)
   executionProvider: 'cpu' | 'cuda'; // --execution-provider
   unloadWaitMs: number;        // --unload-wait-ms: how long an unload waits for in-flight requests
@@ -67,6 +72,9 @@ export const DEFAULT_CONFIG: ServerConfig = {
   hostCacheBytes: 1024 * MB,
   mergedCacheBytes: 2048 * MB,
   prefillChunk: 256,
+  itlTargetMs: DEFAULT_ITL_TARGET_MS,
+  scheduling: 'goodput',
+  loraArenaBytes: 1024 * MB,
   threads: 0,
   executionProvider: 'cpu',
   unloadWaitMs: 10_000,
@@ -86,7 +94,7 @@ const FLAGS: Record<string, Flag> = {
   'max-lora-rank': { type: 'string' }, 'lora-mode': { type: 'string' }, 'max-batch': { type: 'string' }, 'max-queue': { type: 'string' },
   'max-upload-mb': { type: 'string' }, 'max-context': { type: 'string' }, 'default-max-tokens': { type: 'string' },
   'kv-budget-mb': { type: 'string' }, 'host-cache-mb': { type: 'string' }, 'merged-cache-mb': { type: 'string' },
-  'prefill-chunk': { type: 'string' }, threads: { type: 'string' }, 'execution-provider': { type: 'string' },
+  'prefill-chunk': { type: 'string' }, 'itl-target-ms': { type: 'string' }, scheduling: { type: 'string' }, 'lora-arena-mb': { type: 'string' }, threads: { type: 'string' }, 'execution-provider': { type: 'string' },
   'unload-wait-ms': { type: 'string' }, 'metrics-top-adapters': { type: 'string' }, 'log-level': { type: 'string' }, 'log-prompts': { type: 'boolean' },
 };
 
@@ -117,6 +125,8 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const d = DEFAULT_CONFIG;
   const loraMode = str('lora-mode', d.loraMode);
   if (!['auto', 'merged', 'unmerged'].includes(loraMode)) throw new ConfigError(`--lora-mode must be auto, merged or unmerged, got ${JSON.stringify(loraMode)}`);
+  const scheduling = str('scheduling', d.scheduling);
+  if (!['goodput', 'strict'].includes(scheduling)) throw new ConfigError(`--scheduling must be goodput or strict, got ${JSON.stringify(scheduling)}`);
   const ep = str('execution-provider', d.executionProvider);
   if (!['cpu', 'cuda'].includes(ep)) throw new ConfigError(`--execution-provider must be cpu or cuda, got ${JSON.stringify(ep)}`);
   const cfg: ServerConfig = {
@@ -144,6 +154,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     hostCacheBytes: int('host-cache-mb', d.hostCacheBytes / MB, 1, 10_000_000) * MB,
     mergedCacheBytes: int('merged-cache-mb', d.mergedCacheBytes / MB, 0, 10_000_000) * MB,
     prefillChunk: int('prefill-chunk', d.prefillChunk, 16, 65536),
+    itlTargetMs: int('itl-target-ms', d.itlTargetMs, 10, 600_000),
+    scheduling: scheduling as SchedulingMode,
+    loraArenaBytes: int('lora-arena-mb', d.loraArenaBytes / MB, 1, 10_000_000) * MB,
     threads: int('threads', d.threads, 0, 1024),
     executionProvider: ep as 'cpu' | 'cuda',
     unloadWaitMs: int('unload-wait-ms', d.unloadWaitMs, 0, 3_600_000),

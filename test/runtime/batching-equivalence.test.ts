@@ -7,6 +7,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EngineClient } from '../../src/runtime/engine-client.ts';
+import { startEngine } from '../../src/start-engine.ts';
 import { AdapterRegistry } from '../../src/adapters/registry.ts';
 import { AdapterStore } from '../../src/adapters/adapter-store.ts';
 import { DEFAULT_SAMPLING } from '../../src/runtime/sampler.ts';
@@ -35,7 +36,7 @@ describe('continuous batching', () => {
   let registry: AdapterRegistry;
   const steps: StepStats[] = [];
   beforeAll(async () => {
-    engine = await EngineClient.start({ runtime: { modelDir: STORIES_DIR, intraOpThreads: 1 }, adapters: { loraMode: 'unmerged' }, scheduler: { maxRunning: 8, prefillChunk: 64 } });
+    engine = await startEngine({ runtime: { modelDir: STORIES_DIR, intraOpThreads: 1 }, adapters: { loraMode: 'unmerged' }, scheduler: { maxRunning: 8, prefillChunk: 64 } });
     engine.onStep = (s) => steps.push(s);
     registry = new AdapterRegistry(engine, cfg, 'stories260K', 64, new AdapterStore(mkdtempSync(join(tmpdir(), 'loraserve-batch-'))));
     await registry.upload('r4', files({ rank: 4, targets: ['q_proj', 'v_proj'], seed: 31, scaleB: 2 }), { replace: false });
@@ -71,6 +72,21 @@ describe('continuous batching', () => {
     expect(Math.max(...steps.map((s) => s.batch))).toBeGreaterThanOrEqual(6);
     expect(steps.some((s) => s.kind === 'decode' && new Set(s.adapters).size >= 3)).toBe(true);
     expect(steps.some((s) => s.kind === 'mixed')).toBe(true);
+  });
+
+  it('several prompts chunked in one step (different lengths and adapters, while others decode) each get the tokens they get alone', async () => {
+    const jobs: Job[] = Array.from({ length: 7 }, (_, i) => ({
+      adapter: ADAPTERS[(i + 1) % 4],
+      prompt: [1, ...Array.from({ length: [2, 130, 11, 5, 70, 24, 3][i] }, (_, k) => 3 + ((k * 29 + i * 13) % 500))],
+      maxTokens: i < 2 ? 50 : 8,
+      delayMs: i < 2 ? 0 : 40, // two streams decode first; five prompts arrive together
+    }));
+    const alone: number[][] = [];
+    for (const job of jobs) alone.push(await run(job));
+    steps.length = 0;
+    const together = await Promise.all(jobs.map(async (job) => { await new Promise((r) => setTimeout(r, job.delayMs)); return run(job); }));
+    together.forEach((ids, i) => expect(ids, `request ${i}`).toEqual(alone[i]));
+    expect(steps.some((s) => s.kind === 'mixed' && s.promptRows >= 2), 'a decode step carried chunks of two or more prompts').toBe(true);
   });
 
   it('a stream whose reader stops is paused; it gives up its row to waiting requests and, read again, recomputes its KV: the same tokens', async () => {

@@ -6,7 +6,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { EngineClient } from '../src/runtime/engine-client.ts';
+import { startEngine } from '../src/start-engine.ts';
 import { AdapterRegistry } from '../src/adapters/registry.ts';
 import { AdapterStore } from '../src/adapters/adapter-store.ts';
 import { DEFAULT_SAMPLING } from '../src/runtime/sampler.ts';
@@ -27,7 +27,7 @@ const LAG_RESOLUTION_MS = 1;
 export async function batchingBench(opts: { quick: boolean }): Promise<Record<string, unknown>> {
   const dir = llama110mDir();
   const cfg = loadModelFiles(dir).config;
-  const engine = await EngineClient.start({ runtime: { modelDir: dir, maxContext: 2048 }, adapters: { loraMode: 'unmerged' }, scheduler: { maxRunning: 32 } });
+  const engine = await startEngine({ runtime: { modelDir: dir, maxContext: 2048 }, adapters: { loraMode: 'unmerged' }, scheduler: { maxRunning: 32 } });
   const registry = new AdapterRegistry(engine, cfg, 'llama-110m', 64, new AdapterStore(mkdtempSync(join(tmpdir(), 'loraserve-batch-'))));
   const nAdapters = 32;
   console.log(`\nuploading ${nAdapters} rank-16 adapters …`);

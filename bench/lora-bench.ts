@@ -15,7 +15,7 @@ import { decodeAdapter } from '../src/adapters/lora-adapter.ts';
 import { prepareAdapter } from '../src/adapters/host-cache.ts';
 import { mergedWeights } from '../src/merge/merged-sessions.ts';
 import { encodeSafetensors } from '../src/runtime/safetensors.ts';
-import { EngineClient } from '../src/runtime/engine-client.ts';
+import { startEngine } from '../src/start-engine.ts';
 import { AdapterRegistry } from '../src/adapters/registry.ts';
 import { AdapterStore } from '../src/adapters/adapter-store.ts';
 import { DEFAULT_SAMPLING } from '../src/runtime/sampler.ts';
@@ -80,7 +80,7 @@ export async function loraBench(opts: { quick: boolean }): Promise<Record<string
   const ms = (n: string) => median(times.get(n)!.slice(2));
 
   // load-to-first-token and merge time through the engine, as a server does it
-  const engine = await EngineClient.start({ runtime: { modelDir: dir, maxContext: maxPositions }, adapters: { loraMode: 'unmerged' } });
+  const engine = await startEngine({ runtime: { modelDir: dir, maxContext: maxPositions }, adapters: { loraMode: 'unmerged' } });
   const registry = new AdapterRegistry(engine, cfg, 'llama-110m', 64, new AdapterStore(mkdtempSync(join(tmpdir(), 'loraserve-bench-'))));
   const warm = adapterFiles(cfg, { rank: 16, seed: 1 });
   await registry.upload('warm', warm, { replace: false });
@@ -153,7 +153,7 @@ async function policyBench(dir: string, cfg: ModelConfig, quick: boolean): Promi
   const out: Record<string, string | number>[] = [];
   const files = () => adapterFiles(cfg, { rank: 16, seed: 300 }); // an upload takes its files over: one copy per mode
   for (const mode of ['unmerged', 'auto', 'merged'] as const) {
-    const engine = await EngineClient.start({ runtime: { modelDir: dir, maxContext: 512 }, adapters: { loraMode: mode } });
+    const engine = await startEngine({ runtime: { modelDir: dir, maxContext: 512 }, adapters: { loraMode: mode } });
     const registry = new AdapterRegistry(engine, cfg, 'llama-110m', 64, new AdapterStore(mkdtempSync(join(tmpdir(), 'loraserve-policy-'))));
     await registry.upload('hot', files(), { replace: false });
     const paths = new Map<string, number>();

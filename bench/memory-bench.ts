@@ -5,6 +5,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EngineClient } from '../src/runtime/engine-client.ts';
+import { startEngine } from '../src/start-engine.ts';
 import { AdapterRegistry } from '../src/adapters/registry.ts';
 import { AdapterStore } from '../src/adapters/adapter-store.ts';
 import { loadModelFiles } from '../src/runtime/model-loader.ts';
@@ -22,7 +23,7 @@ export async function memoryBench(opts: { quick: boolean }): Promise<Record<stri
   const before = rss();
   let engineRef: EngineClient | null = null;
   const settle = async () => { await engineRef?.gc(); await new Promise((r) => setTimeout(r, 300)); await engineRef?.gc(); };
-  const engine = await EngineClient.start({ runtime: { modelDir: dir, maxContext: 512 }, adapters: { hostCacheBytes: 256 * MB } });
+  const engine = await startEngine({ runtime: { modelDir: dir, maxContext: 512 }, adapters: { hostCacheBytes: 256 * MB } });
   const registry = new AdapterRegistry(engine, cfg, 'llama-110m', 64, new AdapterStore(mkdtempSync(join(tmpdir(), 'loraserve-mem-'))));
   engineRef = engine;
   await settle();

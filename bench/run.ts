@@ -1,4 +1,7 @@
 // npm run bench [-- --only memory|runtime|lora|batching|serving (repeatable)] [-- --quick]
+//   serving only: [-- --itl-target-ms N (default 200)] [-- --scheduling goodput|strict (default goodput)]
+// Then `npm run bench:report` writes docs/benchmarks.md's serving section and the README's summary
+// from bench/results/latest.json.
 // Prints tables and saves JSON under bench/results/. A benchmark, not a test: nothing here asserts.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -7,9 +10,19 @@ import { runtimeBench } from './runtime-bench.ts';
 import { loraBench } from './lora-bench.ts';
 import { batchingBench } from './batching-bench.ts';
 import { memoryBench } from './memory-bench.ts';
-import { servingBench } from './serving-bench.ts';
+import { servingBench } from './serving-suite.ts';
+import type { Scheduling } from './serving-suite.ts';
 
-const { values } = parseArgs({ options: { only: { type: 'string', multiple: true }, quick: { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: {
+  only: { type: 'string', multiple: true },
+  quick: { type: 'boolean', default: false },
+  'itl-target-ms': { type: 'string', default: '200' },
+  scheduling: { type: 'string', default: 'goodput' },
+} });
+const itlTargetMs = Number(values['itl-target-ms']);
+if (!Number.isInteger(itlTargetMs) || itlTargetMs < 1) throw new Error(`--itl-target-ms must be a positive integer, got ${values['itl-target-ms']}`);
+if (values.scheduling !== 'goodput' && values.scheduling !== 'strict') throw new Error(`--scheduling must be goodput or strict, got ${values.scheduling}`);
+const scheduling: Scheduling = values.scheduling;
 const only = new Set(values.only ?? []);
 const want = (name: string): boolean => only.size === 0 || only.has(name);
 
@@ -18,13 +31,15 @@ const results: Record<string, unknown> = {
   node: process.version,
   cpus: (await import('node:os')).cpus().map((c) => c.model)[0],
   cores: (await import('node:os')).cpus().length,
+  quick: values.quick,
+  argv: process.argv.slice(2),
 };
 // memory first, while the process holds nothing else (RSS is the process's)
 if (want('memory')) results.memory = await memoryBench({ quick: values.quick });
 if (want('runtime')) results.runtime = await runtimeBench({ quick: values.quick });
 if (want('lora')) results.lora = await loraBench({ quick: values.quick });
 if (want('batching')) results.batching = await batchingBench({ quick: values.quick });
-if (want('serving')) results.serving = await servingBench({ quick: values.quick });
+if (want('serving')) results.serving = await servingBench({ quick: values.quick, itlTargetMs, scheduling });
 
 const dir = fileURLToPath(new URL('./results/', import.meta.url));
 mkdirSync(dir, { recursive: true });

@@ -47,7 +47,22 @@ interface ModelResult {
   ctx1024_vs_ctx16: number;
 }
 
-async function benchModel(name: string, dir: string, bandwidth: number, quick: boolean): Promise<ModelResult> {
+// The plain graph (buildLlamaGraph's default: baked linear weights, no adapter) driven by one
+// StepRunner, as the runtime bench times it. The serving bench (serving-bench.ts) opens one in its
+// own process to compare a served decode step with the plain graph's, in the same run.
+export interface PlainGraph {
+  name: string;
+  params: number;
+  bytes: number;
+  maxPositions: number;
+  // best of `reps` single-row prefill steps of `len` tokens (ms each)
+  prefill(len: number, reps: number): Promise<number[]>;
+  // median step time of one row decoding `steps` tokens after a context of `ctx` (the first 2 dropped)
+  decodeAt(ctx: number, steps: number): Promise<number>;
+  release(): Promise<void>;
+}
+
+export async function openPlainGraph(name: string, dir: string): Promise<PlainGraph> {
   const model = loadModel(dir);
   const cfg = model.config;
   const maxPositions = Math.min(cfg.maxPositions, 2048);
@@ -57,49 +72,59 @@ async function benchModel(name: string, dir: string, bandwidth: number, quick: b
   for (const w of model.weights.values()) { bytes += w.byteLength; params += w.length; }
   const tok = (i: number): number => (i * 7919 + 3) % cfg.vocabSize;
   const prompt = (n: number): number[] => Array.from({ length: n }, (_, i) => tok(i));
-
-  // prefill: one 512-token step (context limit permitting), best of 3
-  const P = Math.min(512, maxPositions - 64);
-  const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim, P + 64);
-  const runner = new StepRunner(session, cfg, maxPositions, kv, null);
-  const prefillTimes: number[] = [];
-  for (let i = 0; i < (quick ? 2 : 3); i++) {
-    kv.release(0);
-    const t0 = performance.now();
-    await runner.run([{ row: 0, tokens: prompt(P) }]);
-    prefillTimes.push(performance.now() - t0);
-  }
-
-  // a fresh arena per context, so its capacity is that context's (the arena is shared by all rows)
-  const decodeAt = async (ctx: number, steps: number): Promise<number> => {
-    // the lane a sequence of this context lives in (lanes.ts): capacity = next power of two
-    const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim, laneCapacity(ctx + steps));
-    const runner = new StepRunner(session, cfg, maxPositions, kv, null);
-    for (let off = 0; off < ctx; off += 256) await runner.run([{ row: 0, tokens: prompt(Math.min(256, ctx - off)) }]);
-    const times: number[] = [];
-    for (let s = 0; s < steps; s++) {
-      const t0 = performance.now();
-      await runner.run([{ row: 0, tokens: [tok(ctx + s)] }]);
-      times.push(performance.now() - t0);
-    }
-    return median(times.slice(2));
+  return {
+    name, params, bytes, maxPositions,
+    async prefill(len: number, reps: number): Promise<number[]> {
+      const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim, len + 64);
+      const runner = new StepRunner(session, cfg, maxPositions, kv, null);
+      const times: number[] = [];
+      for (let i = 0; i < reps; i++) {
+        kv.release(0);
+        const t0 = performance.now();
+        await runner.run([{ row: 0, tokens: prompt(len) }]);
+        times.push(performance.now() - t0);
+      }
+      return times;
+    },
+    // a fresh arena per context, so its capacity is that context's (the arena is shared by all rows)
+    async decodeAt(ctx: number, steps: number): Promise<number> {
+      // the lane a sequence of this context lives in (lanes.ts): capacity = next power of two
+      const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim, laneCapacity(ctx + steps));
+      const runner = new StepRunner(session, cfg, maxPositions, kv, null);
+      for (let off = 0; off < ctx; off += 256) await runner.run([{ row: 0, tokens: prompt(Math.min(256, ctx - off)) }]);
+      const times: number[] = [];
+      for (let s = 0; s < steps; s++) {
+        const t0 = performance.now();
+        await runner.run([{ row: 0, tokens: [tok(ctx + s)] }]);
+        times.push(performance.now() - t0);
+      }
+      return median(times.slice(2));
+    },
+    release: () => session.release(),
   };
+}
+
+async function benchModel(name: string, dir: string, bandwidth: number, quick: boolean): Promise<ModelResult> {
+  const g = await openPlainGraph(name, dir);
+  // prefill: one 512-token step (context limit permitting), best of 3
+  const P = Math.min(512, g.maxPositions - 64);
+  const prefillTimes = await g.prefill(P, quick ? 2 : 3);
   const steps = quick ? 12 : 40;
   // the long context's steps run from 1024 − steps up to 1024, so the sequence sits in the 1024 lane
-  const ctx1024 = Math.min(1024, maxPositions) - steps;
+  const ctx1024 = Math.min(1024, g.maxPositions) - steps;
   // interleave the two contexts twice to spread machine noise over both
-  const a1 = await decodeAt(16, steps);
-  const b1 = await decodeAt(ctx1024, steps);
-  const a2 = await decodeAt(16, steps);
-  const b2 = await decodeAt(ctx1024, steps);
+  const a1 = await g.decodeAt(16, steps);
+  const b1 = await g.decodeAt(ctx1024, steps);
+  const a2 = await g.decodeAt(16, steps);
+  const b2 = await g.decodeAt(ctx1024, steps);
   const ms16 = Math.min(a1, a2);
   const ms1024 = Math.min(b1, b2);
-  await session.release();
-  const floorMs = (bytes / (bandwidth * 1e9)) * 1000;
+  await g.release();
+  const floorMs = (g.bytes / (bandwidth * 1e9)) * 1000;
   return {
     model: name,
-    params_m: params / 1e6,
-    weight_mb: bytes / 1e6,
+    params_m: g.params / 1e6,
+    weight_mb: g.bytes / 1e6,
     prefill_512_tok_s: P / (Math.min(...prefillTimes) / 1000),
     decode_b1_tok_s: 1000 / ms16,
     decode_step_ms_ctx16: ms16,

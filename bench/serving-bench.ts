@@ -1,6 +1,7 @@
 // Serving benchmark in the form of vLLM's `vllm bench serve --dataset-name random`, over HTTP.
 //
-//   npm run bench -- --only serving [--quick]     starts its own servers (synthetic 110M model)
+//   npm run bench -- --only serving [--quick]     issue 10's suite (serving-suite.ts): starts its own
+//                                                  server on the synthetic 110M model
 //   node --import tsx bench/serving-bench.ts --url http://127.0.0.1:8080 [--model NAME]
 //        [--adapters a,b,c] [--input-len 512] [--output-len 128] [--num-prompts N]
 //        [--request-rate inf|R] [--max-concurrency C] [--popularity uniform|zipf|round-robin]
@@ -30,11 +31,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import { Rng } from '../src/runtime/random.ts';
-import { parseModelConfig } from '../src/runtime/model-config.ts';
-import { encodeSafetensors } from '../src/runtime/safetensors.ts';
-import { buildAdapter } from '../scripts/make-test-adapters.ts';
-import { sseData, startServer, zipf } from '../load-tests/harness.ts';
-import { llama110mDir } from './bench-models.ts';
+import { sseData, zipf } from '../load-tests/harness.ts';
 import { printTable } from './stats.ts';
 
 export type Popularity = 'uniform' | 'zipf' | 'round-robin';
@@ -72,7 +69,7 @@ export interface RequestResult {
 }
 
 interface Hist { sum: number; count: number }
-export interface ServerSnapshot { batch: Hist; steps: Record<'prefill' | 'decode' | 'mixed', Hist>; mergedBuilds: number }
+export interface ServerSnapshot { batch: Hist; steps: Record<'prefill' | 'decode' | 'mixed', Hist>; mergedBuilds: number; loraArenaBytes: number }
 
 export interface ServingMetrics {
   label: string;
@@ -106,7 +103,7 @@ export interface ServingMetrics {
 }
 
 // ---- statistics as numpy computes them (linear interpolation between closest ranks)
-function npPercentile(xs: number[], p: number): number {
+export function npPercentile(xs: number[], p: number): number {
   if (xs.length === 0) return NaN;
   const s = Float64Array.from(xs).sort();
   const h = (s.length - 1) * (p / 100);
@@ -203,6 +200,7 @@ export async function serverSnapshot(url: string, apiKey?: string): Promise<Serv
     batch: { sum: sum('loraserve_batch_size_sum'), count: sum('loraserve_batch_size_count') },
     steps: { prefill: step('prefill'), decode: step('decode'), mixed: step('mixed') },
     mergedBuilds: sum('loraserve_merged_cache_builds_total'),
+    loraArenaBytes: text.includes('loraserve_lora_arena_bytes') ? sum('loraserve_lora_arena_bytes') : NaN,
   };
 }
 
@@ -343,7 +341,7 @@ export function printVllmStyle(m: ServingMetrics): void {
 }
 
 // Special ids of a local model: config.json's bos/eos/pad and tokenizer.json's special added tokens.
-function specialIdsOf(dir: string): number[] {
+export function specialIdsOf(dir: string): number[] {
   const ids = new Set<number>();
   const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
   for (const k of ['bos_token_id', 'eos_token_id', 'pad_token_id']) {
@@ -359,103 +357,11 @@ function specialIdsOf(dir: string): number[] {
 
 // A short request per target before measuring (vLLM sends one test prompt), so that no case pays
 // for a first use (an adapter's first load, a graph's first run).
-async function warmUp(url: string, models: string[], vocab: number, special: number[], apiKey?: string): Promise<void> {
+export async function warmUp(url: string, models: string[], vocab: number, special: number[], apiKey?: string): Promise<void> {
   const prompts = randomPrompts(models.length, 16, vocab, special, 999);
   const rs = await Promise.all(models.map((model, i) => streamRequest(url, { model, prompt: prompts[i], max_tokens: 2, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 }, { apiKey, timeoutMs: 120_000 })));
   const bad = rs.find((r) => !r.ok);
   if (bad) throw new Error(`warm-up request for ${bad.model} failed: ${bad.status} ${bad.error}`);
-}
-
-// ---- npm run bench -- --only serving
-export async function servingBench(opts: { quick: boolean }): Promise<Record<string, unknown>> {
-  const dir = llama110mDir();
-  const modelName = 'llama-110m';
-  const cfg = parseModelConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>);
-  const special = specialIdsOf(dir);
-  const inputLen = opts.quick ? 128 : 512;
-  const outputLen = opts.quick ? 32 : 128;
-  const concurrencies = opts.quick ? [1, 8] : [1, 8, 32];
-  const nAdapters = Math.max(...concurrencies);
-  const server = await startServer(dir, ['--model-name', modelName, '--max-queue', '512']);
-  try {
-    console.log(`\nserving bench: uploading ${nAdapters} rank-16 adapters (all seven targets) …`);
-    for (let i = 0; i < nAdapters; i++) {
-      const f = buildAdapter(cfg, { rank: 16, alpha: 32, seed: 500 + i });
-      const fd = new FormData();
-      fd.append('name', `a${i}`);
-      fd.append('adapter_config.json', new Blob([JSON.stringify(f.config)]), 'adapter_config.json');
-      fd.append('adapter_model.safetensors', new Blob([encodeSafetensors(f.tensors) as Uint8Array<ArrayBuffer>]), 'adapter_model.safetensors');
-      const r = await fetch(`${server.url}/v1/adapters`, { method: 'POST', body: fd });
-      if (r.status !== 201) throw new Error(`upload of a${i} failed: ${r.status} ${await r.text()}`);
-    }
-    const adapterNames = Array.from({ length: nAdapters }, (_, i) => `a${i}`);
-    await warmUp(server.url, [modelName, ...adapterNames], cfg.vocabSize, special);
-
-    const base: Omit<ServingOptions, 'numPrompts' | 'adapters' | 'seed' | 'label' | 'popularity'> = {
-      url: server.url, model: modelName, inputLen, outputLen, requestRate: Infinity, maxConcurrency: null,
-      vocab: cfg.vocabSize, specialIds: special, logprobs: true, timeoutMs: 600_000,
-    };
-    // single-prompt prefill rate: one input-len request with max_tokens 1, prompt tokens / TTFT
-    // (the best of two, so that a first run of a shape or a noisy neighbour does not count)
-    const prefillRate = async (model: string, seed: number): Promise<number> => {
-      let best = 0;
-      for (let k = 0; k < 2; k++) {
-        const [prompt] = randomPrompts(1, inputLen, cfg.vocabSize, special, seed + k);
-        const r = await streamRequest(server.url, { model, prompt, max_tokens: 1, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 }, { timeoutMs: 120_000 });
-        if (!r.ok) throw new Error(`prefill probe failed: ${r.status} ${r.error}`);
-        best = Math.max(best, r.promptTokens / (r.ttftMs / 1000));
-      }
-      return best;
-    };
-    const prefill = { base: await prefillRate(modelName, 7001), adapter: await prefillRate('a0', 7003) };
-    // batch-8 decode step time: 8 requests with 16-token prompts all at once, so that nearly every
-    // step is a pure decode step of 8 (in the 8-concurrent cases themselves most steps are mixed:
-    // the others' prompts ride along in small chunks, and pure decode steps come at the ragged end)
-    const probeTokens = Math.min(outputLen, 64);
-    const decodeProbe: Record<string, ServingMetrics['server']> = {};
-    for (const kind of ['base', 'one_adapter', 'distinct_adapters'] as const) {
-      const adapters = kind === 'base' ? [] : kind === 'one_adapter' ? ['a0'] : adapterNames.slice(0, 8);
-      const { metrics } = await runServing({ ...base, inputLen: 16, outputLen: probeTokens, numPrompts: 8, adapters, popularity: 'round-robin', seed: 8000, label: `decode probe ${kind}` });
-      decodeProbe[kind] = metrics.server;
-    }
-
-    const cases: (ServingMetrics & { concurrency: number; kind: string })[] = [];
-    let seed = 1000;
-    for (const conc of concurrencies) {
-      for (const kind of ['base', 'one_adapter', 'distinct_adapters'] as const) {
-        const adapters = kind === 'base' ? [] : kind === 'one_adapter' ? ['a0'] : adapterNames.slice(0, conc);
-        const label = `${conc}× ${kind === 'base' ? 'base' : kind === 'one_adapter' ? '1 adapter' : `${conc} adapters`}`;
-        if (kind === 'distinct_adapters' && conc === 1) continue; // the same as one adapter
-        const { metrics } = await runServing({ ...base, numPrompts: conc, adapters, popularity: 'round-robin', seed: seed++, label });
-        console.log(`  ${label}: ${metrics.output_throughput.toFixed(1)} out tok/s, TTFT median ${metrics.median_ttft_ms.toFixed(0)} ms, TPOT median ${metrics.median_tpot_ms.toFixed(1)} ms, mean decode batch ${metrics.server?.mean_decode_batch.toFixed(2) ?? '-'}`);
-        cases.push({ ...metrics, concurrency: conc, kind });
-      }
-    }
-    printTable(`serving benchmark, ${modelName} (${inputLen} → ${outputLen} tokens, all requests at once; ms, tok/s)`, cases.map((c) => tableRow(c)));
-
-    // the vLLM-style "ideal" for the 8-concurrent cases: the prompts prefilled one after another at
-    // the single-prompt rate, then output-len decode steps of batch 8 (step time from the probe)
-    const ideal: Record<string, string | number>[] = [];
-    for (const c of cases.filter((x) => x.concurrency === 8)) {
-      const rate = c.kind === 'base' ? prefill.base : prefill.adapter;
-      const probe = decodeProbe[c.kind];
-      const stepS = probe ? probe.mean_decode_step_ms / 1000 : c.median_tpot_ms / 1000; // no /metrics: TPOT
-      const idealTokS = (8 * outputLen) / ((8 * inputLen) / rate + outputLen * stepS);
-      const tpotIdeal = (8 * outputLen) / ((8 * inputLen) / rate + outputLen * (c.median_tpot_ms / 1000));
-      ideal.push({
-        case: c.label, prefill_tok_s: rate,
-        batch8_step_ms: stepS * 1000, probe_batch: probe?.mean_decode_batch ?? NaN, batch8_decode_tok_s: probe?.decode_tok_s ?? NaN,
-        ideal_out_tok_s: idealTokS, measured_out_tok_s: c.output_throughput, measured_over_ideal: c.output_throughput / idealTokS,
-        run_decode_batch: c.server?.mean_decode_batch ?? NaN, run_decode_steps: c.server?.decode_steps ?? NaN, run_mixed_steps: c.server?.mixed_steps ?? NaN,
-        tpot_med_ms: c.median_tpot_ms, ideal_if_step_were_tpot: tpotIdeal,
-      });
-    }
-    printTable(`8 concurrent vs ideal = 8·${outputLen} / (8·${inputLen}/prefill_tok_s + ${outputLen}·batch8_step); batch8_step from a probe of 8 short-prompt streams (probe_batch: its mean decode batch)`, ideal);
-    const formula = `8·${outputLen} / (8·${inputLen}/prefill_tok_s + ${outputLen}·batch8_step)`;
-    return { model: modelName, inputLen, outputLen, cases, ideal: { formula, prefill_tok_s: prefill, decode_probe: decodeProbe, by_case: Object.fromEntries(ideal.map((r) => [r.case, r])) } };
-  } finally {
-    await server.stop();
-  }
 }
 
 // ---- standalone: against any URL

@@ -1,10 +1,11 @@
 // node --import tsx load-tests/attack-report.ts [results.json]
 // Writes the attack scenario's figures (load-tests/attack.ts) and, when it has run, the memory
 // churn figures (load-tests/memory-churn.ts) into docs/benchmarks.md, between the markers
-// <!-- attack:begin --> and <!-- attack:end -->, and keeps the JSON they came from in
+// <!-- attack:begin --> and <!-- attack:end --> (bench/markers.ts), and keeps the JSON they came from in
 // docs/figures/, so the numbers in the docs are never typed by hand.
-import { existsSync, readFileSync, writeFileSync, copyFileSync } from 'node:fs';
+import { existsSync, readFileSync, copyFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { writeBlock } from '../bench/markers.ts';
 
 const src = process.argv[2] ?? fileURLToPath(new URL('./results/attack.json', import.meta.url));
 const docs = fileURLToPath(new URL('../docs/benchmarks.md', import.meta.url));
@@ -40,11 +41,6 @@ if (churnFile) {
   ...c.results.map((r) => `| ${r.scenario} | ${n(r.seconds)} | ${n(r.adapter_mb, 1)} | ${n(r.warm_rss_mb)} | ${n(r.peak_rss_mb)} | ${n(r.bound_mb)} | ${n(r.reloads)} | ${n(r.requests)} | ${n(r.ops)} | ${n(r.errors)} |`));
   if (churnFile !== churnKept) copyFileSync(churnFile, churnKept);
 }
-const md = readFileSync(docs, 'utf8');
-const begin = '<!-- attack:begin -->';
-const end = '<!-- attack:end -->';
-const block = `${begin}\n${lines.join('\n')}\n${end}`;
-const next = md.includes(begin) ? md.replace(new RegExp(`${begin}[\\s\\S]*?${end}`), block) : `${md.trimEnd()}\n\n## Attack scenario (\`npm run load-test -- --only attack\`)\n\n${block}\n`;
-writeFileSync(docs, next);
+writeBlock(docs, 'attack', lines.join('\n'), (md, block) => `${md.trimEnd()}\n\n## Attack scenario (\`npm run load-test -- --only attack\`)\n\n${block}\n`);
 if (src !== kept) copyFileSync(src, kept);
 console.log(`docs/benchmarks.md: attack figures of ${r.date}`);

@@ -1,0 +1,225 @@
+// npm run bench -- --only serving [--quick] [--itl-target-ms N] [--scheduling goodput|strict]
+//
+// Issue 10's serving figures, through the real server over HTTP on the synthetic 110M model, every
+// ratio measured within this one run (this VM's timings drift ±10–30% between runs):
+//   - cases: 1, 8 and 32 concurrent requests of input-len → output-len tokens (512 → 128; --quick:
+//     128 → 32), all at once, on the base model, on one rank-16 adapter and on as many distinct
+//     rank-16 adapters as requests: request and output-token throughput, mean / median / p99 of
+//     TTFT, TPOT and ITL (serving-bench.ts, in vLLM's form).
+//   - the "ideal" for 8 concurrent: every prompt token at the single-prompt prefill rate, then
+//     output-len decode steps of batch 8, both measured through the server in this run.
+//   - served batch-1 decode after a 512-token prompt against the plain graph's step at context 16
+//     (serving-probes.ts).
+//   - rank-4 batches before and after rank-64 requests, and the LoRA arena's bytes meanwhile.
+// It prints tables and a list of checks (measured, target, met or not) and returns the JSON that
+// run.ts saves in bench/results/latest.json; `npm run bench:report` writes the docs from it.
+// A benchmark: nothing here asserts or fails the run on a missed target.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseModelConfig } from '../src/runtime/model-config.ts';
+import type { ModelConfig } from '../src/runtime/model-config.ts';
+import { encodeSafetensors } from '../src/runtime/safetensors.ts';
+import { buildAdapter } from '../scripts/make-test-adapters.ts';
+import { startServer } from '../load-tests/harness.ts';
+import type { Server } from '../load-tests/harness.ts';
+import { llama110mDir } from './bench-models.ts';
+import { printTable } from './stats.ts';
+import { randomPrompts, runServing, specialIdsOf, streamRequest, tableRow, warmUp } from './serving-bench.ts';
+import type { ServingMetrics } from './serving-bench.ts';
+import { rankAfterRank64, servedVsPlain } from './serving-probes.ts';
+import type { BaseOptions } from './serving-probes.ts';
+import { check, checkFigure, checkTarget } from './checks.ts';
+import type { Check } from './checks.ts';
+
+export type Scheduling = 'goodput' | 'strict';
+
+export interface ServingSuiteOptions {
+  quick: boolean;
+  itlTargetMs: number;    // passed to the server as --itl-target-ms, and the ITL check's bound
+  scheduling: Scheduling; // passed to the server as --scheduling
+}
+
+export type CaseKind = 'base' | 'one_adapter' | 'distinct_adapters';
+export type ServingCase = ServingMetrics & { concurrency: number; kind: CaseKind };
+
+const fmt = (v: number, d = 2): string => (Number.isFinite(v) ? v.toFixed(d) : String(v));
+
+async function upload(url: string, cfg: ModelConfig, name: string, rank: number, seed: number): Promise<void> {
+  const f = buildAdapter(cfg, { rank, alpha: 2 * rank, seed });
+  const fd = new FormData();
+  fd.append('name', name);
+  fd.append('adapter_config.json', new Blob([JSON.stringify(f.config)]), 'adapter_config.json');
+  fd.append('adapter_model.safetensors', new Blob([encodeSafetensors(f.tensors) as Uint8Array<ArrayBuffer>]), 'adapter_model.safetensors');
+  const r = await fetch(`${url}/v1/adapters`, { method: 'POST', body: fd });
+  if (r.status !== 201) throw new Error(`upload of ${name} failed: ${r.status} ${await r.text()}`);
+}
+
+// The server with the scheduling flags; a server that refuses them (a build from before they
+// existed) is started without them, and the run records that.
+async function startWithFlags(dir: string, common: string[], o: ServingSuiteOptions): Promise<{ server: Server; flagsAccepted: boolean }> {
+  const flags = ['--itl-target-ms', String(o.itlTargetMs), '--scheduling', o.scheduling];
+  try {
+    return { server: await startServer(dir, [...common, ...flags]), flagsAccepted: true };
+  } catch (e) {
+    console.log(`\nWARNING: the server did not start with ${flags.join(' ')} (${(e as Error).message}); starting it without them. ` +
+      'The figures below are of its default scheduling, and the ITL check compares with the value asked for.');
+    return { server: await startServer(dir, common), flagsAccepted: false };
+  }
+}
+
+export async function servingBench(o: ServingSuiteOptions): Promise<Record<string, unknown>> {
+  const t0 = performance.now();
+  const phases: Record<string, number> = {};
+  let tPhase = performance.now();
+  const phase = (name: string): void => { const now = performance.now(); phases[name] = (now - tPhase) / 1000; tPhase = now; };
+
+  const dir = llama110mDir();
+  const modelName = 'llama-110m';
+  const cfg = parseModelConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>);
+  const special = specialIdsOf(dir);
+  const inputLen = o.quick ? 128 : 512;
+  const outputLen = o.quick ? 32 : 128;
+  const concurrencies = [1, 8, 32];
+  const nAdapters = Math.max(...concurrencies);
+  const rank4 = ['r4_0', 'r4_1', 'r4_2', 'r4_3'];
+  const { server, flagsAccepted } = await startWithFlags(dir, ['--model-name', modelName, '--max-queue', '512'], o);
+  phase('start_server');
+  try {
+    console.log(`\nserving bench (${o.quick ? 'quick' : 'full'}: ${inputLen} → ${outputLen}; --itl-target-ms ${o.itlTargetMs} --scheduling ${o.scheduling}${flagsAccepted ? '' : ' NOT ACCEPTED by the server'}): uploading ${nAdapters} rank-16 adapters, 4 rank-4 and 1 rank-64 (all seven targets) …`);
+    for (let i = 0; i < nAdapters; i++) await upload(server.url, cfg, `a${i}`, 16, 500 + i);
+    for (let i = 0; i < rank4.length; i++) await upload(server.url, cfg, rank4[i], 4, 600 + i);
+    await upload(server.url, cfg, 'r64', 64, 700);
+    const adapterNames = Array.from({ length: nAdapters }, (_, i) => `a${i}`);
+    const base: BaseOptions = {
+      url: server.url, model: modelName, requestRate: Infinity, maxConcurrency: null,
+      vocab: cfg.vocabSize, specialIds: special, logprobs: true, timeoutMs: 600_000,
+    };
+    phase('upload');
+
+    // 1. rank-4 batches before and after rank-64 requests: first, while no rank-16 or rank-64
+    // adapter has run yet, so that "before" is the arena as a fresh server has it
+    await warmUp(server.url, [modelName, ...rank4], cfg.vocabSize, special);
+    const rank = await rankAfterRank64({ base, rank4, rank64: 'r64', tokens: o.quick ? 32 : 64, before: 2, after: o.quick ? 2 : 3 });
+    printTable(`rank-4 batches (${rank.streams} streams × ${rank.tokens} tokens, 16-token prompts) before and after rank-64 requests; arena = loraserve_lora_arena_bytes (max while it ran / once done)`,
+      rank.samples.map((s) => ({ phase: s.phase, decode_tok_s: s.decode_tok_s, out_tok_s: s.out_tok_s, tpot_med_ms: s.tpot_med_ms, mean_batch: s.mean_decode_batch, arena_max_mb: s.arena_max_bytes / 1e6, arena_end_mb: s.arena_end_bytes / 1e6 })));
+    phase('rank_probe');
+
+    // 2. served batch-1 decode after a 512-token prompt vs the plain graph at context 16
+    await warmUp(server.url, [modelName, ...adapterNames], cfg.vocabSize, special);
+    const b1 = await servedVsPlain({ base, modelDir: dir, promptLen: 512, outputLen: o.quick ? 24 : 64, plainSteps: o.quick ? 16 : 40, reps: o.quick ? 2 : 3 });
+    printTable('served batch-1 decode after a 512-token prompt (median gap between its tokens, over HTTP) vs the plain graph (one StepRunner, this process)', [{
+      plain_ctx16_ms: b1.plain_ms, plain_ctx512_ms: b1.plain_ctx_prompt_ms, served_itl_med_ms: b1.served_ms,
+      served_tpot_ms: Math.min(...b1.served_tpot_ms), server_step_ms: Math.min(...b1.served_server_step_ms), served_over_plain16: b1.ratio,
+      samples_plain: b1.plain_ctx16_ms.map((x) => x.toFixed(1)).join(' '), samples_served: b1.served_itl_median_ms.map((x) => x.toFixed(1)).join(' '),
+    }]);
+    phase('served_vs_plain');
+
+    // 3. the single-prompt prefill rate: one input-len request with max_tokens 1, prompt tokens /
+    // TTFT (best of two, so that a first run of a shape or a noisy neighbour does not count)
+    const prefillRate = async (model: string, seed: number): Promise<number> => {
+      let best = 0;
+      for (let k = 0; k < 2; k++) {
+        const [prompt] = randomPrompts(1, inputLen, cfg.vocabSize, special, seed + k);
+        const r = await streamRequest(server.url, { model, prompt, max_tokens: 1, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 }, { timeoutMs: 120_000 });
+        if (!r.ok) throw new Error(`prefill probe failed: ${r.status} ${r.error}`);
+        best = Math.max(best, r.promptTokens / (r.ttftMs / 1000));
+      }
+      return best;
+    };
+    const prefill = { base: await prefillRate(modelName, 7001), adapter: await prefillRate('a0', 7003) };
+    // the batch-8 decode step: 8 requests with 16-token prompts all at once, so that nearly every
+    // step is a pure decode step of 8 (in the 8-concurrent cases most steps carry prompt chunks)
+    const probeTokens = Math.min(outputLen, 64);
+    const decodeProbe: Record<string, ServingMetrics['server']> = {};
+    for (const kind of ['base', 'one_adapter', 'distinct_adapters'] as const) {
+      const adapters = kind === 'base' ? [] : kind === 'one_adapter' ? ['a0'] : adapterNames.slice(0, 8);
+      const { metrics } = await runServing({ ...base, inputLen: 16, outputLen: probeTokens, numPrompts: 8, adapters, popularity: 'round-robin', seed: 8000, label: `decode probe ${kind}` });
+      decodeProbe[kind] = metrics.server;
+    }
+    phase('prefill_and_decode_probes');
+
+    // 4. the cases
+    const cases: ServingCase[] = [];
+    let seed = 1000;
+    for (const conc of concurrencies) {
+      for (const kind of ['base', 'one_adapter', 'distinct_adapters'] as const) {
+        if (kind === 'distinct_adapters' && conc === 1) continue; // the same as one adapter
+        const adapters = kind === 'base' ? [] : kind === 'one_adapter' ? ['a0'] : adapterNames.slice(0, conc);
+        const label = `${conc}× ${kind === 'base' ? 'base' : kind === 'one_adapter' ? '1 adapter' : `${conc} adapters`}`;
+        const { metrics } = await runServing({ ...base, inputLen, outputLen, numPrompts: conc, adapters, popularity: 'round-robin', seed: seed++, label });
+        console.log(`  ${label}: ${metrics.output_throughput.toFixed(1)} out tok/s, TTFT median ${metrics.median_ttft_ms.toFixed(0)} ms, TPOT median ${metrics.median_tpot_ms.toFixed(1)} ms, ITL p99 ${metrics.p99_itl_ms.toFixed(0)} ms, mean decode batch ${metrics.server?.mean_decode_batch.toFixed(2) ?? '-'}`);
+        cases.push({ ...metrics, concurrency: conc, kind });
+      }
+    }
+    printTable(`serving benchmark, ${modelName} (${inputLen} → ${outputLen} tokens, all requests at once; ms, tok/s)`, cases.map((c) => tableRow(c)));
+    phase('cases');
+
+    // 5. the ideal for 8 concurrent: the prompts prefilled one after another at the single-prompt
+    // rate, then output-len decode steps of batch 8 (the step time from the probe)
+    const formula = `8·${outputLen} / (8·${inputLen}/prefill_tok_s + ${outputLen}·batch8_step)`;
+    const ideal: Record<string, string | number>[] = [];
+    for (const c of cases.filter((x) => x.concurrency === 8)) {
+      const rate = c.kind === 'base' ? prefill.base : prefill.adapter;
+      const probe = decodeProbe[c.kind];
+      const stepS = probe ? probe.mean_decode_step_ms / 1000 : c.median_tpot_ms / 1000; // no /metrics: TPOT
+      const idealTokS = (8 * outputLen) / ((8 * inputLen) / rate + outputLen * stepS);
+      ideal.push({
+        case: c.label, prefill_tok_s: rate, batch8_step_ms: stepS * 1000, step_from: probe ? '/metrics' : 'TPOT',
+        probe_batch: probe?.mean_decode_batch ?? NaN, ideal_out_tok_s: idealTokS, measured_out_tok_s: c.output_throughput,
+        measured_over_ideal: c.output_throughput / idealTokS, itl_p99_ms: c.p99_itl_ms,
+        run_decode_batch: c.server?.mean_decode_batch ?? NaN, run_decode_steps: c.server?.decode_steps ?? NaN, run_mixed_steps: c.server?.mixed_steps ?? NaN,
+      });
+    }
+    printTable(`8 concurrent vs ideal = ${formula}; batch8_step from a probe of 8 short-prompt streams (probe_batch: its mean decode batch)`, ideal);
+
+    // 6. the checks
+    const find = (conc: number, kind: CaseKind): ServingCase | undefined => cases.find((c) => c.concurrency === conc && c.kind === kind);
+    const d8 = find(8, 'distinct_adapters')!;
+    const i8 = ideal.find((r) => r.case === d8.label)!;
+    const d32 = find(32, 'distinct_adapters')!;
+    const b32 = find(32, 'base')!;
+    const one1 = find(1, 'one_adapter')!;
+    const lens = `${inputLen} → ${outputLen}`;
+    const checks: Check[] = [
+      check('ideal_8x8', `8 concurrent × ${lens} on 8 distinct adapters: output tok/s ≥ 0.8× the ideal`,
+        i8.measured_over_ideal as number, '>=', 0.8, '×',
+        `${fmt(d8.output_throughput, 1)} tok/s vs ideal ${fmt(i8.ideal_out_tok_s as number, 1)} (prefill ${fmt(prefill.adapter, 0)} tok/s, batch-8 step ${fmt(i8.batch8_step_ms as number, 1)} ms)`),
+      check('itl_8x8', `8 concurrent × ${lens} on 8 distinct adapters: ITL p99 ≤ --itl-target-ms (${o.itlTargetMs})`,
+        d8.p99_itl_ms, '<=', o.itlTargetMs, 'ms',
+        `ITL median ${fmt(d8.median_itl_ms, 1)} ms, max ${fmt(d8.max_itl_ms, 0)} ms${flagsAccepted ? '' : '; the server did not take --itl-target-ms'}`),
+      check('scale_32', `32 concurrent × ${lens} on 32 distinct rank-16 adapters: output tok/s ≥ 3× one stream's`,
+        d32.output_throughput / one1.output_throughput, '>=', 3, '×',
+        `${fmt(d32.output_throughput, 1)} vs ${fmt(one1.output_throughput, 1)} tok/s (1 stream on 1 adapter)`),
+      check('vs_base_32', `32 concurrent × ${lens} on 32 distinct rank-16 adapters: output tok/s ≥ 0.8× the same load on the base model`,
+        d32.output_throughput / b32.output_throughput, '>=', 0.8, '×',
+        `${fmt(d32.output_throughput, 1)} vs ${fmt(b32.output_throughput, 1)} tok/s`),
+      check('served_b1', 'served batch-1 decode after a 512-token prompt (HTTP): step ≤ 1.15× the plain graph\'s step at context 16',
+        b1.ratio, '<=', 1.15, '×',
+        `median ITL ${fmt(b1.served_ms, 1)} ms vs plain ${fmt(b1.plain_ms, 1)} ms (plain at context 512: ${fmt(b1.plain_ctx_prompt_ms, 1)} ms)`),
+      check('rank_after_64', 'after a rank-64 request, rank-4 batches decode within 5% of their speed before it',
+        rank.speed_ratio, '>=', 0.95, '×',
+        `${fmt(rank.after_tok_s, 1)} vs ${fmt(rank.before_tok_s, 1)} decode tok/s (medians of ${rank.samples.filter((s) => s.phase === 'after').length} and ${rank.samples.filter((s) => s.phase === 'before').length} batches)`),
+      check('arena_follows', 'LoRA arena bytes follow the ranks in use: a rank-4 batch after a rank-64 request holds no more than before it',
+        rank.arena_ratio, '<=', 1, '×',
+        `rank-4 ${fmt(rank.arena_rank4_before_bytes / 1e6, 1)} MB before, ${fmt(rank.arena_rank64_bytes / 1e6, 1)} MB with rank 64, ${fmt(rank.arena_idle_after_rank64_bytes / 1e6, 1)} MB idle after it, ${fmt(rank.arena_rank4_after_bytes / 1e6, 1)} MB rank-4 after`),
+    ];
+    printTable(`serving targets (${o.quick ? 'QUICK run: shorter lengths than the targets\' 512 → 128' : 'full run'}; every figure measured within this run)`,
+      checks.map((c) => ({ check: c.id, measured: checkFigure(c), target: checkTarget(c), met: c.met === null ? 'n/a' : c.met ? 'yes' : 'NO', detail: c.detail })));
+    phase('report');
+    const totalS = (performance.now() - t0) / 1000;
+    console.log(`serving suite: ${totalS.toFixed(0)} s (${Object.entries(phases).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(', ')})`);
+
+    return {
+      model: modelName, quick: o.quick, inputLen, outputLen,
+      server: { itl_target_ms: o.itlTargetMs, scheduling: o.scheduling, flags_accepted: flagsAccepted },
+      duration_s: totalS, phases_s: phases,
+      checks,
+      cases,
+      ideal: { formula, prefill_tok_s: prefill, decode_probe: decodeProbe, by_case: Object.fromEntries(ideal.map((r) => [r.case, r])) },
+      served_vs_plain: b1,
+      rank_after_rank64: rank,
+    };
+  } finally {
+    await server.stop();
+  }
+}

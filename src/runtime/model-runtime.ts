@@ -4,7 +4,7 @@
 // read back from disk when an adapter is merged or a DoRA norm is computed.
 import { loadModel } from './model-loader.ts';
 import type { LoadedModel } from './model-loader.ts';
-import { buildLlamaGraph, loraLinear } from './llama-graph.ts';
+import { buildServedGraph } from './llama-graph.ts';
 import { createSession } from './session.ts';
 import type { ExecutionProvider, SessionOptions } from './session.ts';
 import { StepRunner } from './step.ts';
@@ -23,7 +23,12 @@ export interface RuntimeOptions {
   executionProvider?: ExecutionProvider;
   intraOpThreads?: number;
   maxRunning?: number;                 // rows per KV lane (the batch limit)
+  loraArenaBytes?: number;             // bound on the LoRA arena's committed bytes (default: none)
+  laneGrowth?: number;                 // KV lane capacity ratio (default SERVED_LANE_GROWTH, lanes.ts)
 }
+
+// Finer than the LanePool default of 2: a decode step reads its lane's whole capacity (lanes.ts).
+export const SERVED_LANE_GROWTH = 1.5;
 
 export interface ModelRuntime {
   model: Omit<LoadedModel, 'weights'>;
@@ -46,7 +51,7 @@ export async function createModelRuntime(opts: RuntimeOptions): Promise<ModelRun
     throw new ModelConfigError(`tokenizer.json has ${tokenizer.vocabSize} tokens but the model's vocab_size is ${cfg.vocabSize}`, 'vocab_size');
   }
   const sessionOptions: SessionOptions = { executionProvider: opts.executionProvider, intraOpThreads: opts.intraOpThreads };
-  const session = await createSession(buildLlamaGraph(cfg, loaded.weights, { maxPositions: maxContext, linear: loraLinear(cfg, loaded.weights) }), sessionOptions);
+  const session = await createSession(buildServedGraph(cfg, loaded.weights, { maxPositions: maxContext }), sessionOptions);
   let weightBytes = 0;
   for (const w of loaded.weights.values()) weightBytes += w.byteLength;
   const { weights: _dropped, ...model } = loaded;
@@ -56,7 +61,7 @@ export async function createModelRuntime(opts: RuntimeOptions): Promise<ModelRun
     config: cfg,
     tokenizer,
     runner: new StepRunner(session, cfg, maxContext),
-    lanes: new LanePool(cfg, maxContext, opts.maxRunning ?? 32),
+    lanes: new LanePool(cfg, maxContext, opts.maxRunning ?? 32, { laneGrowth: opts.laneGrowth ?? SERVED_LANE_GROWTH, loraArenaBytes: opts.loraArenaBytes }),
     info: {
       name: loaded.name,
       vocabSize: cfg.vocabSize,

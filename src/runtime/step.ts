@@ -1,13 +1,16 @@
 // runStep: one session run over two groups of arena rows (llama-graph.ts): group 0 for prompt
 // chunks, group 1 for decode tokens, so a prefill chunk rides in the decode step's pass over the
-// weights. Per group it builds the feeds (ids, positions, mask, KV and LoRA views of rows
-// [lo, hi) of the group's lane), runs the graph, writes the new KV rows and returns the requested
-// logits rows. This is the only forward pass of the runtime. Rows in [lo, hi) that are not in the
-// step ride along as masked dummies, so the arenas are always fed in place.
+// weights. Per group it builds the feeds (ids, positions, mask, KV views of rows [lo, hi) of the
+// group's lane), runs the graph, writes the new KV rows and returns the requested logits rows. This
+// is the only forward pass of the runtime. Rows in [lo, hi) that are not in the step ride along as
+// masked dummies, so the KV arenas are always fed in place. The LoRA feeds are built once per step
+// for both groups (lora-arena.ts): each row's flat token indices go to its adapter slot's entry, so
+// the factors of an adapter are read once per band however many rows use it.
 import { ort } from './session.ts';
 import type { ModelConfig } from './model-config.ts';
 import type { KvArena } from './kv-arena.ts';
-import { emptyLoraFeeds } from './lora-arena.ts';
+import { emptyLoraFeeds } from './lora-feeds.ts';
+import type { LoraTokens } from './lora-feeds.ts';
 import type { LoraArena } from './lora-arena.ts';
 
 export interface StepRow {
@@ -75,18 +78,19 @@ export class StepRunner {
   async runGroups(groups: [StepGroup | null, StepGroup | null], mergedSession?: ort.InferenceSession): Promise<StepResult> {
     const session = mergedSession ?? this.session;
     let withLora = this.loraInputs.get(session);
-    if (withLora === undefined) this.loraInputs.set(session, (withLora = session.inputNames.some((n) => n.startsWith('lora_a.'))));
+    if (withLora === undefined) this.loraInputs.set(session, (withLora = session.inputNames.includes('lora_pick')));
     const feeds: Record<string, ort.Tensor> = {};
     const layouts: (GroupLayout | null)[] = [];
     const logitRows: number[] = [];
     const rowOffsets: number[] = [];
     let offset = 0;
     groups.forEach((group, g) => {
-      const layout = group && group.rows.length ? this.groupFeeds(g, group, offset, feeds, logitRows, rowOffsets, withLora) : null;
-      if (!layout) this.emptyGroupFeeds(g, feeds, withLora);
+      const layout = group && group.rows.length ? this.groupFeeds(g, group, offset, feeds, logitRows, rowOffsets) : null;
+      if (!layout) this.emptyGroupFeeds(g, feeds);
       layouts.push(layout);
       offset += layout ? layout.B * layout.S : 0;
     });
+    if (withLora) Object.assign(feeds, this.loraFeeds(groups, layouts, offset));
     feeds.group_sizes = new ort.Tensor('int64', BigInt64Array.from(layouts.map((l) => BigInt(l ? l.B * l.S : 0))), [layouts.length]);
     feeds.logit_rows = new ort.Tensor('int64', BigInt64Array.from(logitRows.map(BigInt)), [logitRows.length]);
 
@@ -105,7 +109,23 @@ export class StepRunner {
     return { logits: out.logits.data as Float32Array, rowOffsets, vocabSize: this.cfg.vocabSize };
   }
 
-  private groupFeeds(g: number, group: StepGroup, offset: number, feeds: Record<string, ort.Tensor>, logitRows: number[], rowOffsets: number[], withLora: boolean): GroupLayout {
+  // Both groups' rows share one LoRA arena (the scheduler's, or the runner's own): each row's
+  // tokens go to its adapter slot's entry (lora-arena.ts); rows without an arena have no adapter.
+  private loraFeeds(groups: [StepGroup | null, StepGroup | null], layouts: (GroupLayout | null)[], tokens: number): Record<string, ort.Tensor> {
+    let arena: LoraArena | null = null;
+    const rows: LoraTokens[] = [];
+    for (let g = 0; g < groups.length; g++) {
+      const group = groups[g];
+      const layout = layouts[g];
+      if (!group?.lora || !layout) continue;
+      if (arena && arena !== group.lora) throw new Error('runStep: the two groups of a step must share one LoRA arena');
+      arena = group.lora;
+      for (const r of group.rows) rows.push({ row: r.row, first: layout.offset + (r.row - layout.lo) * layout.S, count: r.tokens.length });
+    }
+    return arena ? arena.feeds(rows, tokens) : emptyLoraFeeds(this.cfg);
+  }
+
+  private groupFeeds(g: number, group: StepGroup, offset: number, feeds: Record<string, ort.Tensor>, logitRows: number[], rowOffsets: number[]): GroupLayout {
     const { cfg, rep } = this;
     const { kv, rows } = group;
     const lo = Math.min(...rows.map((r) => r.row));
@@ -155,12 +175,11 @@ export class StepRunner {
       feeds[`past_key.${g}.${l}`] = P === 0 ? new ort.Tensor('float32', new Float32Array(0), [B, Hkv, d, 0]) : new ort.Tensor('float32', kv.keysT[l].subarray(lo * rowFloats, hi * rowFloats), [B, Hkv, d, P]);
       feeds[`past_value.${g}.${l}`] = P === 0 ? new ort.Tensor('float32', new Float32Array(0), [B, Hkv, 0, d]) : new ort.Tensor('float32', kv.values[l].subarray(lo * rowFloats, hi * rowFloats), [B, Hkv, P, d]);
     }
-    if (withLora) Object.assign(feeds, group.lora ? group.lora.feeds(lo, hi, g) : emptyLoraFeeds(cfg, g));
     return { lo, B, S, offset };
   }
 
-  // A group with no rows: [0, 1] tokens, no past, rank-0 LoRA factors.
-  private emptyGroupFeeds(g: number, feeds: Record<string, ort.Tensor>, withLora: boolean): void {
+  // A group with no rows: [0, 1] tokens, no past.
+  private emptyGroupFeeds(g: number, feeds: Record<string, ort.Tensor>): void {
     const { numKvHeads: Hkv, headDim: d } = this.cfg;
     feeds[`input_ids.${g}`] = new ort.Tensor('int64', new BigInt64Array(0), [0, 1]);
     feeds[`position_ids.${g}`] = new ort.Tensor('int64', new BigInt64Array(0), [0, 1]);
@@ -169,6 +188,5 @@ export class StepRunner {
       feeds[`past_key.${g}.${l}`] = new ort.Tensor('float32', new Float32Array(0), [0, Hkv, d, 0]);
       feeds[`past_value.${g}.${l}`] = new ort.Tensor('float32', new Float32Array(0), [0, Hkv, 0, d]);
     }
-    if (withLora) Object.assign(feeds, emptyLoraFeeds(this.cfg, g));
   }
 }

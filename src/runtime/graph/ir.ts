@@ -8,7 +8,8 @@ export type Attr =
   | { kind: 'int'; value: number }
   | { kind: 'float'; value: number }
   | { kind: 'ints'; value: number[] }
-  | { kind: 'string'; value: string };
+  | { kind: 'string'; value: string }
+  | { kind: 'graph'; value: Graph };   // a subgraph (If branches): its nodes may read outer-scope names
 
 export interface Node {
   op: string;
@@ -42,6 +43,7 @@ export interface Graph {
 export const int = (value: number): Attr => ({ kind: 'int', value });
 export const float = (value: number): Attr => ({ kind: 'float', value });
 export const ints = (value: number[]): Attr => ({ kind: 'ints', value });
+export const graph = (value: Graph): Attr => ({ kind: 'graph', value });
 
 export class GraphBuilder {
   private readonly graph: Graph;

@@ -56,20 +56,24 @@ export function exportOnnx(graph: Graph, opts: ExportOptions = {}): ExportedMode
     opsetImport: [{ domain: '', version: 21 }, { domain: 'com.microsoft', version: 1 }],
     graph: onnx.GraphProto.create({
       name: graph.name,
-      node: graph.nodes.map((n, i) => onnx.NodeProto.create({
-        name: `${n.op}_${i}`,
-        opType: n.op,
-        domain: n.domain,
-        input: n.inputs,
-        output: n.outputs,
-        attribute: Object.entries(n.attrs).map(([name, a]) => attribute(name, a)),
-      })),
+      node: nodeProtos(graph.nodes),
       input: graph.inputs.map(valueInfo),
       output: graph.outputs.map(valueInfo),
       initializer,
     }),
   });
   return { model: onnx.ModelProto.encode(model).finish(), externalData: blob };
+}
+
+function nodeProtos(nodes: Graph['nodes'], prefix = ''): onnxPkg.onnx.NodeProto[] {
+  return nodes.map((n, i) => onnx.NodeProto.create({
+    name: `${prefix}${n.op}_${i}`,
+    opType: n.op,
+    domain: n.domain,
+    input: n.inputs,
+    output: n.outputs,
+    attribute: Object.entries(n.attrs).map(([name, a]) => attribute(name, a, `${prefix}${i}.`)),
+  }));
 }
 
 function align(n: number): number {
@@ -92,12 +96,14 @@ function valueInfo(v: { name: string; type: ElemType; dims: (number | string)[] 
   });
 }
 
-function attribute(name: string, a: Attr): onnxPkg.onnx.AttributeProto {
+function attribute(name: string, a: Attr, prefix: string): onnxPkg.onnx.AttributeProto {
   const T = onnx.AttributeProto.AttributeType;
   switch (a.kind) {
     case 'int': return onnx.AttributeProto.create({ name, type: T.INT, i: a.value });
     case 'float': return onnx.AttributeProto.create({ name, type: T.FLOAT, f: a.value });
     case 'ints': return onnx.AttributeProto.create({ name, type: T.INTS, ints: a.value });
     case 'string': return onnx.AttributeProto.create({ name, type: T.STRING, s: new TextEncoder().encode(a.value) });
+    // a subgraph keeps no initializers or inputs of its own: it reads the outer graph's by name
+    case 'graph': return onnx.AttributeProto.create({ name, type: T.GRAPH, g: onnx.GraphProto.create({ name: a.value.name, node: nodeProtos(a.value.nodes, `${prefix}${name}.`), output: a.value.outputs.map(valueInfo) }) });
   }
 }

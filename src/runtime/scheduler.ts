@@ -20,7 +20,7 @@ import type { StepGroup, StepRow, StepRunner } from './step.ts';
 import type { AdapterRef, TokenEvent } from './generate-request.ts';
 import type { AdapterSource } from './adapter-source.ts';
 import type { ort } from './session.ts';
-import { serializeError } from './errors.ts';
+import { LoraserveError, serializeError } from './errors.ts';
 import { chooseChunks, nextAdmission, prefillOrder, stepBudget } from './schedule-policy.ts';
 import type { PrefillCandidate, SchedulingMode } from './schedule-policy.ts';
 import { TickCosts } from './tick-costs.ts';
@@ -33,7 +33,7 @@ export interface SchedulerLimits {
   itlTargetMs?: number;      // goodput: the inter-token latency running streams are kept within
 }
 
-export const DEFAULT_ITL_TARGET_MS = 200;
+export const DEFAULT_ITL_TARGET_MS = 500;
 
 // The merged-weights path (merge/merged-sessions.ts), consulted once per decode step.
 export interface MergedPath {
@@ -227,6 +227,13 @@ export class Scheduler {
           this.onAdapterFailure?.(ref, err);
           this.fail(seq, err);
         } else skipped.add(seq);
+        continue;
+      }
+      if (prepared && !this.lanes.lora.canHold(prepared)) {
+        // the LoRA arena's byte budget is spent by the adapters of the running batch: wait for
+        // rows to finish (other adapters, or this one's, may still fit); alone, it can never fit
+        if (this.running.length === 0) this.fail(seq, new LoraserveError('invalid_request', `adapter ${ref!.name} needs more LoRA arena memory than --lora-arena-mb allows`));
+        else skipped.add(seq);
         continue;
       }
       if (this.running.length > 0 && this.reservedKv + seq.reservedKvBytes > this.limits.kvBudgetBytes && !this.preemptPaused()) return;

@@ -68,7 +68,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   if (config.corsOrigins.length) {
     await app.register(cors, { origin: config.corsOrigins.includes('*') ? '*' : config.corsOrigins, methods: ['GET', 'POST', 'DELETE', 'PATCH', 'OPTIONS'], allowedHeaders: ['authorization', 'content-type', 'x-request-id'], exposedHeaders: ['x-request-id', 'retry-after'], maxAge: 600 });
   }
-  const metrics = deps.metrics ?? new Metrics(config.metricsTopAdapters, config.kvBudgetBytes);
+  const metrics = deps.metrics ?? new Metrics(config.metricsTopAdapters, config.kvBudgetBytes, true, config.loraArenaBytes);
   engine.onStep = (s) => {
     if (s.kind === 'decode') metrics.batchSize.observe(s.batch);
     metrics.stepDuration.observe({ kind: s.kind, path: s.path }, s.ms / 1000);

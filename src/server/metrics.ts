@@ -43,7 +43,8 @@ export class Metrics {
   readonly kvBudget = new Gauge({ name: 'loraserve_kv_cache_budget_bytes', help: 'Configured KV cache budget', registers: [this.registry] });
   readonly kvUsage = new Gauge({ name: 'loraserve_kv_cache_usage_ratio', help: 'Reserved KV bytes over the budget', registers: [this.registry] });
   readonly kvArena = new Gauge({ name: 'loraserve_kv_cache_allocated_bytes', help: 'KV cache memory allocated', registers: [this.registry] });
-  readonly loraArena = new Gauge({ name: 'loraserve_lora_arena_bytes', help: 'LoRA factors of the running rows (rows × the largest rank loaded)', registers: [this.registry] });
+  readonly loraArena = new Gauge({ name: 'loraserve_lora_arena_bytes', help: 'LoRA factors of the adapters in the running batch (one copy per adapter, sized by the ranks resident)', registers: [this.registry] });
+  readonly loraArenaLimit = new Gauge({ name: 'loraserve_lora_arena_limit_bytes', help: 'Configured LoRA arena budget (--lora-arena-mb)', registers: [this.registry] });
   readonly engineRestarts = new Counter({ name: 'loraserve_engine_restarts_total', help: 'Engine worker restarts after it died (its requests in flight failed with 503)', registers: [this.registry] });
   readonly engineState = new Gauge({ name: 'loraserve_engine_ready', help: '1 while the engine worker serves, 0 while it restarts', registers: [this.registry] });
   readonly paused = new Gauge({ name: 'loraserve_paused_sequences', help: 'Sequences paused because their client is not reading', registers: [this.registry] });
@@ -51,9 +52,10 @@ export class Metrics {
 
   private readonly mirrored = new Map<Counter, number>();
 
-  constructor(private readonly topAdapters: number, private readonly kvBudgetBytes: number, defaults = true) {
+  constructor(private readonly topAdapters: number, private readonly kvBudgetBytes: number, defaults = true, loraArenaBytes = 0) {
     if (defaults) collectDefaultMetrics({ register: this.registry, prefix: 'loraserve_' });
     this.kvBudget.set(kvBudgetBytes);
+    this.loraArenaLimit.set(loraArenaBytes);
   }
 
   // The adapter label: own value for the top adapters by requests, "other" for the rest.

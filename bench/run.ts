@@ -1,5 +1,5 @@
 // npm run bench [-- --only memory|runtime|lora|batching|serving (repeatable)] [-- --quick]
-//   serving only: [-- --itl-target-ms N (default: the server's, 500)] [-- --scheduling goodput|strict (default goodput)]
+//   serving only: [-- --itl-target-ms N (default: the server's, 200)] [-- --scheduling goodput|strict (default goodput)]
 // Then `npm run bench:report` writes docs/benchmarks.md's serving section and the README's summary
 // from bench/results/latest.json.
 // Prints tables and saves JSON under bench/results/. A benchmark, not a test: nothing here asserts.
@@ -16,7 +16,7 @@ import type { Scheduling } from './serving-suite.ts';
 const { values } = parseArgs({ options: {
   only: { type: 'string', multiple: true },
   quick: { type: 'boolean', default: false },
-  'itl-target-ms': { type: 'string', default: '500' },
+  'itl-target-ms': { type: 'string', default: '200' },
   scheduling: { type: 'string', default: 'goodput' },
 } });
 const itlTargetMs = Number(values['itl-target-ms']);

@@ -33,7 +33,7 @@ export interface SchedulerLimits {
   itlTargetMs?: number;      // goodput: the inter-token latency running streams are kept within
 }
 
-export const DEFAULT_ITL_TARGET_MS = 500;
+export const DEFAULT_ITL_TARGET_MS = 200;
 
 // The merged-weights path (merge/merged-sessions.ts), consulted once per decode step.
 export interface MergedPath {

@@ -85,6 +85,15 @@ describe('configuration', () => {
     expect(() => loadConfig(['--model', STORIES_DIR], { LORASERVE_MAX_QUEUE: 'many' })).toThrow('--max-queue must be an integer');
   });
 
+  it('scheduling flags: defaults, and values out of range refused with the flag and its limit named', () => {
+    const cfg = loadConfig(['--model', STORIES_DIR]);
+    expect([cfg.itlTargetMs, cfg.scheduling, cfg.loraArenaBytes]).toEqual([200, 'goodput', 1024 * 1024 * 1024]);
+    expect(loadConfig(['--model', STORIES_DIR, '--scheduling', 'strict', '--itl-target-ms', '50']).scheduling).toBe('strict');
+    expect(() => loadConfig(['--model', STORIES_DIR, '--scheduling', 'fast'])).toThrow(/--scheduling must be goodput or strict/);
+    expect(() => loadConfig(['--model', STORIES_DIR, '--itl-target-ms', '0'])).toThrow(/--itl-target-ms must be an integer in \[10, 600000\]/);
+    expect(() => loadConfig(['--model', STORIES_DIR, '--lora-arena-mb', '-1'])).toThrow(/--lora-arena-mb/);
+  });
+
   it('serves on 127.0.0.1:8080 by default', () => {
     const c = loadConfig(['--model', STORIES_DIR], {});
     expect([c.host, c.port]).toEqual(['127.0.0.1', 8080]);

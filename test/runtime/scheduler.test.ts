@@ -245,7 +245,10 @@ describe('scheduler', () => {
   });
 
   it('prompt chunks of several sequences share a step while others decode', async () => {
-    const h = harness({ maxRunning: 8, prefillChunk: 64 }, null);
+    // a decode step takes 4 ms and a prompt token 0.05 ms: between steps, the KV rows of the new
+    // prompts warm within a share of a decode step (with a step of ~0 ms they would warm one a tick).
+    // A generous ITL target: a stalled step on a busy machine must not shrink the budget to one chunk.
+    const h = harness({ maxRunning: 8, prefillChunk: 64, itlTargetMs: 10_000 }, null, undefined, undefined, (tokens, rows) => (rows ? 4 : 0) + 0.05 * tokens);
     h.submit('streaming', request({ maxTokens: 40 }));
     await h.s.tick(); await h.s.tick(); await h.s.tick();
     for (const [i, n] of [12, 6, 25, 4, 71].entries()) h.submit(`p${i}`, request({ promptTokens: Array.from({ length: n }, (_, k) => 3 + k), maxTokens: 2 }));

@@ -5,6 +5,7 @@
 //   nextAdmission  which waiting sequence takes the next free row
 //   prefillOrder   which prompts go first: shortest remaining first, aged by time waited
 //   chooseChunks   whose prompt chunks ride in this step, and how many tokens each
+//   holdsLastToken whether a prompt waits, one token short of its end, to start decoding together
 //
 // Goodput (the default): a tick may take as long as the operator's inter-token latency target
 // (--itl-target-ms) allows, with a safety margin; what is left after the decode rows goes to
@@ -109,4 +110,30 @@ export function chooseChunks(c: readonly PrefillCandidate[], order: readonly num
     if (tokens > bestTokens) { best = chunks; bestTokens = tokens; }
   }
   return best;
+}
+
+// ---- starting together
+
+export interface HoldInput {
+  decoding: boolean;            // some stream is decoding (its ITL then bounds every step anyway)
+  othersPending: boolean;       // one token short of its end: another running prompt has more than its
+                                // last token to prefill; further from it: another prompt is in prefill
+  heldMs: number;               // how long this one has waited, one token short of its end
+  stepMs: number;               // the next step's expected time (its prompt tokens at the measured rate)
+  ownPrefillMs: number | null;  // its own prompt's prefill time at the measured rate (null: unknown)
+  maxRows: number;              // the running batch's size (--max-batch)
+}
+
+// Start together: while nothing decodes, a prompt stops one token short of its end (its first
+// token not yet sampled) until the other running prompts have too; their last tokens then run in
+// one step and the batch starts decoding full. The alternative, a batch of one decoding while the
+// rest prefill, is the worst state: its ITL holds every later prompt chunk to the ITL budget (a
+// fraction of --prefill-chunk), and each of those steps pays a decode step for one row. Nothing
+// decoding means no ITL to protect, so prompts run at full chunk size meanwhile. Bounded: a prompt
+// waits at most as long as a batch of prompts like it takes to prefill (maxRows × its own prefill
+// time), and only while another step fits in that, so a short prompt sent after a long one is not
+// held at all (a step of the long one's chunks outlasts its bound).
+export function holdsLastToken(x: HoldInput): boolean {
+  if (x.decoding || !x.othersPending || x.ownPrefillMs === null) return false;
+  return x.heldMs + x.stepMs <= x.maxRows * x.ownPrefillMs;
 }

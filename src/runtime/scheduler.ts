@@ -6,7 +6,8 @@
 //   3. prefill prompt chunks of one or more sequences, inside the first decode step (one pass
 //             over the weights for both). How many prompt tokens, and whose, is the policy's
 //             (schedule-policy.ts): the budget keeps the tick within the ITL target from costs
-//             learned as it runs (tick-costs.ts); shortest remaining prompt first, aged
+//             learned as it runs (tick-costs.ts); shortest remaining prompt first, aged; while
+//             nothing decodes, prompts stop one token short of their end to start decoding together
 //   4. decode  one token for every decoding sequence, one batched step per KV lane (merged
 //             weights when every row uses the same adapter and the merge policy has them ready)
 //   5. retire  finished and cancelled sequences at once, freeing their rows
@@ -21,7 +22,7 @@ import type { AdapterRef, TokenEvent } from './generate-request.ts';
 import type { AdapterSource } from './adapter-source.ts';
 import type { ort } from './session.ts';
 import { LoraserveError, serializeError } from './errors.ts';
-import { chooseChunks, nextAdmission, prefillOrder, stepBudget } from './schedule-policy.ts';
+import { chooseChunks, holdsLastToken, nextAdmission, prefillOrder, stepBudget } from './schedule-policy.ts';
 import type { PrefillCandidate, SchedulingMode } from './schedule-policy.ts';
 import { TickCosts } from './tick-costs.ts';
 
@@ -85,6 +86,7 @@ export class Scheduler {
   private reservedKv = 0;
   private readonly costs = new TickCosts();
   private mixedSinceDecode = 0;
+  private readonly heldSince = new Map<Sequence, number>(); // prompts waiting one token short of their end
   private tickStepMs = 0;                       // time in steps during the current tick
   lastBudget = 0;                               // prompt tokens the last tick could carry (tests)
   preemptions = 0;                              // rows given up by paused sequences
@@ -161,7 +163,9 @@ export class Scheduler {
     const measure = decodeRows > 0 && candidates.length > 0 && (this.costs.decodeSamples === 0 || this.mixedSinceDecode >= REMEASURE_EVERY);
     const budget = measure ? 0 : this.budget(decodeRows);
     this.lastBudget = budget;
-    const chunks = this.chooseChunks(candidates, budget);
+    let chunks = this.chooseChunks(candidates, budget, decodeRows > 0);
+    // held prompts never stall the loop: with nothing else to run, they run
+    if (decodeGroups.length === 0 && chunks.size === 0 && candidates.length > 0) chunks = this.chooseChunks(candidates, budget, decodeRows > 0, false);
     const prefill = [...chunks.keys()];
     if (decodeGroups.length === 0 && !prefill.length) return false;
     this.tickStepMs = 0;
@@ -193,13 +197,40 @@ export class Scheduler {
     return this.running.filter((s) => s.state === 'prefill' && !s.paused && s.lane!.kv.isWarm(s.row));
   }
 
-  // Whose prompt chunks ride in this step and how many tokens each (schedule-policy.ts).
-  private chooseChunks(seqs: Sequence[], budget: number): Map<Sequence, number> {
+  // Whose prompt chunks ride in this step and how many tokens each (schedule-policy.ts). With
+  // `together`, prompts start decoding together (holdsLastToken): one waiting one token short of
+  // its end is left out, and one that would wait stops one token short of its end.
+  private chooseChunks(seqs: Sequence[], budget: number, decoding: boolean, together = (this.limits.scheduling ?? 'goodput') === 'goodput'): Map<Sequence, number> {
     const now = performance.now();
+    const held = together ? this.holds(seqs, decoding, budget, now) : (): boolean => false;
+    const open = seqs.filter((s) => !(s.remainingPrefill === 1 && held(s)));
     const laneIndex = new Map(this.lanes.lanes.map((l, i) => [l, i]));
-    const c: PrefillCandidate[] = seqs.map((s) => ({ lane: laneIndex.get(s.lane!)!, row: s.row, remaining: s.remainingPrefill, waitedMs: now - s.enqueuedAt }));
+    const c: PrefillCandidate[] = open.map((s) => ({ lane: laneIndex.get(s.lane!)!, row: s.row, remaining: s.remainingPrefill - (s.remainingPrefill > 1 && held(s) ? 1 : 0), waitedMs: now - s.enqueuedAt }));
     const chosen = chooseChunks(c, prefillOrder(c, this.costs.msPerPromptToken), budget);
-    return new Map(chosen.map((x) => [seqs[x.index], x.tokens]));
+    return new Map(chosen.map((x) => [open[x.index], x.tokens]));
+  }
+
+  // Which prompts wait (or will, once one token short of their end) for the others to catch up.
+  private holds(seqs: Sequence[], decoding: boolean, budget: number, now: number): (s: Sequence) => boolean {
+    for (const s of this.heldSince.keys()) if (s.state !== 'prefill' || s.remainingPrefill !== 1) this.heldSince.delete(s);
+    // one token short, a prompt waits for those with more left; with more left, it stops one short
+    // if any other prompt is in prefill (so that its last token goes with theirs)
+    const inPrefill = this.running.filter((s) => s.state === 'prefill' && !s.paused);
+    const perToken = this.costs.msPerPromptToken;
+    const verdict = new Map<Sequence, boolean>();
+    for (const s of seqs) {
+      const ready = s.remainingPrefill === 1;
+      if (ready && !this.heldSince.has(s)) this.heldSince.set(s, now);
+      verdict.set(s, holdsLastToken({
+        decoding,
+        othersPending: inPrefill.some((p) => p !== s && (!ready || p.remainingPrefill > 1)),
+        heldMs: ready ? now - this.heldSince.get(s)! : 0,
+        stepMs: (perToken ?? 0) * budget,
+        ownPrefillMs: perToken === null ? null : perToken * s.contextLength,
+        maxRows: this.limits.maxRunning,
+      }));
+    }
+    return (s) => verdict.get(s) ?? false;
   }
 
   private adapterReady(seq: Sequence): boolean {

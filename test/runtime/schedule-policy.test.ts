@@ -2,8 +2,8 @@
 // inputs (fast-check) and the cases the policy exists for.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { ITL_SAFETY, MIN_CHUNK, PREFILL_SHARE, UNMEASURED_CHUNK, chooseChunks, nextAdmission, prefillOrder, stepBudget } from '../../src/runtime/schedule-policy.ts';
-import type { BudgetInput, PrefillCandidate } from '../../src/runtime/schedule-policy.ts';
+import { ITL_SAFETY, MIN_CHUNK, PREFILL_SHARE, UNMEASURED_CHUNK, chooseChunks, holdsLastToken, nextAdmission, prefillOrder, stepBudget } from '../../src/runtime/schedule-policy.ts';
+import type { BudgetInput, HoldInput, PrefillCandidate } from '../../src/runtime/schedule-policy.ts';
 
 const budgetInput = fc.record({
   mode: fc.constantFrom('goodput' as const, 'strict' as const),
@@ -139,5 +139,40 @@ describe('chooseChunks', () => {
   it('nothing to serve, or no budget: no chunks', () => {
     expect(chooseChunks([], [], 100)).toEqual([]);
     expect(chooseChunks([{ lane: 0, row: 0, remaining: 5, waitedMs: 0 }], [0], 0)).toEqual([]);
+  });
+});
+
+describe('holdsLastToken', () => {
+  const holdInput = fc.record({
+    decoding: fc.boolean(),
+    othersPending: fc.boolean(),
+    heldMs: fc.double({ min: 0, max: 1e5, noNaN: true }),
+    stepMs: fc.double({ min: 0, max: 1e4, noNaN: true }),
+    ownPrefillMs: fc.option(fc.double({ min: 0, max: 1e4, noNaN: true }), { nil: null }),
+    maxRows: fc.integer({ min: 1, max: 256 }),
+  });
+
+  it('never while a stream decodes, with no other prompt to wait for, or before costs are known; never beyond maxRows × its own prefill', () => {
+    fc.assert(fc.property(holdInput, (x: HoldInput) => {
+      const held = holdsLastToken(x);
+      if (x.decoding || !x.othersPending || x.ownPrefillMs === null) expect(held).toBe(false);
+      if (held) expect(x.heldMs + x.stepMs).toBeLessThanOrEqual(x.maxRows * x.ownPrefillMs!);
+    }));
+  });
+
+  it('monotone: a prompt that no longer holds does not hold again later', () => {
+    fc.assert(fc.property(holdInput, fc.double({ min: 0, max: 1e5, noNaN: true }), (x, more) => {
+      if (!holdsLastToken(x)) expect(holdsLastToken({ ...x, heldMs: x.heldMs + more })).toBe(false);
+    }));
+  });
+
+  it('the cases it exists for: eight 512-token prompts start together; a 2-token prompt behind a 394-token one is not held', () => {
+    // 110M model on this VM: ~1.45 ms a prompt token, 256-token chunks (~370 ms a step), 32 rows
+    const rate = 1.45;
+    const step = 256 * rate;
+    // the first 512-token prompt waits for the other seven (7 × 512 tokens ≈ 5.2 s)
+    expect(holdsLastToken({ decoding: false, othersPending: true, heldMs: 7 * 512 * rate - step, stepMs: step, ownPrefillMs: 512 * rate, maxRows: 32 })).toBe(true);
+    // a 2-token prompt: a step of the long one's chunk outlasts its bound (32 × 2 × 1.45 ms)
+    expect(holdsLastToken({ decoding: false, othersPending: true, heldMs: 0, stepMs: step, ownPrefillMs: 2 * rate, maxRows: 32 })).toBe(false);
   });
 });

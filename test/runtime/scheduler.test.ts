@@ -244,6 +244,22 @@ describe('scheduler', () => {
     expect(h.doneAt.get('short')!).toBeLessThanOrEqual(3); // within a step or two of arriving
   });
 
+  it('prompts that arrive while nothing decodes start decoding together: no batch of one decodes while the rest prefill', async () => {
+    // a prompt token costs 0.05 ms, a decode step 4 ms: the first prompt's hold bound is
+    // 8 rows × 200 tokens × 0.05 ms = 80 ms, the others' prefill ~30 ms
+    const h = harness({ maxRunning: 8, prefillChunk: 64 }, null, undefined, undefined, (tokens, rows) => (rows ? 4 : 0) + 0.05 * tokens);
+    const long = (): number[] => Array.from({ length: 200 }, (_, k) => 3 + (k % 400));
+    h.submit('first', request({ promptTokens: long(), maxTokens: 5 }));
+    await h.s.tick(); // its first chunk, alone
+    for (let i = 0; i < 3; i++) h.submit(`later${i}`, request({ promptTokens: long(), maxTokens: 5 }));
+    await h.drain();
+    const firstDecode = h.log.findIndex((l) => l.kind === 'decode' || l.kind === 'mixed');
+    expect(h.log[firstDecode]).toMatchObject({ kind: 'decode', rows: [0, 1, 2, 3] });
+    // the step before it ran every prompt's last token, together
+    expect(h.log[firstDecode - 1]).toMatchObject({ kind: 'prefill', promptRows: 4, tokens: 4 });
+    expect(h.finished).toHaveLength(4);
+  });
+
   it('prompt chunks of several sequences share a step while others decode', async () => {
     // a decode step takes 4 ms and a prompt token 0.05 ms: between steps, the KV rows of the new
     // prompts warm within a share of a decode step (with a step of ~0 ms they would warm one a tick).

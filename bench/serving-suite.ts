@@ -163,11 +163,16 @@ export async function servingBench(o: ServingSuiteOptions): Promise<Record<strin
       const probe = decodeProbe[c.kind];
       const stepS = probe ? probe.mean_decode_step_ms / 1000 : c.median_tpot_ms / 1000; // no /metrics: TPOT
       const idealTokS = (8 * outputLen) / ((8 * inputLen) / rate + outputLen * stepS);
+      // the same with the run's own decode step (batch ≈ 8 at the workload's context, 512–640 here):
+      // what perfect scheduling would give with this engine's step at that context
+      const runStepS = c.server ? c.server.mean_decode_step_ms / 1000 : NaN;
+      const idealAtRunStep = (8 * outputLen) / ((8 * inputLen) / rate + outputLen * runStepS);
       ideal.push({
         case: c.label, prefill_tok_s: rate, batch8_step_ms: stepS * 1000, step_from: probe ? '/metrics' : 'TPOT',
         probe_batch: probe?.mean_decode_batch ?? NaN, ideal_out_tok_s: idealTokS, measured_out_tok_s: c.output_throughput,
         measured_over_ideal: c.output_throughput / idealTokS, itl_p99_ms: c.p99_itl_ms,
         run_decode_batch: c.server?.mean_decode_batch ?? NaN, run_decode_steps: c.server?.decode_steps ?? NaN, run_mixed_steps: c.server?.mixed_steps ?? NaN,
+        run_decode_step_ms: runStepS * 1000, ideal_at_run_step_tok_s: idealAtRunStep, measured_over_ideal_at_run_step: c.output_throughput / idealAtRunStep,
       });
     }
     printTable(`8 concurrent vs ideal = ${formula}; batch8_step from a probe of 8 short-prompt streams (probe_batch: its mean decode batch)`, ideal);

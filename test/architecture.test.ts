@@ -1,7 +1,7 @@
 // The layers (docs/architecture.md, "Structure"): src/runtime depends on nothing else in src;
 // src/adapters and src/merge depend on src/runtime (and each other), never on src/server or the
-// composition roots beside src/main.ts. The wiring of the engine thread lives in its composition
-// root, src/engine-thread.ts.
+// composition roots beside src/main.ts; src/train (the LoRA trainer) likewise. The wiring of the
+// engine thread lives in its composition root, src/engine-thread.ts.
 //
 // Every .ts/.mts/.mjs/.js file is parsed (TypeScript's parser, so comments and strings are not
 // mistaken for imports) and each module reference is checked: static imports and `export … from`,
@@ -57,6 +57,7 @@ const RULES: Rule[] = [
   { from: 'src/runtime', forbidden: (t) => inside('src')(t) && !inside('src/runtime')(t), why: 'src/runtime imports nothing from src/adapters, src/merge, src/server, src/train or the composition roots' },
   { from: 'src/adapters', forbidden: (t) => inside('src/server')(t) || topLevel(t), why: 'src/adapters must not import src/server or the composition roots' },
   { from: 'src/merge', forbidden: (t) => inside('src/server')(t) || topLevel(t), why: 'src/merge must not import src/server or the composition roots' },
+  { from: 'src/train', forbidden: (t) => inside('src/server')(t) || topLevel(t), why: 'src/train must not import src/server or the composition roots' },
 ];
 
 // The layer violations of one file (path relative to the repository root, with '/').
@@ -86,7 +87,7 @@ function sourceFiles(dir: string): string[] {
 const existing = (dir: string): boolean => { try { readdirSync(join(ROOT, dir)); return true; } catch { return false; } };
 
 describe('layers', () => {
-  for (const dir of ['src/runtime', 'src/adapters', 'src/merge'].filter(existing)) {
+  for (const dir of ['src/runtime', 'src/adapters', 'src/merge', 'src/train'].filter(existing)) {
     it(`${dir} imports only what its layer may`, () => {
       const files = sourceFiles(dir);
       expect(files.length).toBeGreaterThan(0);
@@ -132,6 +133,8 @@ describe('layers', () => {
     expect(violations('src/adapters/registry.ts', "import { x } from '../runtime/errors.ts';\nimport { y } from '../merge/merge-lora.ts';")).toEqual([]);
     expect(violations('src/merge/merged-sessions.ts', "import { x } from '../server/config.ts';")).toHaveLength(1);
     expect(violations('src/server/app.ts', "import { x } from '../adapters/registry.ts';")).toEqual([]);
+    expect(violations('src/train/dataset.ts', "import { x } from '../server/prompt-text.ts';\nimport { y } from '../main.ts';")).toHaveLength(2);
+    expect(violations('src/train/dataset.ts', "import { x } from '../runtime/chat-template.ts';\nimport { y } from '../adapters/lora-adapter.ts';")).toEqual([]);
   });
 });
 

@@ -4,7 +4,7 @@
 import { invalidField } from '../runtime/errors.ts';
 import type { GenerateRequest } from '../runtime/generate-request.ts';
 import { booleanField, describeValue, numberField, parseSampling } from './sampling-fields.ts';
-import { parseMessages } from './chat-template.ts';
+import { parseMessages } from './chat-messages.ts';
 import type { PromptPreparer } from './prompt-preparer.ts';
 
 export interface GenerationJob {

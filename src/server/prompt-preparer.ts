@@ -6,7 +6,7 @@
 import { Worker } from 'node:worker_threads';
 import { deserializeError, LoraserveError } from '../runtime/errors.ts';
 import type { SerializedError } from '../runtime/errors.ts';
-import type { ChatMessage } from './chat-template.ts';
+import type { ChatMessage } from '../runtime/chat-template.ts';
 import { checkPromptBytes } from './prompt-text.ts';
 import type { PromptTextOptions } from './prompt-text.ts';
 

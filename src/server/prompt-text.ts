@@ -8,8 +8,8 @@
 // normalizer (NFC/NFKC) can shrink text up to 3× before tokenizing (three Hangul jamo → one
 // syllable), so it triples the bound.
 import { TextTokenizer } from '../runtime/tokenizer.ts';
-import { ChatTemplate } from './chat-template.ts';
-import type { ChatMessage } from './chat-template.ts';
+import { ChatTemplate } from '../runtime/chat-template.ts';
+import type { ChatMessage } from '../runtime/chat-template.ts';
 import { invalidField } from '../runtime/errors.ts';
 
 export interface PromptTextOptions {

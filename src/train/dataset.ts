@@ -1,0 +1,119 @@
+// A data file → Examples (examples.ts), with every error naming the file and its 1-based line.
+//
+// Formats, chosen by the file's extension:
+//   .txt       plain text, one example per paragraph (paragraphs are separated by blank lines),
+//              loss on every token. Paragraphs, not fixed windows: a story or a document keeps its
+//              BOS and EOS, and --packing already fills rows with short paragraphs. A paragraph
+//              longer than --seq-len is an error (split it, or raise --seq-len).
+//   otherwise  JSON lines, one object per non-blank line, each one of
+//              {"prompt": str, "completion": str}   loss on the completion (and EOS)
+//              {"messages": [{"role", "content"}…]} rendered by the model's chat template; loss
+//                                                   on the assistant turns only
+//              {"text": str}                        loss on every token
+//              Other keys are ignored; a line with keys of two formats is refused as ambiguous.
+import { readFileSync } from 'node:fs';
+import type { ChatMessage } from '../runtime/chat-template.ts';
+import type { Example, ExampleEncoder } from './examples.ts';
+import { splitEval } from './batches.ts';
+import type { TrainArgs } from './train-args.ts';
+
+export interface SourcedExample extends Example {
+  line: number; // 1-based line of the file where the example starts
+}
+
+export interface ReadDatasetOptions {
+  maxTokens: number;     // the longest example allowed (--seq-len, itself ≤ the model's context)
+  flag?: string;         // the flag that named the file, for messages (--data, --eval-data)
+}
+
+const ROLES = ['system', 'developer', 'user', 'assistant', 'tool'];
+
+export function readDataset(path: string, encoder: ExampleEncoder, opts: ReadDatasetOptions): SourcedExample[] {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new Error(`${opts.flag ?? '--data'} ${path}: cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  text = text.replace(/^\uFEFF/, '');
+  const units = path.toLowerCase().endsWith('.txt') ? paragraphs(text) : jsonLines(text);
+  const out: SourcedExample[] = [];
+  for (const { line, body } of units) {
+    const at = `${path}:${line}`;
+    let ex: Example;
+    try {
+      ex = path.toLowerCase().endsWith('.txt') ? encoder.text(body) : encodeJsonLine(body, encoder);
+    } catch (e) {
+      throw new Error(`${at}: ${(e as Error).message}`);
+    }
+    if (ex.ids.length > opts.maxTokens) throw new Error(`${at}: the example is ${ex.ids.length} tokens, longer than --seq-len ${opts.maxTokens}; shorten it or raise --seq-len (up to the model's context)`);
+    if (!ex.lossMask.some((m) => m === 1)) throw new Error(`${at}: the example has no target tokens, so there is nothing to learn from it`);
+    out.push({ ...ex, line });
+  }
+  if (out.length === 0) throw new Error(`${path}: no examples (the file is empty or only blank lines)`);
+  return out;
+}
+
+// The run's training and eval examples: --eval-data, or --eval-split of --data (seeded by --seed).
+export function loadTrainEval(args: Pick<TrainArgs, 'data' | 'evalData' | 'evalSplit' | 'seqLen' | 'seed'>, encoder: ExampleEncoder): { train: SourcedExample[]; eval: SourcedExample[] } {
+  const data = readDataset(args.data, encoder, { maxTokens: args.seqLen, flag: '--data' });
+  if (args.evalData !== null) return { train: data, eval: readDataset(args.evalData, encoder, { maxTokens: args.seqLen, flag: '--eval-data' }) };
+  return splitEval(data, args.evalSplit, args.seed);
+}
+
+function jsonLines(text: string): { line: number; body: string }[] {
+  return text.split('\n').map((body, i) => ({ line: i + 1, body: body.replace(/\r$/, '') })).filter((u) => u.body.trim() !== '');
+}
+
+// Paragraphs separated by blank lines, each starting at its first line; inner newlines kept.
+function paragraphs(text: string): { line: number; body: string }[] {
+  const out: { line: number; body: string }[] = [];
+  let start = 0;
+  let buf: string[] = [];
+  const lines = text.split('\n').map((l) => l.replace(/\r$/, ''));
+  lines.forEach((l, i) => {
+    if (l.trim() === '') {
+      if (buf.length) out.push({ line: start + 1, body: buf.join('\n') });
+      buf = [];
+    } else {
+      if (!buf.length) start = i;
+      buf.push(l);
+    }
+  });
+  if (buf.length) out.push({ line: start + 1, body: buf.join('\n') });
+  return out;
+}
+
+function encodeJsonLine(body: string, encoder: ExampleEncoder): Example {
+  let v: unknown;
+  try {
+    v = JSON.parse(body);
+  } catch (e) {
+    throw new Error(`not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('each line must be a JSON object with "text", "prompt" and "completion", or "messages"');
+  const o = v as Record<string, unknown>;
+  const kinds = [('text' in o) && 'text', ('prompt' in o || 'completion' in o) && 'prompt/completion', ('messages' in o) && 'messages'].filter(Boolean);
+  if (kinds.length === 0) throw new Error('the object has none of "text", "prompt" and "completion", or "messages"');
+  if (kinds.length > 1) throw new Error(`the object mixes formats (${kinds.join(' and ')}); use one per line`);
+  if ('text' in o) {
+    if (typeof o.text !== 'string' || o.text === '') throw new Error('"text" must be a non-empty string');
+    return encoder.text(o.text);
+  }
+  if ('messages' in o) return encoder.chat(parseChat(o.messages));
+  if (typeof o.prompt !== 'string') throw new Error('"prompt" must be a string');
+  if (typeof o.completion !== 'string') throw new Error('"completion" must be a string');
+  return encoder.promptCompletion(o.prompt, o.completion);
+}
+
+function parseChat(v: unknown): ChatMessage[] {
+  if (!Array.isArray(v) || v.length === 0) throw new Error('"messages" must be a non-empty array');
+  const messages = v.map((m, i) => {
+    const { role, content } = (typeof m === 'object' && m !== null ? m : {}) as { role?: unknown; content?: unknown };
+    if (typeof role !== 'string' || !ROLES.includes(role)) throw new Error(`"messages[${i}].role" must be one of ${ROLES.join(', ')}`);
+    if (typeof content !== 'string') throw new Error(`"messages[${i}].content" must be a string`);
+    return { role, content };
+  });
+  if (!messages.some((m) => m.role === 'assistant')) throw new Error('"messages" has no assistant message, so there is nothing to learn from it');
+  return messages;
+}

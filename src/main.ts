@@ -2,6 +2,7 @@
 //   loraserve generate --model DIR --prompt TEXT [--max-tokens N --temperature T --top-p P --top-k K
 //                      --min-p P --seed S --stop STR (repeatable) --ignore-eos]
 //   loraserve serve [options]   (see src/server/config.ts)
+//   loraserve train --model DIR --data FILE --out DIR [options]   (see src/train/train-args.ts)
 import { parseArgs } from 'node:util';
 import { startEngine } from './start-engine.ts';
 import { parseSampling } from './server/sampling-fields.ts';
@@ -64,13 +65,17 @@ async function main(): Promise<void> {
   switch (command) {
     case 'generate':
       return generate(rest);
+    case 'train': {
+      const { trainCommand } = await import('./train/train-command.ts');
+      return trainCommand(rest);
+    }
     case 'serve':
     case undefined: {
       const { serve } = await import('./server/serve.ts');
       return serve(rest);
     }
     default:
-      throw new Error(`unknown command ${JSON.stringify(command)}; use 'generate' or 'serve'`);
+      throw new Error(`unknown command ${JSON.stringify(command)}; use 'serve', 'generate' or 'train'`);
   }
 }
 

@@ -32,6 +32,12 @@ export class Rng {
   next(): number {
     return this.nextU32() / 4294967296;
   }
+
+  // standard normal (Box–Muller over two uniforms, no cached second value: each call draws twice)
+  normal(): number {
+    const u = 1 - this.next(); // (0, 1]: log stays finite
+    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.next());
+  }
 }
 
 function rotl(x: number, k: number): number {

@@ -10,6 +10,8 @@ export interface SessionOptions {
   executionProvider?: ExecutionProvider;
   intraOpThreads?: number;       // default: all cores (0 lets onnxruntime decide)
   useExternalData?: boolean;     // force the external-data path (tests); default: only above ~1.8 GB
+  memoryPattern?: boolean;       // onnxruntime's memory-pattern planning (default on); the training
+                                 // graph turns it off: ~800 MB more and a slow extra warm-up run there
 }
 
 export async function createSession(graph: Graph, opts: SessionOptions = {}): Promise<ort.InferenceSession> {
@@ -21,6 +23,7 @@ export async function createSession(graph: Graph, opts: SessionOptions = {}): Pr
     intraOpNumThreads: opts.intraOpThreads ?? 0,
     interOpNumThreads: 1,
     executionMode: 'sequential',
+    enableMemPattern: opts.memoryPattern ?? true,
     // An idle intra-op pool would otherwise spin and burn a core between steps (notes §4).
     extra: { session: { intra_op: { allow_spinning: '0' } } },
     ...(externalData ? { externalData: [{ path: EXTERNAL_DATA_PATH, data: externalData }] } : {}),

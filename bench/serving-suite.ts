@@ -106,7 +106,7 @@ export async function servingBench(o: ServingSuiteOptions): Promise<Record<strin
 
     // 2. served batch-1 decode after a 512-token prompt vs the plain graph at context 16
     await warmUp(server.url, [modelName, ...adapterNames], cfg.vocabSize, special);
-    const b1 = await servedVsPlain({ base, modelDir: dir, promptLen: 512, outputLen: o.quick ? 24 : 64, plainSteps: o.quick ? 16 : 40, reps: o.quick ? 2 : 3 });
+    const b1 = await servedVsPlain({ base, modelDir: dir, promptLen: 512, outputLen: o.quick ? 24 : 64, plainSteps: o.quick ? 16 : 40, reps: o.quick ? 2 : 5 });
     printTable('served batch-1 decode after a 512-token prompt (median gap between its tokens, over HTTP) vs the plain graph (one StepRunner, this process)', [{
       plain_ctx16_ms: b1.plain_ms, plain_ctx512_ms: b1.plain_ctx_prompt_ms, served_itl_med_ms: b1.served_ms,
       served_tpot_ms: Math.min(...b1.served_tpot_ms), server_step_ms: Math.min(...b1.served_server_step_ms), served_over_plain16: b1.ratio,

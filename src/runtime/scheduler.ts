@@ -205,7 +205,7 @@ export class Scheduler {
     const held = together ? this.holds(seqs, decoding, budget, now) : (): boolean => false;
     const open = seqs.filter((s) => !(s.remainingPrefill === 1 && held(s)));
     const laneIndex = new Map(this.lanes.lanes.map((l, i) => [l, i]));
-    const c: PrefillCandidate[] = open.map((s) => ({ lane: laneIndex.get(s.lane!)!, row: s.row, remaining: s.remainingPrefill - (s.remainingPrefill > 1 && held(s) ? 1 : 0), waitedMs: now - s.enqueuedAt }));
+    const c: PrefillCandidate[] = open.map((s) => ({ lane: laneIndex.get(s.lane!)!, row: s.row, remaining: s.remainingPrefill - (s.remainingPrefill > 1 && held(s) ? 1 : 0), waitedMs: now - s.enqueuedAt, capacity: s.lane!.capacity }));
     const chosen = chooseChunks(c, prefillOrder(c, this.costs.msPerPromptToken), budget);
     return new Map(chosen.map((x) => [open[x.index], x.tokens]));
   }

@@ -2,7 +2,7 @@
 // inputs (fast-check) and the cases the policy exists for.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { ITL_SAFETY, MIN_CHUNK, PREFILL_SHARE, UNMEASURED_CHUNK, chooseChunks, holdsLastToken, nextAdmission, prefillOrder, stepBudget } from '../../src/runtime/schedule-policy.ts';
+import { ITL_SAFETY, MIN_CHUNK, PREFILL_SHARE, UNMEASURED_CHUNK, chooseChunks, holdsLastToken, nextAdmission, prefillOrder, rowCostTokens, stepBudget } from '../../src/runtime/schedule-policy.ts';
 import type { BudgetInput, HoldInput, PrefillCandidate } from '../../src/runtime/schedule-policy.ts';
 
 const budgetInput = fc.record({
@@ -19,7 +19,7 @@ const candidates = fc.array(fc.record({
   row: fc.integer({ min: 0, max: 15 }),
   remaining: fc.integer({ min: 1, max: 2000 }),
   waitedMs: fc.integer({ min: 0, max: 10_000 }),
-}), { minLength: 1, maxLength: 12 }).map((cs) => {
+}), { minLength: 1, maxLength: 12 }).map((cs) => cs.map((c) => ({ ...c, capacity: 128 * 2 ** c.lane }))).map((cs) => {
   // rows are unique within a lane (one sequence per row)
   const seen = new Set<string>();
   return cs.filter((c) => { const k = `${c.lane}:${c.row}`; if (seen.has(k)) return false; seen.add(k); return true; });
@@ -99,8 +99,8 @@ describe('prefillOrder', () => {
   });
 
   it('a short prompt arriving after a long one goes first; a long prompt that has waited its worth overtakes', () => {
-    const long: PrefillCandidate = { lane: 3, row: 0, remaining: 394 - 76, waitedMs: 150 };
-    const short: PrefillCandidate = { lane: 0, row: 1, remaining: 2, waitedMs: 0 };
+    const long: PrefillCandidate = { lane: 3, row: 0, remaining: 394 - 76, waitedMs: 150, capacity: 512 };
+    const short: PrefillCandidate = { lane: 0, row: 1, remaining: 2, waitedMs: 0, capacity: 128 };
     expect(prefillOrder([long, short], 1.7)).toEqual([1, 0]);
     // the long one has waited longer than the short one's prefill would take: it goes first
     expect(prefillOrder([{ ...long, waitedMs: 1000 }, { ...short, remaining: 200 }], 1.7)).toEqual([0, 1]);
@@ -121,7 +121,8 @@ describe('chooseChunks', () => {
       }
       const rows = chunks.map((x) => c[x.index].row);
       const span = Math.max(...rows) - Math.min(...rows) + 1;
-      expect(span * Math.max(...chunks.map((x) => x.tokens))).toBeLessThanOrEqual(budget);
+      if (chunks.length === 1) expect(chunks[0].tokens).toBeLessThanOrEqual(budget);
+      else expect(span * Math.max(...chunks.map((x) => x.tokens)) + rowCostTokens(c[order[0]].capacity) * (span - 1)).toBeLessThanOrEqual(budget);
       // never fewer real tokens than the first alone would carry
       const real = chunks.reduce((a, x) => a + x.tokens, 0);
       expect(real).toBeGreaterThanOrEqual(Math.min(c[order[0]].remaining, budget));
@@ -129,16 +130,20 @@ describe('chooseChunks', () => {
   });
 
   it('several short prompts share one step; equal long prompts go one after another', () => {
-    const short = [4, 6, 12, 25, 71].map((remaining, row) => ({ lane: 0, row, remaining, waitedMs: 0 }));
+    const short = [4, 6, 12, 25, 71].map((remaining, row) => ({ lane: 0, row, remaining, waitedMs: 0, capacity: 128 }));
     const chunks = chooseChunks(short, prefillOrder(short, 1), 64);
     expect(chunks.length).toBeGreaterThanOrEqual(4);
-    const long = Array.from({ length: 8 }, (_, row) => ({ lane: 2, row, remaining: 512, waitedMs: 0 }));
+    const long = Array.from({ length: 8 }, (_, row) => ({ lane: 2, row, remaining: 512, waitedMs: 0, capacity: 640 }));
     expect(chooseChunks(long, prefillOrder(long, 1), 256)).toEqual([{ index: 0, tokens: 256 }]);
+    // uneven long prompts (one stopped a token short of a chunk): still one row, not a spread of
+    // many rows each carrying a sliver (each added row costs rowCostTokens(640) = 8 tokens' worth)
+    const uneven = [255, 511, 511, 511].map((remaining, row) => ({ lane: 2, row, remaining, waitedMs: 0, capacity: 640 }));
+    expect(chooseChunks(uneven, prefillOrder(uneven, 1), 256)).toEqual([{ index: 0, tokens: 255 }]);
   });
 
   it('nothing to serve, or no budget: no chunks', () => {
     expect(chooseChunks([], [], 100)).toEqual([]);
-    expect(chooseChunks([{ lane: 0, row: 0, remaining: 5, waitedMs: 0 }], [0], 0)).toEqual([]);
+    expect(chooseChunks([{ lane: 0, row: 0, remaining: 5, waitedMs: 0, capacity: 128 }], [0], 0)).toEqual([]);
   });
 });
 

@@ -6,7 +6,9 @@
 //   inputs   input_ids [B,T] int64, labels [B,T] int64, loss_weights [B,T] float32,
 //            lora_a.<layer>.<target> [r, in], lora_b.<layer>.<target> [out, r] per slot,
 //            with gradients: compute_gradients [1] int64 (0: the backward is skipped, its
-//            outputs are zeros; an eval on the training session costs a forward pass)
+//            outputs are zeros; an eval on the training session costs a forward pass),
+//            with gradients and dropout > 0: lora_dropout.<layer>.<target> [N, in] float32 per
+//            slot, the dropout mask of that slot's LoRA input (0 or 1/(1−p); [1, in] ones: none)
 //   outputs  loss = Σ w·NLL / Σ w (scalar), nll_sum, weight_sum (scalars, for exact eval
 //            aggregation), token_logprobs [B,T] (log p(labels[b,t]) at each position), and with
 //            gradients grad.lora_a.* / grad.lora_b.* (d loss / d factor, the factor's shape)
@@ -20,6 +22,10 @@
 // Projection with LoRA: y = x·W0ᵀ + s·(x·Aᵀ)·Bᵀ (+ bias), x flat [N = B·T, in]. W0 is held
 // transposed [in, out] (as llama-graph.ts holds it, so MatMul prepacks it); A and B are used as
 // stored through FusedMatMul's transB, with s as its alpha.
+// Dropout (PEFT's lora_dropout, training graph only): y = x·W0ᵀ + s·((m ⊙ x)·Aᵀ)·Bᵀ, the mask m
+// fed per slot (each module its own nn.Dropout) and drawn in JS (train-session.ts, DropoutMasks);
+// the backward carries it through the Mul rule. With dropout 0 the graph has no mask inputs and
+// no extra nodes.
 import { GraphBuilder, float, int, ints } from '../runtime/graph/ir.ts';
 import type { Graph } from '../runtime/graph/ir.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
@@ -43,6 +49,8 @@ export interface TrainGraphOptions {
   maxPositions: number;  // rows of the RoPE tables: the longest sequence the graph accepts
   gradients?: boolean;   // default true; false gives the forward-only (eval) graph
   runtimeUnbroadcast?: boolean; // reduce every binary op's gradients at run time (tests: the generic path)
+  dropout?: number;      // lora_dropout p in [0, 1), default 0; > 0 adds one mask input per slot
+                         // (training graph only: the forward-only graph never applies dropout)
 }
 
 export const LOSS_OUTPUTS = ['loss', 'nll_sum', 'weight_sum', 'token_logprobs'] as const;
@@ -50,6 +58,12 @@ export const LOSS_OUTPUTS = ['loss', 'nll_sum', 'weight_sum', 'token_logprobs'] 
 export function loraFactorNames(slots: LoraSlot[]): string[] {
   return slots.flatMap((s) => { const n = loraInputNames(s.layer, s.target); return [n.a, n.b]; });
 }
+
+// The dropout mask input of a slot: [N, in] float32, 0 (dropped) or 1/(1−p) (kept).
+export const dropoutMaskName = (layer: number, target: Target): string => `lora_dropout.${layer}.${target}`;
+
+// Whether a graph built with these options takes dropout masks.
+export const hasDropout = (opts: Pick<TrainGraphOptions, 'dropout' | 'gradients'>): boolean => opts.gradients !== false && (opts.dropout ?? 0) > 0;
 
 export function buildTrainGraph(cfg: ModelConfig, weights: Weights, opts: TrainGraphOptions): Graph {
   const forward = buildForward(cfg, weights, opts);
@@ -83,11 +97,15 @@ function buildForward(cfg: ModelConfig, weights: Weights, opts: TrainGraphOption
   const ids = b.input('input_ids', 'int64', ['batch', 'seq']);
   const labels = b.input('labels', 'int64', ['batch', 'seq']);
   const lossWeights = b.input('loss_weights', 'float32', ['batch', 'seq']);
-  const factors = new Map<string, { a: string; b: string }>();
+  const dropout = opts.dropout ?? 0;
+  if (!(dropout >= 0 && dropout < 1)) throw new Error(`dropout must be in [0, 1), got ${dropout}`);
+  const factors = new Map<string, { a: string; b: string; mask?: string }>();
   for (const s of opts.slots) {
     const [out, inDim] = targetShape(cfg, s.target);
     const n = loraInputNames(s.layer, s.target);
-    factors.set(`${s.layer}.${s.target}`, { a: b.input(n.a, 'float32', [s.rank, inDim]), b: b.input(n.b, 'float32', [out, s.rank]) });
+    // the mask's rows are symbolic: [N, in] in a step, [1, in] of ones (broadcast) in an evaluation
+    const mask = hasDropout(opts) ? b.input(dropoutMaskName(s.layer, s.target), 'float32', ['dropout_rows', inDim]) : undefined;
+    factors.set(`${s.layer}.${s.target}`, { a: b.input(n.a, 'float32', [s.rank, inDim]), b: b.input(n.b, 'float32', [out, s.rank]), mask });
   }
 
   const bt = b.op('Shape', [ids]);                                   // [B, T]
@@ -100,7 +118,8 @@ function buildForward(cfg: ModelConfig, weights: Weights, opts: TrainGraphOption
     let y = b.op('MatMul', [x, b.initializer(`${name}.T`, transpose(w(name), out, inDim), [inDim, out])]);
     const lora = factors.get(`${layer}.${target}`);
     if (lora) {
-      const xa = b.op('FusedMatMul', [x, lora.a], { transB: int(1) }, { domain: 'com.microsoft' });              // [N, r]
+      const xIn = lora.mask ? b.op('Mul', [x, lora.mask]) : x;                                                    // dropout(x), LoRA path only
+      const xa = b.op('FusedMatMul', [xIn, lora.a], { transB: int(1) }, { domain: 'com.microsoft' });            // [N, r]
       const delta = b.op('FusedMatMul', [xa, lora.b], { transB: int(1), alpha: float(slots.get(`${layer}.${target}`)!.scale) }, { domain: 'com.microsoft' });
       y = b.op('Add', [y, delta]);
     }

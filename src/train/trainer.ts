@@ -6,11 +6,13 @@
 //                 gradients summed by target count, clipped by global norm, one AdamW update;
 //                 metrics, progress, eval and checkpoints on their cadence
 //   5. finish     the adapter, training args, metrics and loss curve renamed into --out
-// Determinism: batches come from (seed, epoch, batch index) and the optimizer runs in float64 over
-// float32 state, so the same seed, data and thread count give the same losses and weights, and a
-// resumed run continues exactly where its checkpoint stood.
+// Determinism: batches come from (seed, epoch, batch index), dropout masks (--dropout > 0) from
+// (seed, optimizer step, micro-batch, slot) (train-session.ts), and the optimizer runs in float64
+// over float32 state, so the same seed, data and thread count give the same losses and weights, and
+// a resumed run continues exactly where its checkpoint stood (it needs no saved RNG state).
 // Eval runs the training session too (its backward half wasted): one resident copy of W0 matters
 // more than eval speed, which is a small share of a run.
+// Eval never applies dropout (TrainSession.evaluate feeds masks of ones).
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { loadModel } from '../runtime/model-loader.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
@@ -89,7 +91,7 @@ async function run(
   trainSet: Example[], evalSet: Example[], resumed: CheckpointState | null, out: OutputDir, opts: TrainOptions,
 ): Promise<Omit<TrainReport, 'seconds'>> {
   // 3. build
-  const session = await TrainSession.create(cfg, weights, { slots, maxPositions: args.seqLen, session: { intraOpThreads: args.threads ?? 0 } });
+  const session = await TrainSession.create(cfg, weights, { slots, maxPositions: args.seqLen, dropout: args.dropout, session: { intraOpThreads: args.threads ?? 0 } });
   try {
     const lora = resumed ? factorMap(resumed.lora) : initLora(cfg, slots, args.init, args.seed);
     const opt = new AdamW({ lr: args.lr, weightDecay: args.weightDecay });
@@ -136,7 +138,8 @@ async function run(
       let tokens = 0;
       for (let k = 0; k < args.gradAccum; k++) {
         const b = data.next();
-        const r = await session.step(trainBatch(b), lora);
+        // dropout masks keyed by this optimizer step (0-based) and micro-batch: the same on resume
+        const r = await session.step(trainBatch(b), lora, { seed: args.seed, step, micro: k });
         // the session's gradients are of its mean loss; weighted by target count, the sum over
         // micro-batches is the gradient of the mean over all the step's targets
         for (const [n, g] of r.grads) {

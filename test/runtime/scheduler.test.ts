@@ -245,9 +245,10 @@ describe('scheduler', () => {
   });
 
   it('prompts that arrive while nothing decodes start decoding together: no batch of one decodes while the rest prefill', async () => {
-    // a prompt token costs 0.05 ms, a decode step 4 ms: the first prompt's hold bound is
-    // 8 rows × 200 tokens × 0.05 ms = 80 ms, the others' prefill ~30 ms
-    const h = harness({ maxRunning: 8, prefillChunk: 64 }, null, undefined, undefined, (tokens, rows) => (rows ? 4 : 0) + 0.05 * tokens);
+    // a prompt token costs 0.2 ms, a decode step 4 ms: the first prompt's hold bound is
+    // 16 rows × 200 tokens × 0.2 ms = 640 ms, the others' prefill ~120 ms (and a busy machine
+    // stretches the measured per-token cost, hence the bound, with it)
+    const h = harness({ maxRunning: 16, prefillChunk: 64 }, null, undefined, undefined, (tokens, rows) => (rows ? 4 : 0) + 0.2 * tokens);
     const long = (): number[] => Array.from({ length: 200 }, (_, k) => 3 + (k % 400));
     h.submit('first', request({ promptTokens: long(), maxTokens: 5 }));
     await h.s.tick(); // its first chunk, alone

@@ -1,7 +1,7 @@
 // loraserve command line.
 //   loraserve generate --model DIR --prompt TEXT [--max-tokens N --temperature T --top-p P --top-k K
 //                      --min-p P --seed S --stop STR (repeatable) --ignore-eos]
-//   loraserve serve [options]   (see src/server/config.ts)
+//   loraserve [serve] [options]   (see src/server/config.ts; with no command, serve)
 //   loraserve train --model DIR --data FILE --out DIR [options]   (see src/train/train-args.ts)
 import { parseArgs } from 'node:util';
 import { startEngine } from './start-engine.ts';
@@ -11,7 +11,9 @@ import { loadModelFiles } from './runtime/model-loader.ts';
 import { toLoraserveError } from './runtime/errors.ts';
 import { DEFAULT_MODEL_DIR } from './server/default-model.ts';
 
-const [command, ...rest] = process.argv.slice(2);
+// `loraserve --port 9000` is `loraserve serve --port 9000`: flags alone start the server.
+const argv = process.argv.slice(2);
+const [command, ...rest] = argv[0]?.startsWith('-') ? ['serve', ...argv] : argv;
 
 async function generate(argv: string[]): Promise<void> {
   const { values } = parseArgs({

@@ -7,7 +7,9 @@
 // new requests use the new version; an unload waits for in-flight requests, or is refused.
 import { decodeAdapter, readAdapterDir, CONFIG_FILE, WEIGHTS_FILE } from './lora-adapter.ts';
 import type { AdapterFiles, LoraAdapter } from './lora-adapter.ts';
-import { AdapterStore, checkAdapterName } from './adapter-store.ts';
+import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ADAPTER_NAME, AdapterStore, checkAdapterName } from './adapter-store.ts';
 import type { StagedWrite } from './adapter-store.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import type { AdapterRef } from '../runtime/generate-request.ts';
@@ -36,6 +38,7 @@ export interface AdapterInfo {
   loadedAt: number;           // unix seconds
   warnings: string[];
   error: string | null;       // why it is 'failed'
+  description: string | null; // one line, shown in /v1/models (preloaded adapters: their description.txt)
 }
 
 // What the registry needs from the engine (engine-client.ts implements it).
@@ -64,7 +67,7 @@ export class AdapterRegistry {
   constructor(
     private readonly engine: AdapterEngine,
     private readonly model: ModelConfig,
-    private readonly modelName: string,
+    readonly modelName: string,
     private readonly maxRank: number,
     readonly store: AdapterStore,
     private readonly events: RegistryEvents = {},
@@ -83,6 +86,25 @@ export class AdapterRegistry {
       }
     }
     this.storeLoaded = true;
+    return { loaded, failed };
+  }
+
+  // Serve every adapter directory in `dir` (--preload-adapters: the demo adapters beside the
+  // default model), read in place and never written: not part of the store, so a DELETE unloads
+  // without deleting files. A name the store already serves keeps the store's adapter. Each may
+  // have a one-line description.txt.
+  async loadPreloaded(dir: string): Promise<{ loaded: string[]; failed: { name: string; error: string }[] }> {
+    const loaded: string[] = [];
+    const failed: { name: string; error: string }[] = [];
+    for (const name of adapterDirs(dir)) {
+      if (this.entries.has(name)) continue;
+      try {
+        await this.loadDir(name, join(dir, name), { replace: false, source: 'path', description: readDescription(join(dir, name)) });
+        loaded.push(name);
+      } catch (e) {
+        failed.push({ name, error: (e as Error).message });
+      }
+    }
     return { loaded, failed };
   }
 
@@ -116,7 +138,7 @@ export class AdapterRegistry {
   async reload(name: string): Promise<AdapterInfo> {
     const e = this.entries.get(name);
     if (!e) throw new LoraserveError('model_not_found', `The lora adapter '${name}' cannot be found.`, { param: 'name' });
-    return this.loadDir(name, e.dir, { replace: true, source: e.source });
+    return this.loadDir(name, e.dir, { replace: true, source: e.source, description: e.source === 'path' ? e.description ?? undefined : undefined });
   }
 
   // A request starts: the adapter's current version, counted in flight until release().
@@ -163,13 +185,13 @@ export class AdapterRegistry {
   }
 
   // Load from a directory on the server (the store, or an allowed directory).
-  async loadDir(name: string, dir: string, opts: { replace: boolean; source?: 'store' | 'path' }): Promise<AdapterInfo> {
+  async loadDir(name: string, dir: string, opts: { replace: boolean; source?: 'store' | 'path'; description?: string }): Promise<AdapterInfo> {
     checkAdapterName(name, 'lora_name');
     return this.locked(name, async () => {
       this.checkReplace(name, opts.replace);
       const files = await readAdapterDir(dir);
       const { adapter, warnings } = this.validate(name, files);
-      return this.install(name, adapter, warnings, dir, opts.source ?? (this.store.contains(dir) ? 'store' : 'path'), files);
+      return this.install(name, adapter, warnings, dir, opts.source ?? (this.store.contains(dir) ? 'store' : 'path'), files, undefined, opts.description);
     });
   }
 
@@ -221,7 +243,7 @@ export class AdapterRegistry {
 
   // The engine takes the adapter, then an upload's staged files are committed to the store; it
   // serves only once both have succeeded.
-  private async install(name: string, adapter: LoraAdapter, warnings: string[], dir: string, source: 'store' | 'path', files: AdapterFiles, staged?: StagedWrite): Promise<AdapterInfo> {
+  private async install(name: string, adapter: LoraAdapter, warnings: string[], dir: string, source: 'store' | 'path', files: AdapterFiles, staged?: StagedWrite, description?: string): Promise<AdapterInfo> {
     const layers = new Set(adapter.targets.map((t) => t.layer)).size;
     const targets = TARGETS.filter((t) => adapter.targets.some((x) => x.target === t));
     const info = { version: adapter.version, rank: adapter.maxRank, useDora: adapter.useDora, decodedBytes: adapter.bytes, fileBytes: files.config.byteLength + files.weights.byteLength, layers, targets: [...targets] };
@@ -242,7 +264,7 @@ export class AdapterRegistry {
       throw err;
     }
     const entry: Entry = {
-      name, ...info, status: 'ready', source, dir, warnings, error: null,
+      name, ...info, status: 'ready', source, dir, warnings, error: null, description: description ?? null,
       requestsServed: prev?.requestsServed ?? 0,
       loadedAt: Math.floor(Date.now() / 1000),
       inFlightByVersion: prev?.inFlightByVersion ?? new Map(),
@@ -290,3 +312,22 @@ export class AdapterRegistry {
 }
 
 export { CONFIG_FILE, WEIGHTS_FILE };
+
+export const DESCRIPTION_FILE = 'description.txt';
+
+// The adapter directories in `dir` (named like adapters, not links, with both PEFT files), sorted.
+function adapterDirs(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir)
+    .filter((e) => ADAPTER_NAME.test(e) && lstatSync(join(dir, e), { throwIfNoEntry: false })?.isDirectory())
+    .filter((e) => [CONFIG_FILE, WEIGHTS_FILE].every((f) => lstatSync(join(dir, e, f), { throwIfNoEntry: false })?.isFile()))
+    .sort();
+}
+
+// The first line of the directory's description.txt (at most 200 characters), if it has one.
+function readDescription(dir: string): string | undefined {
+  const path = join(dir, DESCRIPTION_FILE);
+  if (!lstatSync(path, { throwIfNoEntry: false })?.isFile()) return undefined;
+  const line = readFileSync(path, 'utf8').split('\n')[0].trim().slice(0, 200);
+  return line || undefined;
+}

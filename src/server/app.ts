@@ -118,13 +118,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const card = (id: string, parent: string | null, extra: Record<string, unknown> = {}) => ({ id, object: 'model', created: Math.floor(Date.now() / 1000), owned_by: 'loraserve', root: parent ? id : modelName, parent, max_model_len: engine.info.maxContext, ...extra });
   app.get('/v1/models', { preHandler: inference }, async () => ({
     object: 'list',
-    data: [card(modelName, null, { status: engine.state }), ...registry.list().map((a) => card(a.name, modelName, { status: a.status, version: a.version }))],
+    data: [card(modelName, null, { status: engine.state }), ...registry.list().map((a) => card(a.name, modelName, adapterFields(a)))],
   }));
   app.get<{ Params: { id: string } }>('/v1/models/:id', { preHandler: inference }, async (req) => {
     if (req.params.id === modelName) return card(modelName, null, { status: engine.state });
     const a = registry.get(req.params.id);
     if (!a) throw new LoraserveError('model_not_found', `The model \`${req.params.id}\` does not exist.`, { param: 'model' });
-    return card(a.name, modelName, { status: a.status, version: a.version });
+    return card(a.name, modelName, adapterFields(a));
   });
   registerAdapterRoutes(app, { registry, engine, config, metrics });
   registerWebSocket(app, completionDeps, config.apiKey);
@@ -153,6 +153,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     return metrics.registry.metrics();
   });
   return app;
+}
+
+// An adapter's fields in /v1/models: its status and version, and its one-line description if it has one.
+function adapterFields(a: { status: string; version: string; description: string | null }): Record<string, unknown> {
+  return { status: a.status, version: a.version, ...(a.description !== null ? { description: a.description } : {}) };
 }
 
 // A request Node's HTTP parser refuses (a truncated body, a bad header, a timeout) gets OpenAI's

@@ -3,7 +3,7 @@
 import { parseArgs } from 'node:util';
 import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { DEFAULT_MODEL_DIR } from './default-model.ts';
+import { DEFAULT_ADAPTERS_DIR, DEFAULT_MODEL_DIR } from './default-model.ts';
 import type { LoraMode } from '../merge/merged-sessions.ts';
 import { DEFAULT_ITL_TARGET_MS } from '../runtime/scheduler.ts';
 import type { SchedulingMode } from '../runtime/schedule-policy.ts';
@@ -14,6 +14,8 @@ export interface ServerConfig {
   host: string;                // --host (default 127.0.0.1: local only)
   port: number;                // --port (default 8080; 0 = any free port)
   adapters: string;            // --adapters DIR: the adapter store; every adapter in it is served
+  preloadAdapters: string | null; // --preload-adapters DIR: adapter directories served read-only beside the store
+                               // (default: models/default-adapters when --model is the default model; 'none': off)
   allowAdapterDirs: string[];  // --allow-adapter-dir (repeatable): extra dirs load_lora_adapter may read
   apiKey: string | null;       // --api-key: Bearer key for inference
   adminKey: string | null;     // --admin-key: Bearer key for adapter management
@@ -53,6 +55,7 @@ export const DEFAULT_CONFIG: ServerConfig = {
   host: '127.0.0.1',
   port: 8080,
   adapters: './adapters',
+  preloadAdapters: null,
   allowAdapterDirs: [],
   apiKey: null,
   adminKey: null,
@@ -88,7 +91,7 @@ export class ConfigError extends Error {}
 type Flag = { type: 'string' | 'boolean'; multiple?: boolean };
 const FLAGS: Record<string, Flag> = {
   model: { type: 'string' }, 'model-name': { type: 'string' }, host: { type: 'string' }, port: { type: 'string' },
-  adapters: { type: 'string' }, 'allow-adapter-dir': { type: 'string', multiple: true },
+  adapters: { type: 'string' }, 'preload-adapters': { type: 'string' }, 'allow-adapter-dir': { type: 'string', multiple: true },
   'api-key': { type: 'string' }, 'admin-key': { type: 'string' }, 'enable-local-admin': { type: 'boolean' }, 'metrics-key': { type: 'string' },
   'allowed-host': { type: 'string', multiple: true }, 'cors-origin': { type: 'string', multiple: true }, 'client-stall-timeout-ms': { type: 'string' },
   'max-lora-rank': { type: 'string' }, 'lora-mode': { type: 'string' }, 'max-batch': { type: 'string' }, 'max-queue': { type: 'string' },
@@ -129,12 +132,17 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   if (!['goodput', 'strict'].includes(scheduling)) throw new ConfigError(`--scheduling must be goodput or strict, got ${JSON.stringify(scheduling)}`);
   const ep = str('execution-provider', d.executionProvider);
   if (!['cpu', 'cuda'].includes(ep)) throw new ConfigError(`--execution-provider must be cpu or cuda, got ${JSON.stringify(ep)}`);
+  const model = resolve(str('model', d.model));
+  const preload = get('preload-adapters') as string | undefined;
   const cfg: ServerConfig = {
-    model: resolve(str('model', d.model)),
+    model,
     modelName: (get('model-name') as string | undefined) ?? null,
     host: str('host', d.host),
     port: int('port', d.port, 0, 65535),
     adapters: resolve(str('adapters', d.adapters)),
+    // the demo adapters go with the default model only: another model gets none unless asked
+    preloadAdapters: preload === undefined ? (model === resolve(DEFAULT_MODEL_DIR) && existsSync(DEFAULT_ADAPTERS_DIR) ? DEFAULT_ADAPTERS_DIR : null)
+      : preload === '' || preload === 'none' ? null : resolve(preload),
     allowAdapterDirs: ((get('allow-adapter-dir') as string[] | undefined) ?? []).map((p) => resolve(p)),
     apiKey: (get('api-key') as string | undefined) ?? null,
     adminKey: (get('admin-key') as string | undefined) ?? null,
@@ -165,6 +173,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     logPrompts: (get('log-prompts') as boolean | undefined) ?? d.logPrompts,
   };
   if (!existsSync(cfg.model) || !statSync(cfg.model).isDirectory()) throw new ConfigError(`--model ${cfg.model} is not a directory`);
+  if (cfg.preloadAdapters !== null && (!existsSync(cfg.preloadAdapters) || !statSync(cfg.preloadAdapters).isDirectory())) throw new ConfigError(`--preload-adapters ${cfg.preloadAdapters} is not a directory`);
   for (const dir of cfg.allowAdapterDirs) if (!existsSync(dir)) throw new ConfigError(`--allow-adapter-dir ${dir} does not exist`);
   for (const o of cfg.corsOrigins) if (o !== '*' && !/^https?:\/\/[^/\s]+$/.test(o)) throw new ConfigError(`--cors-origin must be '*' or an origin such as https://app.example.com (scheme and host, no path), got ${JSON.stringify(o)}`);
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(cfg.logLevel)) throw new ConfigError(`--log-level must be one of fatal, error, warn, info, debug, trace, silent`);

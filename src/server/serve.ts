@@ -10,6 +10,7 @@ import { AdapterStore } from '../adapters/adapter-store.ts';
 import { PromptWorker } from './prompt-preparer.ts';
 import { loadModelFiles } from '../runtime/model-loader.ts';
 import type { FastifyInstance } from 'fastify';
+import { relative } from 'node:path';
 
 export interface RunningServer {
   app: FastifyInstance;
@@ -35,7 +36,9 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     const app = await buildApp({ config, engine, registry, prompts, modelName: files.name });
     const stored = await registry.loadStore();
     for (const f of stored.failed) app.log.warn({ adapter: f.name, error: f.error }, 'stored adapter not served');
-    app.log.info({ model: files.name, adapters: stored.loaded.length }, 'model and adapters loaded');
+    const preloaded = config.preloadAdapters !== null ? await registry.loadPreloaded(config.preloadAdapters) : { loaded: [], failed: [] };
+    for (const f of preloaded.failed) app.log.warn({ adapter: f.name, error: f.error, dir: config.preloadAdapters }, 'preloaded adapter not served');
+    app.log.info({ model: files.name, adapters: stored.loaded.length, preloaded: preloaded.loaded.length }, 'model and adapters loaded');
     const url = await app.listen({ host: config.host, port: config.port });
     return {
       app, engine, registry, prompts, url,
@@ -57,7 +60,33 @@ export async function serve(argv: string[]): Promise<void> {
     throw e;
   }
   const server = await startServer(config);
+  process.stderr.write(banner(server, config));
   const stop = async (): Promise<void> => { await server.close(); process.exit(0); };
   process.once('SIGINT', () => void stop());
   process.once('SIGTERM', () => void stop());
+}
+
+// What a person sees in the terminal once the server listens: the URL, every model it serves (the
+// base model and each adapter, with its description), and a request to paste.
+export function banner(server: Pick<RunningServer, 'url' | 'registry'>, config: Pick<ServerConfig, 'apiKey' | 'model'>): string {
+  const base = server.registry.modelName;
+  const adapters = server.registry.list();
+  const width = Math.max(base.length, ...adapters.map((a) => a.name.length)) + 2;
+  const example = adapters[0]?.name ?? base;
+  const auth = config.apiKey ? ` -H "authorization: Bearer $LORASERVE_API_KEY"` : '';
+  const body = JSON.stringify({ model: example, prompt: 'Once upon a time', max_tokens: 48, temperature: 0 });
+  return [
+    '',
+    `loraserve is ready on ${server.url}`,
+    '',
+    'models (the "model" field of a request):',
+    `  ${base.padEnd(width)}the base model (${relative(process.cwd(), config.model) || config.model})`,
+    ...adapters.map((a) => `  ${a.name.padEnd(width)}${a.description ?? 'adapter'}`),
+    '',
+    'try:',
+    `  curl ${server.url}/v1/completions -H 'content-type: application/json'${auth} \\`,
+    `    -d '${body}'`,
+    '',
+    '',
+  ].join('\n');
 }

@@ -21,7 +21,7 @@ import type { AdapterOptions, EngineCall, EngineFault, EngineOptions, EngineStat
 import type { SchedulerLimits, StepStats } from './scheduler.ts';
 import type { AdapterWeights } from './adapter-source.ts';
 
-export const DEFAULT_SCHEDULER: SchedulerLimits = { maxRunning: 32, prefillChunk: 256, kvBudgetBytes: 2 * 1024 ** 3 };
+export const DEFAULT_SCHEDULER: SchedulerLimits = { maxRunning: 32, prefillChunk: 512, kvBudgetBytes: 2 * 1024 ** 3 };
 export const DEFAULT_ADAPTERS: AdapterOptions = { loraMode: 'auto', maxLoraRank: 64, hostCacheBytes: 1024 ** 3, mergedCacheBytes: 2 * 1024 ** 3 };
 
 export const PAUSE_AT = 64;    // unread events of one stream before its sequence is paused

@@ -74,7 +74,7 @@ export const DEFAULT_CONFIG: ServerConfig = {
   kvBudgetBytes: 2048 * MB,
   hostCacheBytes: 1024 * MB,
   mergedCacheBytes: 2048 * MB,
-  prefillChunk: 256,
+  prefillChunk: 512,
   itlTargetMs: DEFAULT_ITL_TARGET_MS,
   scheduling: 'goodput',
   loraArenaBytes: 1024 * MB,

@@ -143,10 +143,14 @@ export interface HoldInput {
 // rest prefill, is the worst state: its ITL holds every later prompt chunk to the ITL budget (a
 // fraction of --prefill-chunk), and each of those steps pays a decode step for one row. Nothing
 // decoding means no ITL to protect, so prompts run at full chunk size meanwhile. Bounded: a prompt
-// waits at most as long as a batch of prompts like it takes to prefill (maxRows × its own prefill
-// time), and only while another step fits in that, so a short prompt sent after a long one is not
-// held at all (a step of the long one's chunks outlasts its bound).
+// waits at most about as long as a batch of prompts like it takes to prefill (HOLD_MARGIN × maxRows
+// × its own prefill time; the margin covers the ticks' own overhead and noise, without which a full
+// batch of equal prompts overran the bound and started decoding a few rows early), and only while
+// another step fits in that, so a short prompt sent after a long one is not held at all (a step of
+// the long one's chunks outlasts its bound).
+export const HOLD_MARGIN = 1.5;
+
 export function holdsLastToken(x: HoldInput): boolean {
   if (x.decoding || !x.othersPending || x.ownPrefillMs === null) return false;
-  return x.heldMs + x.stepMs <= x.maxRows * x.ownPrefillMs;
+  return x.heldMs + x.stepMs <= HOLD_MARGIN * x.maxRows * x.ownPrefillMs;
 }

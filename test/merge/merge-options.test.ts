@@ -1,0 +1,56 @@
+// Bad options throw 400 errors that name the field (the HTTP layer maps them to 4xx).
+import { describe, expect, it } from 'vitest';
+import { Rng } from '../../src/runtime/random.ts';
+import { LoraserveError } from '../../src/runtime/errors.ts';
+import { mergeTarget, planMerge } from '../../src/merge/index.ts';
+import type { MergeOptions } from '../../src/merge/index.ts';
+import { randomFactors } from './merge-helpers.ts';
+
+function refused(f: () => unknown, param: string): void {
+  try {
+    f();
+  } catch (e) {
+    expect(e).toBeInstanceOf(LoraserveError);
+    expect((e as LoraserveError).status).toBe(400);
+    expect((e as LoraserveError).param).toBe(param);
+    expect((e as Error).message).toContain(param);
+    return;
+  }
+  throw new Error(`expected a refusal naming ${param}`);
+}
+
+describe('merge options', () => {
+  const ok: MergeOptions = { combination_type: 'ties', density: 0.5 };
+  it('density outside (0, 1]', () => {
+    for (const d of [0, -0.1, 1.01, Number.NaN, Infinity]) refused(() => planMerge([4, 4], [1, 1], { ...ok, density: d }), 'density');
+    expect(planMerge([4, 4], [1, 1], { ...ok, density: 1 }).density).toBe(1);
+  });
+  it('density missing for a pruning type', () => refused(() => planMerge([4, 4], [1, 1], { combination_type: 'dare_linear' }), 'density'));
+  it('unequal weights and adapters lists', () => refused(() => planMerge([4, 4], [1], ok), 'weights'));
+  it('non-finite weights', () => refused(() => planMerge([4, 4], [1, Number.NaN], ok), 'weights'));
+  it('an empty list', () => refused(() => planMerge([], [], ok), 'adapters'));
+  it('svd_rank < 1 or not an integer', () => {
+    for (const r of [0, -2, 1.5]) refused(() => planMerge([4, 4], [1, 1], { combination_type: 'svd', svd_rank: r }), 'svd_rank');
+  });
+  it('svd_rank above min(out, in) of a target', () => {
+    const rng = new Rng(1);
+    const ins = [randomFactors(rng, 2, 5, 4, 1), randomFactors(rng, 2, 5, 4, 1)];
+    refused(() => mergeTarget(ins, [1, 1], planMerge([2, 2], [1, 1], { combination_type: 'svd', svd_rank: 5 })), 'svd_rank');
+    refused(() => mergeTarget(ins, [1, 1], planMerge([2, 2], [1, 1], { combination_type: 'ties_delta', density: 0.5, svd_rank: 5 })), 'svd_rank');
+  });
+  it('unknown combination_type, majority_sign_method, output, svd_clamp, seed', () => {
+    refused(() => planMerge([4, 4], [1, 1], { combination_type: 'average' as never }), 'combination_type');
+    refused(() => planMerge([4, 4], [1, 1], { ...ok, majority_sign_method: 'mass' as never }), 'majority_sign_method');
+    refused(() => planMerge([4, 4], [1, 1], { combination_type: 'svd', output: 'merged' }), 'output');
+    refused(() => planMerge([4, 4], [1, 1], { combination_type: 'svd', svd_clamp: 1.5 }), 'svd_clamp');
+    refused(() => planMerge([4, 4], [1, 1], { ...ok, seed: 1.5 }), 'seed');
+  });
+  it('unequal ranks for the A/B family (PEFT: "All adapters must have the same r value")', () => {
+    refused(() => planMerge([4, 8], [1, 1], ok), 'adapters');
+    expect(planMerge([4, 8], [1, 1], { combination_type: 'cat' }).rank).toBe(12);
+  });
+  it('mismatched target shapes', () => {
+    const rng = new Rng(2);
+    refused(() => mergeTarget([randomFactors(rng, 2, 5, 4, 1), randomFactors(rng, 2, 5, 3, 1)], [1, 1], planMerge([2, 2], [1, 1], { combination_type: 'cat' })), 'adapters');
+  });
+});

@@ -129,18 +129,25 @@ export function sanitize(logits: Float32Array): void {
 
 // log_softmax of the raw model logits (before bias, penalties and temperature, as vLLM reports them).
 export function logSoftmax(logits: Float32Array): Float64Array {
-  let max = -Infinity;
-  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
-  let sum = 0;
-  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
-  const lse = max + Math.log(sum);
+  const lse = logSumExp(logits);
   const out = new Float64Array(logits.length);
   for (let i = 0; i < logits.length; i++) out[i] = logits[i] - lse;
   return out;
 }
 
+// log Σ exp(logits), stably. A token's logprob is logits[id] − logSumExp(logits): a sampled token
+// needs that and the top-k of the logits (same order as the logprobs'), not the whole
+// log-softmax (a third pass and a vocabulary-sized allocation per row, ~half the cost).
+export function logSumExp(logits: Float32Array): number {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  return max + Math.log(sum);
+}
+
 // The k largest entries, descending (ties by id).
-export function topK(values: Float64Array, k: number): { id: number; value: number }[] {
+export function topK(values: ArrayLike<number>, k: number): { id: number; value: number }[] {
   const best: { id: number; value: number }[] = [];
   if (!(k > 0)) return best; // logprobs: 0 asks for the chosen token's logprob and no alternatives
   for (let i = 0; i < values.length; i++) {

@@ -3,7 +3,7 @@
 // preempted (its row and KV given up while its client is not reading): it waits again, and when
 // admitted recomputes the KV of its prompt and output so far (no events), then decodes on.
 import { Rng, randomSeed } from './random.ts';
-import { applyBiasAndPenalties, logSoftmax, sampleToken, topK } from './sampler.ts';
+import { applyBiasAndPenalties, logSumExp, sampleToken, topK } from './sampler.ts';
 import type { PenaltyState } from './sampler.ts';
 import { StopMatcher } from './stop-matcher.ts';
 import { StreamDecoder } from './tokenizer.ts';
@@ -113,16 +113,16 @@ export class Sequence {
     if (this.prefilled === 0) entries.push({ id: prompt[0], tokenText: this.tok.tokenText(prompt[0]), logprob: null, top: [] });
     for (let i = 0; i < n && this.prefilled + i + 1 < prompt.length; i++) {
       const id = prompt[this.prefilled + i + 1];
-      const lp = logSoftmax(logits.subarray(i * vocab, (i + 1) * vocab));
-      entries.push({ id, tokenText: this.tok.tokenText(id), logprob: lp[id], top: topK(lp, k).map((t) => ({ id: t.id, text: this.tok.tokenText(t.id), logprob: t.value })) });
+      const row = logits.subarray(i * vocab, (i + 1) * vocab);
+      const lse = logSumExp(row);
+      entries.push({ id, tokenText: this.tok.tokenText(id), logprob: row[id] - lse, top: topK(row, k).map((t) => ({ id: t.id, text: this.tok.tokenText(t.id), logprob: t.value - lse })) });
     }
     return { type: 'prompt', logprobs: entries };
   }
 
   private sample(raw: Float32Array): TokenEvent[] {
     const { req } = this;
-    let lp: Float64Array | null = null;
-    if (req.logprobs !== null) lp = logSoftmax(raw);
+    const lse = req.logprobs !== null ? logSumExp(raw) : null; // logprobs of the raw distribution
     const work = Float32Array.from(raw);
     applyBiasAndPenalties(work, req.sampling, this.penalty);
     const id = sampleToken(work, req.sampling, () => this.rng.next());
@@ -132,9 +132,9 @@ export class Sequence {
 
     const events: TokenEvent[] = [];
     const token: TokenEvent & { type: 'token' } = { type: 'token', id, text: '', tokenText: this.tok.tokenText(id) };
-    if (lp) {
-      token.logprob = lp[id];
-      token.top = topK(lp, req.logprobs!).map((t) => ({ id: t.id, text: this.tok.tokenText(t.id), logprob: t.value }));
+    if (lse !== null) {
+      token.logprob = raw[id] - lse;
+      token.top = topK(raw, req.logprobs!).map((t) => ({ id: t.id, text: this.tok.tokenText(t.id), logprob: t.value - lse }));
     }
     events.push(token);
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { DEFAULT_SAMPLING, applyBiasAndPenalties, argmax, candidateDistribution, drawFrom, logSoftmax, sampleToken, topK } from '../../src/runtime/sampler.ts';
+import { DEFAULT_SAMPLING, applyBiasAndPenalties, argmax, candidateDistribution, drawFrom, logSoftmax, logSumExp, sampleToken, topK } from '../../src/runtime/sampler.ts';
 import type { SamplingParams } from '../../src/runtime/sampler.ts';
 import { Rng } from '../../src/runtime/random.ts';
 
@@ -82,6 +82,17 @@ describe('log-probabilities', () => {
     probs4.forEach((p, i) => expect(lp[i]).toBeCloseTo(Math.log(p), 6));
     expect(topK(lp, 3).map((t) => t.id)).toEqual([0, 1, 2]);
     expect(topK(Float64Array.of(1, 5, 3, 5), 2).map((t) => t.id)).toEqual([1, 3]);
+  });
+  it('a token\'s logprob as logits[id] − logSumExp equals log_softmax[id]; top-k of the logits is top-k of the logprobs (property)', () => {
+    // logits in quarter steps (distinct values stay distinct after subtracting logSumExp in float64;
+    // logits a denormal apart would tie as logprobs, where the logits still order them)
+    fc.assert(fc.property(fc.array(fc.integer({ min: -40_000, max: 40_000 }), { minLength: 1, maxLength: 64 }), fc.integer({ min: 0, max: 8 }), (vals, k) => {
+      const x = Float32Array.from(vals, (v) => v / 4);
+      const lp = logSoftmax(x);
+      const lse = logSumExp(x);
+      x.forEach((v, i) => expect(Math.abs(v - lse - lp[i])).toBeLessThanOrEqual(1e-9 * Math.max(1, Math.abs(lp[i]))));
+      expect(topK(x, k).map((t) => ({ id: t.id, value: t.value - lse }))).toEqual(topK(lp, k).map((t) => ({ id: t.id, value: expect.closeTo(t.value, 9) })));
+    }), { seed: 12, numRuns: 300 });
   });
   it('top-k of 0 is empty (logprobs: 0 asks for no alternatives); any k equals a full sort (property)', () => {
     expect(topK(logSoftmax(logits4), 0)).toEqual([]);

@@ -131,10 +131,10 @@ export interface HoldInput {
   decoding: boolean;            // some stream is decoding (its ITL then bounds every step anyway)
   othersPending: boolean;       // one token short of its end: another running prompt has more than its
                                 // last token to prefill; further from it: another prompt is in prefill
-  heldMs: number;               // how long this one has waited, one token short of its end
-  stepMs: number;               // the next step's expected time (its prompt tokens at the measured rate)
-  ownPrefillMs: number | null;  // its own prompt's prefill time at the measured rate (null: unknown)
-  maxRows: number;              // the running batch's size (--max-batch)
+  heldTokens: number;           // prompt tokens prefilled (for others) since it came one token short
+  stepTokens: number;           // the next step's prompt tokens (the budget)
+  ownTokens: number;            // its own prompt's length
+  gang: number;                 // running prompts in prefill, itself included
 }
 
 // Start together: while nothing decodes, a prompt stops one token short of its end (its first
@@ -142,15 +142,15 @@ export interface HoldInput {
 // one step and the batch starts decoding full. The alternative, a batch of one decoding while the
 // rest prefill, is the worst state: its ITL holds every later prompt chunk to the ITL budget (a
 // fraction of --prefill-chunk), and each of those steps pays a decode step for one row. Nothing
-// decoding means no ITL to protect, so prompts run at full chunk size meanwhile. Bounded: a prompt
-// waits at most about as long as a batch of prompts like it takes to prefill (HOLD_MARGIN × maxRows
-// × its own prefill time; the margin covers the ticks' own overhead and noise, without which a full
-// batch of equal prompts overran the bound and started decoding a few rows early), and only while
-// another step fits in that, so a short prompt sent after a long one is not held at all (a step of
-// the long one's chunks outlasts its bound).
+// decoding means no ITL to protect, so prompts run at full chunk size meanwhile. Bounded in prompt
+// tokens, not time (so a busy machine cannot break a batch up): a prompt waits while at most
+// HOLD_MARGIN × gang × its own length of other prompts' tokens are prefilled, as if the others were
+// like it, and only while another step fits in that. Prompts of like length therefore start
+// together, and a short prompt sent after a much longer one is held for a few of its own lengths
+// at most (a 2-token one behind a 394-token one: not at all, one chunk outruns its bound).
 export const HOLD_MARGIN = 1.5;
 
 export function holdsLastToken(x: HoldInput): boolean {
-  if (x.decoding || !x.othersPending || x.ownPrefillMs === null) return false;
-  return x.heldMs + x.stepMs <= HOLD_MARGIN * x.maxRows * x.ownPrefillMs;
+  if (x.decoding || !x.othersPending) return false;
+  return x.heldTokens + x.stepTokens <= HOLD_MARGIN * x.gang * x.ownTokens;
 }

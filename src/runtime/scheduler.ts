@@ -86,7 +86,8 @@ export class Scheduler {
   private reservedKv = 0;
   private readonly costs = new TickCosts();
   private mixedSinceDecode = 0;
-  private readonly heldSince = new Map<Sequence, number>(); // prompts waiting one token short of their end
+  private readonly heldSince = new Map<Sequence, number>(); // prompts one token short of their end: promptTokensDone then
+  private promptTokensDone = 0;                                // prompt tokens prefilled since start
   private tickStepMs = 0;                       // time in steps during the current tick
   lastBudget = 0;                               // prompt tokens the last tick could carry (tests)
   preemptions = 0;                              // rows given up by paused sequences
@@ -175,6 +176,7 @@ export class Scheduler {
       for (const group of decodeGroups.slice(1)) await this.step([], group, chunks);
     }
     const promptTokens = [...chunks.values()].reduce((a, n) => a + n, 0);
+    this.promptTokensDone += promptTokens;
     this.costs.observe(promptTokens, decodeRows, this.tickStepMs);
     if (decodeRows > 0) this.mixedSinceDecode = promptTokens > 0 ? this.mixedSinceDecode + 1 : 0;
     return true;
@@ -202,7 +204,7 @@ export class Scheduler {
   // its end is left out, and one that would wait stops one token short of its end.
   private chooseChunks(seqs: Sequence[], budget: number, decoding: boolean, together = (this.limits.scheduling ?? 'goodput') === 'goodput'): Map<Sequence, number> {
     const now = performance.now();
-    const held = together ? this.holds(seqs, decoding, budget, now) : (): boolean => false;
+    const held = together ? this.holds(seqs, decoding, budget) : (): boolean => false;
     const open = seqs.filter((s) => !(s.remainingPrefill === 1 && held(s)));
     const laneIndex = new Map(this.lanes.lanes.map((l, i) => [l, i]));
     const c: PrefillCandidate[] = open.map((s) => ({ lane: laneIndex.get(s.lane!)!, row: s.row, remaining: s.remainingPrefill - (s.remainingPrefill > 1 && held(s) ? 1 : 0), waitedMs: now - s.enqueuedAt, capacity: s.lane!.capacity }));
@@ -211,23 +213,22 @@ export class Scheduler {
   }
 
   // Which prompts wait (or will, once one token short of their end) for the others to catch up.
-  private holds(seqs: Sequence[], decoding: boolean, budget: number, now: number): (s: Sequence) => boolean {
+  private holds(seqs: Sequence[], decoding: boolean, budget: number): (s: Sequence) => boolean {
     for (const s of this.heldSince.keys()) if (s.state !== 'prefill' || s.remainingPrefill !== 1) this.heldSince.delete(s);
     // one token short, a prompt waits for those with more left; with more left, it stops one short
     // if any other prompt is in prefill (so that its last token goes with theirs)
     const inPrefill = this.running.filter((s) => s.state === 'prefill' && !s.paused);
-    const perToken = this.costs.msPerPromptToken;
     const verdict = new Map<Sequence, boolean>();
     for (const s of seqs) {
       const ready = s.remainingPrefill === 1;
-      if (ready && !this.heldSince.has(s)) this.heldSince.set(s, now);
+      if (ready && !this.heldSince.has(s)) this.heldSince.set(s, this.promptTokensDone);
       verdict.set(s, holdsLastToken({
         decoding,
         othersPending: inPrefill.some((p) => p !== s && (!ready || p.remainingPrefill > 1)),
-        heldMs: ready ? now - this.heldSince.get(s)! : 0,
-        stepMs: (perToken ?? 0) * budget,
-        ownPrefillMs: perToken === null ? null : perToken * s.contextLength,
-        maxRows: this.limits.maxRunning,
+        heldTokens: ready ? this.promptTokensDone - this.heldSince.get(s)! : 0,
+        stepTokens: budget,
+        ownTokens: s.contextLength,
+        gang: inPrefill.length,
       }));
     }
     return (s) => verdict.get(s) ?? false;

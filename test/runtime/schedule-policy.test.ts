@@ -151,35 +151,35 @@ describe('holdsLastToken', () => {
   const holdInput = fc.record({
     decoding: fc.boolean(),
     othersPending: fc.boolean(),
-    heldMs: fc.double({ min: 0, max: 1e5, noNaN: true }),
-    stepMs: fc.double({ min: 0, max: 1e4, noNaN: true }),
-    ownPrefillMs: fc.option(fc.double({ min: 0, max: 1e4, noNaN: true }), { nil: null }),
-    maxRows: fc.integer({ min: 1, max: 256 }),
+    heldTokens: fc.integer({ min: 0, max: 1e6 }),
+    stepTokens: fc.integer({ min: 1, max: 4096 }),
+    ownTokens: fc.integer({ min: 1, max: 8192 }),
+    gang: fc.integer({ min: 1, max: 256 }),
   });
 
-  it('never while a stream decodes, with no other prompt to wait for, or before costs are known; never beyond HOLD_MARGIN × maxRows × its own prefill', () => {
+  it('never while a stream decodes or with no other prompt to wait for; never beyond HOLD_MARGIN × gang × its own length of others\' tokens', () => {
     fc.assert(fc.property(holdInput, (x: HoldInput) => {
       const held = holdsLastToken(x);
-      if (x.decoding || !x.othersPending || x.ownPrefillMs === null) expect(held).toBe(false);
-      if (held) expect(x.heldMs + x.stepMs).toBeLessThanOrEqual(HOLD_MARGIN * x.maxRows * x.ownPrefillMs!);
+      if (x.decoding || !x.othersPending) expect(held).toBe(false);
+      if (held) expect(x.heldTokens + x.stepTokens).toBeLessThanOrEqual(HOLD_MARGIN * x.gang * x.ownTokens);
     }));
   });
 
   it('monotone: a prompt that no longer holds does not hold again later', () => {
-    fc.assert(fc.property(holdInput, fc.double({ min: 0, max: 1e5, noNaN: true }), (x, more) => {
-      if (!holdsLastToken(x)) expect(holdsLastToken({ ...x, heldMs: x.heldMs + more })).toBe(false);
+    fc.assert(fc.property(holdInput, fc.integer({ min: 0, max: 1e6 }), (x, more) => {
+      if (!holdsLastToken(x)) expect(holdsLastToken({ ...x, heldTokens: x.heldTokens + more })).toBe(false);
     }));
   });
 
-  it('the cases it exists for: eight 512-token prompts start together; a 2-token prompt behind a 394-token one is not held', () => {
-    // 110M model on this VM: ~1.45 ms a prompt token, 256-token chunks (~370 ms a step), 32 rows
-    const rate = 1.45;
-    const step = 256 * rate;
-    // the first 512-token prompt waits for the other seven (7 × 512 tokens ≈ 5.2 s)
-    expect(holdsLastToken({ decoding: false, othersPending: true, heldMs: 7 * 512 * rate - step, stepMs: step, ownPrefillMs: 512 * rate, maxRows: 32 })).toBe(true);
-    // and the first of 32 waits for the other 31, with the ticks' overhead on top (+10%)
-    expect(holdsLastToken({ decoding: false, othersPending: true, heldMs: 1.1 * 31 * 512 * rate - step, stepMs: step, ownPrefillMs: 512 * rate, maxRows: 32 })).toBe(true);
-    // a 2-token prompt: a step of the long one's chunk outlasts its bound (1.5 × 32 × 2 × 1.45 ms)
-    expect(holdsLastToken({ decoding: false, othersPending: true, heldMs: 0, stepMs: step, ownPrefillMs: 2 * rate, maxRows: 32 })).toBe(false);
+  it('the cases it exists for: 8 or 32 prompts of 512 tokens start together; a short prompt behind a long one is hardly held', () => {
+    const chunk = 512;
+    // the first 512-token prompt waits for the other seven, and the first of 32 for the other 31
+    expect(holdsLastToken({ decoding: false, othersPending: true, heldTokens: 7 * 512 - chunk, stepTokens: chunk, ownTokens: 512, gang: 8 })).toBe(true);
+    expect(holdsLastToken({ decoding: false, othersPending: true, heldTokens: 31 * 512 - chunk, stepTokens: chunk, ownTokens: 512, gang: 32 })).toBe(true);
+    // a 2-token prompt behind a 394-token one: one chunk outruns its bound (1.5 × 2 × 2 tokens)
+    expect(holdsLastToken({ decoding: false, othersPending: true, heldTokens: 0, stepTokens: chunk, ownTokens: 2, gang: 2 })).toBe(false);
+    // a 100-token prompt behind a 4000-token one waits for at most 300 of its tokens, not 4000
+    expect(holdsLastToken({ decoding: false, othersPending: true, heldTokens: 0, stepTokens: 256, ownTokens: 100, gang: 2 })).toBe(true);
+    expect(holdsLastToken({ decoding: false, othersPending: true, heldTokens: 256, stepTokens: 256, ownTokens: 100, gang: 2 })).toBe(false);
   });
 });

@@ -3,6 +3,7 @@
 //                      --min-p P --seed S --stop STR (repeatable) --ignore-eos]
 //   loraserve [serve] [options]   (see src/server/config.ts; with no command, serve)
 //   loraserve train --model DIR --data FILE --out DIR [options]   (see src/train/train-args.ts)
+//   loraserve merge --model DIR --out DIR --inputs D1,D2 --weights … --combination-type …   (src/merge/merge-command.ts)
 import { parseArgs } from 'node:util';
 import { startEngine } from './start-engine.ts';
 import { parseSampling } from './server/sampling-fields.ts';
@@ -67,6 +68,10 @@ async function main(): Promise<void> {
   switch (command) {
     case 'generate':
       return generate(rest);
+    case 'merge': {
+      const { mergeCommand } = await import('./merge/merge-command.ts');
+      return mergeCommand(rest);
+    }
     case 'train': {
       const { trainCommand } = await import('./train/train-command.ts');
       return trainCommand(rest);
@@ -77,7 +82,7 @@ async function main(): Promise<void> {
       return serve(rest);
     }
     default:
-      throw new Error(`unknown command ${JSON.stringify(command)}; use 'serve', 'generate' or 'train'`);
+      throw new Error(`unknown command ${JSON.stringify(command)}; use 'serve', 'generate', 'train' or 'merge'`);
   }
 }
 

@@ -114,7 +114,8 @@ export class AdapterStore {
   // The files, fsynced, under .staging/; commit() renames them into place (replacing an older
   // version), abort() removes them. Staging can run while the upload is validated, and a failed
   // validation leaves the served entries as they were.
-  async stage(name: string, files: AdapterFiles): Promise<StagedWrite> {
+  // `extra`: more files for the directory (e.g. a merge's merge_recipe.json), written the same way.
+  async stage(name: string, files: AdapterFiles, extra: Record<string, Uint8Array> = {}): Promise<StagedWrite> {
     const target = this.dirOf(name);
     const tmp = join(this.root, STAGING, randomBytes(6).toString('hex'));
     let settled = false;
@@ -129,7 +130,9 @@ export class AdapterStore {
     this.pending++;
     await mkdir(tmp, { recursive: true });
     try {
-      await Promise.all([writeSynced(join(tmp, CONFIG_FILE), files.config), writeSynced(join(tmp, WEIGHTS_FILE), files.weights)]);
+      for (const f of Object.keys(extra)) if (basename(f) !== f || f === CONFIG_FILE || f === WEIGHTS_FILE || f.startsWith('.')) throw new Error(`extra adapter file ${JSON.stringify(f)}: a plain file name other than the PEFT files`);
+      await Promise.all([writeSynced(join(tmp, CONFIG_FILE), files.config), writeSynced(join(tmp, WEIGHTS_FILE), files.weights),
+        ...Object.entries(extra).map(([f, bytes]) => writeSynced(join(tmp, f), bytes))]);
       syncDir(tmp);
     } catch (err) {
       await abort();

@@ -8,6 +8,7 @@
 import { decodeAdapter, readAdapterDir, CONFIG_FILE, WEIGHTS_FILE } from './lora-adapter.ts';
 import type { AdapterFiles, LoraAdapter } from './lora-adapter.ts';
 import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { readWhole } from './read-file.ts';
 import { join } from 'node:path';
 import { ADAPTER_NAME, AdapterStore, checkAdapterName } from './adapter-store.ts';
 import type { StagedWrite } from './adapter-store.ts';
@@ -39,7 +40,13 @@ export interface AdapterInfo {
   warnings: string[];
   error: string | null;       // why it is 'failed'
   description: string | null; // one line, shown in /v1/models (preloaded adapters: their description.txt)
+  recipe: Record<string, unknown> | null; // a merged adapter's recipe (its merge_recipe.json), else null
 }
+
+// A merged adapter's recipe, kept beside its PEFT files (written by POST /v1/adapters/merge and
+// `loraserve merge`; src/merge/merge-files.ts says what it holds).
+export const RECIPE_FILE = 'merge_recipe.json';
+const MAX_RECIPE_BYTES = 1 << 20;
 
 // What the registry needs from the engine (engine-client.ts implements it).
 export interface AdapterEngine {
@@ -66,9 +73,9 @@ export class AdapterRegistry {
 
   constructor(
     private readonly engine: AdapterEngine,
-    private readonly model: ModelConfig,
+    readonly model: ModelConfig,
     readonly modelName: string,
-    private readonly maxRank: number,
+    readonly maxRank: number,
     readonly store: AdapterStore,
     private readonly events: RegistryEvents = {},
   ) {}
@@ -173,14 +180,16 @@ export class AdapterRegistry {
   // Upload: validated first (an invalid adapter writes nothing), then staged outside the served
   // entries (fsynced), handed to the engine, then committed atomically. It takes `files` over:
   // their weights buffer moves to the engine thread.
-  async upload(name: string, files: AdapterFiles, opts: { replace: boolean }): Promise<AdapterInfo> {
+  // `recipe`: a merge's recipe, stored beside the files (RECIPE_FILE) and listed with the adapter.
+  async upload(name: string, files: AdapterFiles, opts: { replace: boolean; recipe?: Record<string, unknown> }): Promise<AdapterInfo> {
     checkAdapterName(name);
     return this.locked(name, async () => {
       this.checkReplace(name, opts.replace);
       const decoded = this.validate(name, files);
+      const extra: Record<string, Uint8Array> = opts.recipe ? { [RECIPE_FILE]: new TextEncoder().encode(`${JSON.stringify(opts.recipe, null, 2)}\n`) } : {};
       // the adapter's arrays may be views of files.weights: on disk first, then the engine takes them
-      const staged = await this.store.stage(name, files);
-      return this.install(name, decoded.adapter, decoded.warnings, this.store.dirOf(name), 'store', files, staged);
+      const staged = await this.store.stage(name, files, extra);
+      return this.install(name, decoded.adapter, decoded.warnings, this.store.dirOf(name), 'store', files, staged, undefined, opts.recipe ?? null);
     });
   }
 
@@ -191,7 +200,8 @@ export class AdapterRegistry {
       this.checkReplace(name, opts.replace);
       const files = await readAdapterDir(dir);
       const { adapter, warnings } = this.validate(name, files);
-      return this.install(name, adapter, warnings, dir, opts.source ?? (this.store.contains(dir) ? 'store' : 'path'), files, undefined, opts.description);
+      const recipe = await readRecipe(dir, warnings);
+      return this.install(name, adapter, warnings, dir, opts.source ?? (this.store.contains(dir) ? 'store' : 'path'), files, undefined, opts.description, recipe);
     });
   }
 
@@ -243,7 +253,7 @@ export class AdapterRegistry {
 
   // The engine takes the adapter, then an upload's staged files are committed to the store; it
   // serves only once both have succeeded.
-  private async install(name: string, adapter: LoraAdapter, warnings: string[], dir: string, source: 'store' | 'path', files: AdapterFiles, staged?: StagedWrite, description?: string): Promise<AdapterInfo> {
+  private async install(name: string, adapter: LoraAdapter, warnings: string[], dir: string, source: 'store' | 'path', files: AdapterFiles, staged?: StagedWrite, description?: string, recipe: Record<string, unknown> | null = null): Promise<AdapterInfo> {
     const layers = new Set(adapter.targets.map((t) => t.layer)).size;
     const targets = TARGETS.filter((t) => adapter.targets.some((x) => x.target === t));
     const info = { version: adapter.version, rank: adapter.maxRank, useDora: adapter.useDora, decodedBytes: adapter.bytes, fileBytes: files.config.byteLength + files.weights.byteLength, layers, targets: [...targets] };
@@ -264,7 +274,7 @@ export class AdapterRegistry {
       throw err;
     }
     const entry: Entry = {
-      name, ...info, status: 'ready', source, dir, warnings, error: null, description: description ?? null,
+      name, ...info, status: 'ready', source, dir, warnings, error: null, description: description ?? null, recipe,
       requestsServed: prev?.requestsServed ?? 0,
       loadedAt: Math.floor(Date.now() / 1000),
       inFlightByVersion: prev?.inFlightByVersion ?? new Map(),
@@ -330,4 +340,19 @@ function readDescription(dir: string): string | undefined {
   if (!lstatSync(path, { throwIfNoEntry: false })?.isFile()) return undefined;
   const line = readFileSync(path, 'utf8').split('\n')[0].trim().slice(0, 200);
   return line || undefined;
+}
+
+// The directory's merge recipe (RECIPE_FILE), if it has one: a JSON object, at most 1 MiB, a regular
+// file. One that cannot be read is a warning, not a refusal: the adapter itself is valid.
+async function readRecipe(dir: string, warnings: string[]): Promise<Record<string, unknown> | null> {
+  const path = join(dir, RECIPE_FILE);
+  if (!lstatSync(path, { throwIfNoEntry: false })) return null;
+  try {
+    const v: unknown = JSON.parse(new TextDecoder().decode(await readWhole(path, undefined, { maxBytes: MAX_RECIPE_BYTES, warm: false })));
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not a JSON object');
+    return v as Record<string, unknown>;
+  } catch (e) {
+    warnings.push(`${RECIPE_FILE} is ignored: ${(e as Error).message}`);
+    return null;
+  }
 }

@@ -5,6 +5,7 @@
 //   DELETE /v1/adapters/:name         unload and delete the stored files (?wait_ms=N: how long to wait
 //                                     for requests in flight, at most --unload-wait-ms; 0: refuse at once)
 //   POST   /v1/adapters/:name/reload  read its directory again (files changed in place, or a failed one)
+//   POST   /v1/adapters/merge         JSON: merge served adapters into a new one (merge-route.ts)
 //   POST   /v1/load_lora_adapter      vLLM: {lora_name, lora_path, load_inplace}
 //   POST   /v1/unload_lora_adapter    vLLM: {lora_name}
 // Uploads go through validation before anything is written (422 with every problem), then into
@@ -16,6 +17,7 @@ import { invalidField, LoraserveError } from '../runtime/errors.ts';
 import type { EngineClient } from '../runtime/engine-client.ts';
 import { checkAdminKey } from './auth.ts';
 import { resolveAdapterPath } from './adapter-path.ts';
+import { registerMergeRoute } from './merge-route.ts';
 import type { ServerConfig } from './config.ts';
 import type { Metrics } from './metrics.ts';
 
@@ -71,6 +73,8 @@ export function registerAdapterRoutes(app: FastifyInstance, deps: AdapterRouteDe
     reply.code(201);
     return describe(info);
   });
+
+  registerMergeRoute(app, { registry, admin, describe, counted });
 
   app.get('/v1/adapters', { preHandler: admin }, async () => ({ object: 'list', data: await Promise.all(registry.list().map(describe)) }));
 

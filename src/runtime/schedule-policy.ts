@@ -130,7 +130,7 @@ export function chooseChunks(c: readonly PrefillCandidate[], order: readonly num
 export interface HoldInput {
   decoding: boolean;            // some stream is decoding (its ITL then bounds every step anyway)
   othersPending: boolean;       // one token short of its end: another running prompt has more than its
-                                // last token to prefill; further from it: another prompt is in prefill
+                                // last token to prefill (further from it the scheduler passes true)
   heldTokens: number;           // prompt tokens prefilled (for others) since it came one token short
   stepTokens: number;           // the next step's prompt tokens (the budget)
   ownTokens: number;            // its own prompt's length

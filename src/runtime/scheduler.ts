@@ -215,8 +215,11 @@ export class Scheduler {
   // Which prompts wait (or will, once one token short of their end) for the others to catch up.
   private holds(seqs: Sequence[], decoding: boolean, budget: number): (s: Sequence) => boolean {
     for (const s of this.heldSince.keys()) if (s.state !== 'prefill' || s.remainingPrefill !== 1) this.heldSince.delete(s);
-    // one token short, a prompt waits for those with more left; with more left, it stops one short
-    // if any other prompt is in prefill (so that its last token goes with theirs)
+    // one token short, a prompt waits for those with more left. Further from its end it stops one
+    // short whenever nothing decodes, others in prefill or not: requests sent together reach the
+    // engine some ms apart, and the first would otherwise finish its prompt in the first step and
+    // decode alone before the rest were admitted (its last token then runs with theirs, or alone
+    // in the next step: one small step more)
     const inPrefill = this.running.filter((s) => s.state === 'prefill' && !s.paused);
     const verdict = new Map<Sequence, boolean>();
     for (const s of seqs) {
@@ -224,7 +227,7 @@ export class Scheduler {
       if (ready && !this.heldSince.has(s)) this.heldSince.set(s, this.promptTokensDone);
       verdict.set(s, holdsLastToken({
         decoding,
-        othersPending: inPrefill.some((p) => p !== s && (!ready || p.remainingPrefill > 1)),
+        othersPending: !ready || inPrefill.some((p) => p !== s && p.remainingPrefill > 1),
         heldTokens: ready ? this.promptTokensDone - this.heldSince.get(s)! : 0,
         stepTokens: budget,
         ownTokens: s.contextLength,

@@ -4,6 +4,7 @@
 //   loraserve [serve] [options]   (see src/server/config.ts; with no command, serve)
 //   loraserve train --model DIR --data FILE --out DIR [options]   (see src/train/train-args.ts)
 //   loraserve merge --model DIR --out DIR --inputs D1,D2 --weights … --combination-type …   (src/merge/merge-command.ts)
+//   loraserve export --model DIR --adapter DIR|NAME --out DIR [--shard-mb N]   (src/merge/export-command.ts)
 import { parseArgs } from 'node:util';
 import { startEngine } from './start-engine.ts';
 import { parseSampling } from './server/sampling-fields.ts';
@@ -72,6 +73,10 @@ async function main(): Promise<void> {
       const { mergeCommand } = await import('./merge/merge-command.ts');
       return mergeCommand(rest);
     }
+    case 'export': {
+      const { exportCommand } = await import('./merge/export-command.ts');
+      return exportCommand(rest);
+    }
     case 'train': {
       const { trainCommand } = await import('./train/train-command.ts');
       return trainCommand(rest);
@@ -82,7 +87,7 @@ async function main(): Promise<void> {
       return serve(rest);
     }
     default:
-      throw new Error(`unknown command ${JSON.stringify(command)}; use 'serve', 'generate', 'train' or 'merge'`);
+      throw new Error(`unknown command ${JSON.stringify(command)}; use 'serve', 'generate', 'train', 'merge' or 'export'`);
   }
 }
 

@@ -6,11 +6,9 @@
 //     (seed, step, micro-batch, slot), buffers reused
 //   - evaluate() never applies dropout
 //   - `loraserve train --dropout 0.1` is deterministic, and resume equals an uninterrupted run
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { hfConfig, randomWeights } from '../../scripts/synthetic-model.ts';
 import { parseModelConfig } from '../../src/runtime/model-config.ts';
@@ -26,8 +24,9 @@ import { buildTrainGraph, dropoutMaskName } from '../../src/train/train-graph.ts
 import type { LoraSlot } from '../../src/train/train-graph.ts';
 import { readMetrics } from '../../src/train/metrics-log.ts';
 import { STORIES_DIR, hasStories } from '../helpers/fixtures.ts';
-import { loraDelta, modulePath, randomArray, referenceLoss, referenceLossLora } from './train-reference.ts';
+import { compareGradient, loraDelta, modulePath, randomArray, referenceLoss, referenceLossLora } from './train-reference.ts';
 import type { RefBatch, RefLora, RefSlot } from './train-reference.ts';
+import { runLoraserve } from '../helpers/cli.ts';
 
 const batch: RefBatch = {
   B: 2,
@@ -125,14 +124,7 @@ describe('dropout in the training graph', () => {
         return (at(x[i] + h) - at(x[i] - h)) / (2 * h);
       });
       const an = picks.map((i) => g[i]);
-      const norm = Math.hypot(...fd);
-      const inf = Math.max(...fd.map(Math.abs));
-      const rel = Math.hypot(...fd.map((f, j) => f - an[j])) / norm;
-      worst = Math.max(worst, rel);
-      if (!(rel <= 1e-3)) errors.push(`${name}: norm-wise relative error ${rel.toExponential(2)} (fd ${fd.map((f) => f.toExponential(3))}, graph ${an.map((f) => f.toExponential(3))})`);
-      fd.forEach((f, j) => {
-        if (!(Math.abs(an[j] - f) <= 1e-3 * Math.max(Math.abs(f), inf))) errors.push(`${name}[${picks[j]}]: ${an[j]} vs fd ${f}`);
-      });
+      worst = Math.max(worst, compareGradient(name, picks, fd, an, errors));
     }
     console.log(`dropout p = ${p}: worst norm-wise relative error ${worst.toExponential(2)} over ${factors.size} factors`);
     expect(errors).toEqual([]);
@@ -244,18 +236,8 @@ describe('dropout masks', () => {
 
 // ---- end to end: `loraserve train --dropout 0.1` ----
 
-const BIN = fileURLToPath(new URL('../../bin/loraserve.js', import.meta.url));
 
-function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [BIN, 'train', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    p.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    p.on('exit', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
-}
+const cli = (args: string[]) => runLoraserve(['train', ...args]);
 
 describe.skipIf(!hasStories)('loraserve train --dropout 0.1 (stories260K)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'loraserve-dropout-'));

@@ -15,7 +15,7 @@ import type { Target } from '../../src/runtime/model-targets.ts';
 import { Rng } from '../../src/runtime/random.ts';
 import { TrainSession } from '../../src/train/train-session.ts';
 import type { LoraSlot } from '../../src/train/train-graph.ts';
-import { loraDelta, modulePath, randomArray, referenceLoss } from './train-reference.ts';
+import { compareGradient, loraDelta, modulePath, randomArray, referenceLoss } from './train-reference.ts';
 import type { RefBatch, RefSlot } from './train-reference.ts';
 
 const batch: RefBatch = {
@@ -111,14 +111,7 @@ describe('LoRA gradients of the training graph', () => {
             return (at(x[i] + h) - at(x[i] - h)) / (2 * h);
           });
           const an = picks.map((i) => g[i]);
-          const norm = Math.hypot(...fd);
-          const inf = Math.max(...fd.map(Math.abs));
-          const rel = Math.hypot(...fd.map((f, j) => f - an[j])) / norm;
-          worst = Math.max(worst, rel);
-          if (!(rel <= 1e-3)) errors.push(`${name}: norm-wise relative error ${rel.toExponential(2)} (fd ${fd.map((f) => f.toExponential(3))}, graph ${an.map((f) => f.toExponential(3))})`);
-          fd.forEach((f, j) => {
-            if (!(Math.abs(an[j] - f) <= 1e-3 * Math.max(Math.abs(f), inf))) errors.push(`${name}[${picks[j]}]: ${an[j]} vs fd ${f}`);
-          });
+          worst = Math.max(worst, compareGradient(name, picks, fd, an, errors));
         }
       }
       console.log(`${c.name}: worst norm-wise relative error ${worst.toExponential(2)} over ${refSlots.length * 2} factors`);

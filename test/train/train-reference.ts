@@ -184,3 +184,17 @@ export function referenceLossLora(cfg: Record<string, any>, weights: Map<string,
   }
   return { loss: nll / wsum, logprobs };
 }
+
+// Analytic gradient entries `an` against central finite differences `fd` at the same entries of one
+// tensor: the norm-wise relative error ‖an − fd‖ / ‖fd‖ must be ≤ 1e-3, and each entry within 1e-3 of
+// max(|fd|, ‖fd‖∞). Problems go to `errors`; returns the norm-wise error.
+export function compareGradient(name: string, picks: readonly number[], fd: readonly number[], an: readonly number[], errors: string[]): number {
+  const norm = Math.hypot(...fd);
+  const inf = Math.max(...fd.map(Math.abs));
+  const rel = Math.hypot(...fd.map((f, j) => f - an[j])) / norm;
+  if (!(rel <= 1e-3)) errors.push(`${name}: norm-wise relative error ${rel.toExponential(2)} (fd ${fd.map((f) => f.toExponential(3))}, graph ${an.map((f) => f.toExponential(3))})`);
+  fd.forEach((f, j) => {
+    if (!(Math.abs(an[j] - f) <= 1e-3 * Math.max(Math.abs(f), inf))) errors.push(`${name}[${picks[j]}]: ${an[j]} vs fd ${f}`);
+  });
+  return rel;
+}

@@ -5,11 +5,9 @@
 //   - the same seed gives the same bytes; N steps + resume for N more equals 2N steps
 //   - the adapter, uploaded to a running server, gives the trainer's own log-probs (1e-4)
 //   - bad input exits non-zero, names the problem, and leaves no output directory
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import OpenAI from 'openai';
 import { makePirateData } from '../../scripts/make-pirate-data.ts';
@@ -28,22 +26,13 @@ import { loraSlots } from '../../src/train/trainer.ts';
 import { parseTrainArgs } from '../../src/train/train-args.ts';
 import { peftTensorName } from '../../src/train/peft-output.ts';
 import { readMetrics } from '../../src/train/metrics-log.ts';
+import { runLoraserve } from '../helpers/cli.ts';
 
-const BIN = fileURLToPath(new URL('../../bin/loraserve.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'loraserve-train-'));
 const trainFile = join(dir, 'train.jsonl');
 const evalFile = join(dir, 'eval.jsonl');
 
-function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [BIN, 'train', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    p.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    p.on('exit', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
-}
+const cli = (args: string[]) => runLoraserve(['train', ...args]);
 
 // The exact call (held-out loss then comes from the default 5% eval split of --data).
 const exactCall = (out: string, extra: string[] = []): string[] =>

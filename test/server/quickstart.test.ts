@@ -4,7 +4,7 @@
 //     and the demo adapters, each listed in /v1/models with its description, and prints a banner
 //   - the same greedy request to the base model and each adapter: four different continuations;
 //     each adapter's shows ≥ 3 of its style's marker words in 48 tokens, the base model's none, and
-//     the base model's is English (the vocabulary check below)
+//     the base model's is English (the vocabulary check below, and an English dictionary)
 //   - each adapter lowers held-out loss on its style by ≥ 30% (its committed metrics.jsonl)
 //   - `make-demo-adapters` (all of it: data, then training every adapter) run twice here gives
 //     byte-identical adapter files, and the held-out losses of the committed ones (within 1e-4: the
@@ -12,6 +12,7 @@
 //     round differently in the last bits)
 //   - models/ stays under 10 MB
 import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { createHash } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
@@ -111,6 +112,10 @@ describe('npm start with no arguments', () => {
     expect(words.length).toBeGreaterThanOrEqual(20);
     const vocab = sampledVocabulary();
     expect(words.filter((w) => vocab.has(w)).length / words.length, base).toBeGreaterThanOrEqual(0.9);
+    // and, independently of the model, ≥ 90% of them are English dictionary words (~275,000 words,
+    // the an-array-of-english-words package)
+    const english = new Set(createRequire(import.meta.url)('an-array-of-english-words') as string[]);
+    expect(words.filter((w) => english.has(w)).length / words.length, base).toBeGreaterThanOrEqual(0.9);
   });
 });
 

@@ -176,8 +176,9 @@ function installFaults(scheduler: Scheduler, pending: EngineFault[]): void {
       if (take('exit')) process.exit(1); // mid-step: the thread ends with the step in flight
       if (take('step')) throw new Error('injected step failure (test fault)');
     },
-    beforeAdvance: () => {
-      if (take('sequence')) throw new Error('injected sequence failure (test fault)');
+    beforeAdvance: (state) => {
+      // a decoding sequence's advance (it samples its next token, its first one already sent)
+      if (state === 'decode' && take('sequence')) throw new Error('injected sequence failure (test fault)');
     },
   };
 }

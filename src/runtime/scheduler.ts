@@ -67,7 +67,7 @@ export type EmitFn = (seqId: string, events: TokenEvent[]) => void;
 // Test-only fault points (engine-worker.ts sets them when faults are enabled).
 export interface SchedulerFaults {
   beforeStep?: () => void;      // just before a batched step runs
-  beforeAdvance?: () => void;   // just before a sequence takes its step's result
+  beforeAdvance?: (state: Sequence['state']) => void; // just before a sequence takes its step's result
 }
 
 export interface StepStats {
@@ -405,7 +405,7 @@ export class Scheduler {
       const off = result.rowOffsets[i];
       const count = s.wantsPromptLogits ? n : 1;
       try {
-        this.faults.beforeAdvance?.();
+        this.faults.beforeAdvance?.(s.state);
         const events = s.advance(n, result.logits.subarray(off * V, (off + count) * V), V);
         if (events.length) this.emit(s.id, events);
       } catch (err) {

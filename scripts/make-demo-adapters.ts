@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { fitStory, generateStories, splitStories, toJsonl } from './make-pirate-data.ts';
+import { fitStory, generateStories, splitStories, toJsonl } from './make-style-data.ts';
 import { STYLES } from '../src/train/styles.ts';
 import type { Style } from '../src/train/styles.ts';
 import { parseTrainArgs } from '../src/train/train-args.ts';

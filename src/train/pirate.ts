@@ -1,5 +1,5 @@
 // A small rule-based "pirate speak" translator: the style a demo adapter learns (scripts/
-// make-pirate-data.ts turns the stories260K model's own stories into pirate stories). Deterministic,
+// make-style-data.ts turns the stories260K model's own stories into pirate stories). Deterministic,
 // so the data set is reproducible: word substitutions that keep the word's capitalization, "-ing"
 // → "-in'", and an "Arr!" after every third sentence.
 const WORDS: Record<string, string> = {

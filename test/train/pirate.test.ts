@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { pirate } from '../../src/train/pirate.ts';
 import { loadModelFiles } from '../../src/runtime/model-loader.ts';
 import { TextTokenizer } from '../../src/runtime/tokenizer.ts';
-import { fitStory, makePirateData } from '../../scripts/make-pirate-data.ts';
+import { fitStory, makePirateData } from '../../scripts/make-style-data.ts';
 import { hasStories, STORIES_DIR } from '../helpers/fixtures.ts';
 
 describe('pirate', () => {

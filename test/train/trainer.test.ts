@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import OpenAI from 'openai';
-import { makePirateData } from '../../scripts/make-pirate-data.ts';
+import { makePirateData } from '../../scripts/make-style-data.ts';
 import { STORIES_DIR } from '../helpers/fixtures.ts';
 import { startTestServer } from '../helpers/server.ts';
 import type { RunningServer } from '../../src/server/serve.ts';
@@ -41,7 +41,7 @@ const exactCall = (out: string, extra: string[] = []): string[] =>
 const toJsonl = (texts: string[]): string => texts.map((text) => `${JSON.stringify({ text })}\n`).join('');
 
 beforeAll(async () => {
-  // stories the fixture writes itself, in pirate speak (scripts/make-pirate-data.ts), small for a test
+  // stories the fixture writes itself, in pirate speak (scripts/make-style-data.ts), small for a test
   const data = await makePirateData({ modelDir: STORIES_DIR, count: 160, evalCount: 24, seed: 0, maxTokens: 160, maxExampleTokens: 256 });
   writeFileSync(trainFile, toJsonl(data.train));
   writeFileSync(evalFile, toJsonl(data.eval));

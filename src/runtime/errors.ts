@@ -6,6 +6,7 @@ export type ErrorCode =
   | 'unauthorized'        // 401
   | 'forbidden'           // 403
   | 'model_not_found'     // 404: unknown model / adapter name
+  | 'not_found'           // 404: no such route
   | 'conflict'            // 409: e.g. adapter already exists, or is in use
   | 'payload_too_large'   // 413
   | 'unsupported_media_type' // 415: a body that is not JSON (or multipart for uploads)
@@ -21,6 +22,7 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   unauthorized: 401,
   forbidden: 403,
   model_not_found: 404,
+  not_found: 404,
   conflict: 409,
   payload_too_large: 413,
   unsupported_media_type: 415,

@@ -106,7 +106,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   app.setNotFoundHandler(async (req, reply) => {
     guardRequest(req, guard);
-    reply.code(404).send(errorBody(new LoraserveError('model_not_found', `no route ${req.method} ${req.url}`)).body);
+    reply.code(404).send(errorBody(new LoraserveError('not_found', `no route ${req.method} ${req.url}`)).body);
   });
 
   const inference = async (req: Parameters<typeof checkApiKey>[0]) => {

@@ -8,6 +8,7 @@ const TYPE_BY_CODE: Record<ErrorCode, string> = {
   unauthorized: 'authentication_error',
   forbidden: 'permission_error',
   model_not_found: 'invalid_request_error',
+  not_found: 'invalid_request_error',
   conflict: 'invalid_request_error',
   payload_too_large: 'invalid_request_error',
   unsupported_media_type: 'invalid_request_error',

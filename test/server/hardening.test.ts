@@ -282,6 +282,9 @@ describe('clear refusals', () => {
     }
     const tokens = await err(post(u, '/v1/completions', { model: MODEL, prompt: [1, 99999] }));
     expect(tokens.error.message).toMatch(/prompt\[1\]/);
+    // an unknown route is not_found; an unknown model stays model_not_found
+    expect(await err(fetch(`${u}/v1/nothing-here`))).toMatchObject({ status: 404, error: { code: 'not_found', message: expect.stringMatching(/no route GET \/v1\/nothing-here/) } });
+    expect(await err(post(u, '/v1/completions', { model: 'nobody', prompt: 'x' }))).toMatchObject({ status: 404, error: { code: 'model_not_found', param: 'model' } });
   });
 
   it('n > 10 prints no MaxListenersExceededWarning', async () => {

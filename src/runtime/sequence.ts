@@ -138,7 +138,8 @@ export class Sequence {
     }
     events.push(token);
 
-    if (this.stopIds.has(id)) return this.finish(events, 'stop', id);
+    // stop_reason as vLLM reports it: the id for a stop_token_ids match, null for EOS
+    if (this.stopIds.has(id)) return this.finish(events, 'stop', this.req.stopTokenIds.includes(id) ? id : null);
     const { emit, stopped } = this.stopper.push(this.decoder.push(id));
     token.text = emit;
     this.text += emit;

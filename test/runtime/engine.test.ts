@@ -65,11 +65,13 @@ describe('engine', () => {
     expect(r.tokens[1].top![0].text).toBe(' there');
   });
 
-  it('ignore_eos keeps generating past EOS; without it, EOS ends with stop', async () => {
+  it('ignore_eos keeps generating past EOS; without it, EOS ends with stop (stop_reason null unless asked for by stop_token_ids)', async () => {
     // stories260K practically never emits EOS (2); bias it to force one
     const forced = { ...DEFAULT_SAMPLING, temperature: 0, logitBias: new Map([[2, 100]]) };
     const stop = await run(req({ sampling: forced }));
-    expect(stop.done).toMatchObject({ finishReason: 'stop', stopReason: 2, completionTokens: 1 });
+    expect(stop.done).toMatchObject({ finishReason: 'stop', stopReason: null, completionTokens: 1 }); // EOS: null, as vLLM
+    const asked = await run(req({ sampling: forced, stopTokenIds: [2] }));
+    expect(asked.done).toMatchObject({ finishReason: 'stop', stopReason: 2, completionTokens: 1 }); // a stop_token_ids match: its id
     const past = await run(req({ sampling: forced, ignoreEos: true, maxTokens: 4 }));
     expect(past.done).toMatchObject({ finishReason: 'length', completionTokens: 4 });
   });

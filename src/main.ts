@@ -13,9 +13,21 @@ import { loadModelFiles } from './runtime/model-loader.ts';
 import { toLoraserveError } from './runtime/errors.ts';
 import { DEFAULT_MODEL_DIR } from './server/default-model.ts';
 
-// `loraserve --port 9000` is `loraserve serve --port 9000`: flags alone start the server.
+// `loraserve --port 9000` is `loraserve serve --port 9000`: flags alone start the server;
+// `loraserve --help` (or `help`) lists the commands.
 const argv = process.argv.slice(2);
-const [command, ...rest] = argv[0]?.startsWith('-') ? ['serve', ...argv] : argv;
+const wantsHelp = argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help';
+const [command, ...rest] = wantsHelp ? ['help'] : argv[0]?.startsWith('-') ? ['serve', ...argv] : argv;
+
+const USAGE = `loraserve: one base model, many LoRA adapters, behind an OpenAI-compatible API.
+
+  loraserve [serve] [flags]    serve the model and its adapters over HTTP (no command: serve; flags in README.md, "Configuration")
+  loraserve generate [flags]   generate from a prompt on the command line (--model, --prompt, --max-tokens, sampling flags)
+  loraserve train [flags]      fine-tune a LoRA adapter into a PEFT directory (--model, --data, --out; README.md, "Training adapters")
+  loraserve merge [flags]      merge PEFT adapters into a new one (--model, --inputs, --weights, --combination-type, --out)
+  loraserve export [flags]     write a full checkpoint with an adapter merged in (--model, --adapter, --out)
+  loraserve help               this list
+`;
 
 async function generate(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -67,6 +79,9 @@ async function generate(argv: string[]): Promise<void> {
 
 async function main(): Promise<void> {
   switch (command) {
+    case 'help':
+      process.stdout.write(USAGE);
+      return;
     case 'generate':
       return generate(rest);
     case 'merge': {
@@ -87,7 +102,7 @@ async function main(): Promise<void> {
       return serve(rest);
     }
     default:
-      throw new Error(`unknown command ${JSON.stringify(command)}; use 'serve', 'generate', 'train', 'merge' or 'export'`);
+      throw new Error(`unknown command ${JSON.stringify(command)}; use 'serve', 'generate', 'train', 'merge' or 'export' (loraserve --help lists them)`);
   }
 }
 

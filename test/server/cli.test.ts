@@ -27,6 +27,15 @@ function cli(args: string[], onStdout?: (text: string, kill: (sig: NodeJS.Signal
 }
 
 describe('loraserve command line', () => {
+  it('--help lists every command with one line each; an unknown command says where the list is', async () => {
+    const h = await cli(['--help']);
+    expect(h.code).toBe(0);
+    for (const c of ['serve', 'generate', 'train', 'merge', 'export', 'help']) expect(h.stdout).toMatch(new RegExp(`^  loraserve ${c === 'serve' ? '\\[serve\\]' : c} `, 'm'));
+    const u = await cli(['bogus']);
+    expect(u.code).toBe(1);
+    expect(u.stderr).toMatch(/unknown command "bogus".*--help/);
+  });
+
   it('generate streams the greedy reference continuation to stdout', async () => {
     const c = EXPECTED.generation_cases[0];
     const r = await cli(['generate', '--model', STORIES_DIR, '--prompt', c.prompt, '--max-tokens', '40', '--temperature', '0', '--ignore-eos']);

@@ -112,10 +112,13 @@ export async function* runJob(job: GenerationJob, deps: GenerationDeps, signal: 
 async function pump(deps: GenerationDeps, req: GenerateRequest, index: number, prompt: number, label: string, t0: number, signal: AbortSignal, push: (e: ChoiceEvent) => Promise<void>, endpoint: string): Promise<void> {
   const m = deps.metrics;
   const tokenTimes: number[] = [];
+  let finished = false;
   try {
     for await (const event of deps.engine.generate(req, signal)) {
       if (event.type === 'token') tokenTimes.push(performance.now());
+      if (event.type === 'error') finished = true;
       if (event.type === 'done') {
+        finished = true;
         const end = performance.now();
         const labels = { path: event.path, adapter: label };
         if (tokenTimes.length) m.ttft.observe(labels, (tokenTimes[0] - t0) / 1000);
@@ -128,6 +131,13 @@ async function pump(deps: GenerationDeps, req: GenerateRequest, index: number, p
       await push({ index, prompt, event });
     }
   } catch (err) {
+    finished = true;
     await push({ index, prompt, event: { type: 'error', error: serializeError(err) } });
+  } finally {
+    // cancelled (the client left, or the consumer stopped): counted, with the tokens it got
+    if (!finished && signal.aborted) {
+      m.requests.inc({ endpoint, finish_reason: 'cancelled' });
+      if (tokenTimes.length) m.generationTokens.inc({ adapter: label }, tokenTimes.length);
+    }
   }
 }

@@ -18,7 +18,7 @@ export class Metrics {
   readonly duration = new Histogram({ name: 'loraserve_request_duration_seconds', help: 'Time from arrival to the last token of a sequence', labelNames: ['path', 'adapter'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly promptTokens = new Counter({ name: 'loraserve_prompt_tokens_total', help: 'Prompt tokens processed', labelNames: ['adapter'], registers: [this.registry] });
   readonly generationTokens = new Counter({ name: 'loraserve_generation_tokens_total', help: 'Tokens generated', labelNames: ['adapter'], registers: [this.registry] });
-  readonly requests = new Counter({ name: 'loraserve_requests_total', help: 'Finished sequences by finish reason', labelNames: ['endpoint', 'finish_reason'], registers: [this.registry] });
+  readonly requests = new Counter({ name: 'loraserve_requests_total', help: 'Finished sequences by finish reason (stop, length, or cancelled: the client left first)', labelNames: ['endpoint', 'finish_reason'], registers: [this.registry] });
   readonly queueLength = new Gauge({ name: 'loraserve_queue_length', help: 'Sequences waiting for a place in the running batch', registers: [this.registry] });
   readonly running = new Gauge({ name: 'loraserve_running_sequences', help: 'Sequences in the running batch', registers: [this.registry] });
   readonly batchSize = new Histogram({ name: 'loraserve_batch_size', help: 'Sequences per decode step', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: [this.registry] });

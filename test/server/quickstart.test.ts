@@ -7,9 +7,9 @@
 //     the base model's is English (the vocabulary check below, and an English dictionary)
 //   - each adapter lowers held-out loss on its style by ≥ 30% (its committed metrics.jsonl)
 //   - `make-demo-adapters` (all of it: data, then training every adapter) run twice here gives
-//     byte-identical adapter files, and the held-out losses of the committed ones (within 1e-4: the
-//     committed files were made on the machine that committed them, and another CPU's kernels may
-//     round differently in the last bits)
+//     byte-identical adapter files, and the held-out losses of the committed ones (the base's within
+//     1e-4, the trained one's within 1%: the committed files were made on the machine that committed
+//     them, and another CPU's kernels may round differently over 80 steps)
 //   - models/ stays under 10 MB
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
@@ -184,7 +184,9 @@ describe('the demo adapters', () => {
       const records = readMetrics(committed(s.name, 'metrics.jsonl'));
       const r = results.find((x) => x.style.name === s.name)!;
       expect(Math.abs(r.evalLossBase! - records[0].eval_loss!), s.name).toBeLessThanOrEqual(1e-4);
-      expect(Math.abs(r.evalLossFinal! - records.at(-1)!.eval_loss!), s.name).toBeLessThanOrEqual(1e-4);
+      // after 80 steps, another CPU's rounding may move the trajectory a little: within 1% (another
+      // recipe or data set would land far from it)
+      expect(Math.abs(r.evalLossFinal! - records.at(-1)!.eval_loss!), s.name).toBeLessThanOrEqual(0.01 * records.at(-1)!.eval_loss!);
     }
   });
 });

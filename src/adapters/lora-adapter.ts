@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { parseSafetensors } from '../runtime/safetensors.ts';
 import type { TensorEntry } from '../runtime/safetensors.ts';
 import { bytesToF32 } from '../runtime/dtype.ts';
-import { TARGETS, targetShape } from '../runtime/model-targets.ts';
+import { TARGETS, targetPath, targetShape } from '../runtime/model-targets.ts';
 import type { Target } from '../runtime/model-targets.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import { LoraserveError } from '../runtime/errors.ts';
@@ -16,6 +16,9 @@ import { isTargeted, moduleScaling } from './module-match.ts';
 
 export const CONFIG_FILE = 'adapter_config.json';
 export const WEIGHTS_FILE = 'adapter_model.safetensors';
+
+// A factor's tensor name in adapter_model.safetensors, as PEFT writes it.
+export const peftTensorName = (layer: number, target: Target, part: 'lora_A' | 'lora_B'): string => `base_model.model.${targetPath(layer, target)}.${part}.weight`;
 
 export interface LoraTargetWeights {
   layer: number;

@@ -10,10 +10,10 @@
 import { invalidField, LoraserveError } from '../runtime/errors.ts';
 import { encodeSafetensors } from '../runtime/safetensors.ts';
 import type { TensorToWrite } from '../runtime/safetensors.ts';
-import { TARGETS, targetPath } from '../runtime/model-targets.ts';
+import { TARGETS } from '../runtime/model-targets.ts';
 import type { Target } from '../runtime/model-targets.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
-import { decodeAdapterOrThrow } from '../adapters/lora-adapter.ts';
+import { decodeAdapterOrThrow, peftTensorName } from '../adapters/lora-adapter.ts';
 import type { AdapterFiles, AdapterLimits } from '../adapters/lora-adapter.ts';
 import { checkAdapterName } from '../adapters/adapter-store.ts';
 import { COMBINATION_TYPES, planMerge } from './merge-options.ts';
@@ -133,7 +133,6 @@ export function planInputs(inputs: readonly MergeInputFiles[], req: MergeRequest
   return { plan, base };
 }
 
-export const peftTensorName = (layer: number, target: Target, part: 'lora_A' | 'lora_B'): string => `base_model.model.${targetPath(layer, target)}.${part}.weight`;
 
 // The whole merge: inputs' files → the merged adapter's files and recipe. Pure but for the clock.
 export function mergeFiles(inputs: readonly MergeInputFiles[], req: MergeRequest, model: ModelConfig, limits: AdapterLimits): MergedFiles {

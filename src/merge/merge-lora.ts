@@ -4,7 +4,7 @@
 //   DoRA:        W' = (m / ‖W0 + ΔW‖_row) ⊙ (W0 + ΔW)      (norm over the input dim, per output row)
 
 // out[o, :] += s · Σ_k B[o,k] · A[k, :]
-export function addDelta(out: Float32Array, a: Float32Array, b: Float32Array, rank: number, rows: number, cols: number, scale: number): void {
+export function addDelta(out: Float32Array | Float64Array, a: Float32Array, b: Float32Array, rank: number, rows: number, cols: number, scale: number): void {
   for (let o = 0; o < rows; o++) {
     const rowOff = o * cols;
     for (let k = 0; k < rank; k++) {

@@ -2,6 +2,7 @@
 // helpers) over Float64Array "task tensors" of equal length. Pruning is per tensor: each call prunes
 // each tensor of the stack on its own (one A, one B or one ΔW), never globally.
 import { Rng } from '../runtime/random.ts';
+import { addDelta } from './merge-lora.ts';
 import type { MajoritySignMethod } from './merge-options.ts';
 
 export type Stack = readonly Float64Array[];
@@ -140,14 +141,6 @@ export const toF32 = (x: Float64Array): Float32Array => Float32Array.from(x);
 // ΔW = scale · B·A in float64 ([out, in])
 export function deltaOf(a: Float32Array, b: Float32Array, rank: number, out: number, inDim: number, scale: number): Float64Array {
   const d = new Float64Array(out * inDim);
-  for (let o = 0; o < out; o++) {
-    const row = o * inDim;
-    for (let k = 0; k < rank; k++) {
-      const c = scale * b[o * rank + k];
-      if (c === 0) continue;
-      const ao = k * inDim;
-      for (let i = 0; i < inDim; i++) d[row + i] += c * a[ao + i];
-    }
-  }
+  addDelta(d, a, b, rank, out, inDim, scale);
   return d;
 }

@@ -81,13 +81,18 @@ export class AdamW {
 
 const copy = (m: Map<string, Float32Array>): Map<string, Float32Array> => new Map([...m].map(([k, a]) => [k, a.slice()]));
 
+// The L2 norm of all gradients taken as one vector.
+export function globalNorm(grads: Iterable<Float32Array>): number {
+  let sq = 0;
+  for (const g of grads) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
+  return Math.sqrt(sq);
+}
+
 // Scales all gradients together so their global L2 norm is at most maxNorm; returns the norm
 // before clipping (as torch does: coefficient maxNorm / (norm + 1e-6), applied only when < 1).
 export function clipGradNorm(grads: Iterable<Float32Array>, maxNorm: number): number {
   const list = [...grads];
-  let sq = 0;
-  for (const g of list) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
-  const norm = Math.sqrt(sq);
+  const norm = globalNorm(list);
   const coef = maxNorm / (norm + 1e-6);
   if (coef < 1) for (const g of list) for (let i = 0; i < g.length; i++) g[i] *= coef;
   return norm;

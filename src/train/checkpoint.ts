@@ -16,8 +16,8 @@ import type { TensorToWrite } from '../runtime/safetensors.ts';
 import { bytesToF32 } from '../runtime/dtype.ts';
 import { targetShape } from '../runtime/model-targets.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
-import { WEIGHTS_FILE } from '../adapters/lora-adapter.ts';
-import { adapterModules, peftTensorName, writeAdapter } from './peft-output.ts';
+import { WEIGHTS_FILE, peftTensorName } from '../adapters/lora-adapter.ts';
+import { adapterModules, writeAdapter } from './peft-output.ts';
 import type { LoraFactors } from './peft-output.ts';
 import type { TrainArgs } from './train-args.ts';
 

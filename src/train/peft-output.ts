@@ -14,10 +14,10 @@ import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:f
 import { basename, dirname, join, resolve } from 'node:path';
 import { encodeSafetensors, writeFileAtomic } from '../runtime/safetensors.ts';
 import type { TensorToWrite } from '../runtime/safetensors.ts';
-import { targetPath, targetShape } from '../runtime/model-targets.ts';
+import { targetShape } from '../runtime/model-targets.ts';
 import type { Target } from '../runtime/model-targets.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
-import { CONFIG_FILE, WEIGHTS_FILE } from '../adapters/lora-adapter.ts';
+import { CONFIG_FILE, WEIGHTS_FILE, peftTensorName } from '../adapters/lora-adapter.ts';
 import type { TrainArgs } from './train-args.ts';
 
 export const TRAINING_ARGS_FILE = 'training_args.json';
@@ -28,10 +28,6 @@ export interface LoraFactors {
   target: Target;
   a: Float32Array; // lora_A [r, in]
   b: Float32Array; // lora_B [out, r]
-}
-
-export function peftTensorName(layer: number, target: Target, part: 'lora_A' | 'lora_B'): string {
-  return `base_model.model.${targetPath(layer, target)}.${part}.weight`;
 }
 
 // adapter_config.json as PEFT writes it (sorted keys); target_modules is the explicit list (PEFT

@@ -15,9 +15,9 @@ import { TARGETS } from '../runtime/model-targets.ts';
 import type { Target } from '../runtime/model-targets.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import { scaleProblem } from '../adapters/peft-config.ts';
+import type { LoraInit } from './lora-init.ts';
 
 export type LrSchedule = 'cosine' | 'linear' | 'constant';
-export type LoraInit = 'kaiming' | 'gaussian';
 // How long to train: a number of optimizer steps, or of passes over the training examples.
 export type Duration = { kind: 'steps'; steps: number } | { kind: 'epochs'; epochs: number };
 

@@ -18,7 +18,7 @@ import { loadModel } from '../runtime/model-loader.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import { loraInputNames } from '../runtime/llama-graph.ts';
 import { loraScale } from '../adapters/peft-config.ts';
-import { AdamW, clipGradNorm } from './adamw.ts';
+import { AdamW, clipGradNorm, globalNorm } from './adamw.ts';
 import type { AdamWState } from './adamw.ts';
 import { epochBatches, evalBatches, totalSteps } from './batches.ts';
 import type { Batch, BatchOptions } from './batches.ts';
@@ -206,12 +206,6 @@ class BatchStream {
 }
 
 const trainBatch = (b: Batch): TrainBatch => ({ batchSize: b.B, seqLen: b.T, inputIds: b.inputIds, labels: b.labels, lossWeights: b.lossWeights });
-
-function globalNorm(grads: Iterable<Float32Array>): number {
-  let sq = 0;
-  for (const g of grads) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
-  return Math.sqrt(sq);
-}
 
 // Factors by graph input name (lora_a.<layer>.<target>, lora_b.…) ↔ PEFT's per-module pairs.
 function factorMap(list: readonly LoraFactors[]): Map<string, Float32Array> {

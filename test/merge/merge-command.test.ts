@@ -13,7 +13,7 @@ import { parseSafetensors } from '../../src/runtime/safetensors.ts';
 import { decodeAdapter, readAdapterDir } from '../../src/adapters/lora-adapter.ts';
 import { mergeAdapters, mergeInputFromAdapter } from '../../src/merge/index.ts';
 import { mergeCommand } from '../../src/merge/merge-command.ts';
-import { peftTensorName } from '../../src/merge/merge-files.ts';
+import { peftTensorName } from '../../src/adapters/lora-adapter.ts';
 import type { Target } from '../../src/runtime/model-targets.ts';
 import { buildAdapter, writeAdapter } from '../../scripts/make-test-adapters.ts';
 

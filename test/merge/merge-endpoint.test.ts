@@ -17,7 +17,7 @@ import { decodeAdapter } from '../../src/adapters/lora-adapter.ts';
 import type { AdapterFiles } from '../../src/adapters/lora-adapter.ts';
 import { mergeAdapters, mergeInputFromAdapter } from '../../src/merge/index.ts';
 import type { MergeOptions } from '../../src/merge/index.ts';
-import { peftTensorName } from '../../src/merge/merge-files.ts';
+import { peftTensorName } from '../../src/adapters/lora-adapter.ts';
 import type { Target } from '../../src/runtime/model-targets.ts';
 import type { AdapterSpec } from '../../scripts/make-test-adapters.ts';
 

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import OpenAI from 'openai';
-import { makePirateData } from '../../scripts/make-style-data.ts';
+import { makePirateData, toJsonl } from '../../scripts/make-style-data.ts';
 import { STORIES_DIR } from '../helpers/fixtures.ts';
 import { startTestServer } from '../helpers/server.ts';
 import type { RunningServer } from '../../src/server/serve.ts';
@@ -24,7 +24,7 @@ import { ExampleEncoder } from '../../src/train/examples.ts';
 import { makeBatch } from '../../src/train/batches.ts';
 import { loraSlots } from '../../src/train/trainer.ts';
 import { parseTrainArgs } from '../../src/train/train-args.ts';
-import { peftTensorName } from '../../src/train/peft-output.ts';
+import { peftTensorName } from '../../src/adapters/lora-adapter.ts';
 import { readMetrics } from '../../src/train/metrics-log.ts';
 import { runLoraserve } from '../helpers/cli.ts';
 
@@ -38,7 +38,6 @@ const cli = (args: string[]) => runLoraserve(['train', ...args]);
 const exactCall = (out: string, extra: string[] = []): string[] =>
   ['--model', STORIES_DIR, '--data', trainFile, '--out', out, '--rank', '4', '--alpha', '8', '--steps', '40', '--lr', '0.01', '--seed', '1', ...extra];
 
-const toJsonl = (texts: string[]): string => texts.map((text) => `${JSON.stringify({ text })}\n`).join('');
 
 beforeAll(async () => {
   // stories the fixture writes itself, in pirate speak (scripts/make-style-data.ts), small for a test

@@ -173,6 +173,15 @@ describe('POST /v1/adapters/merge', () => {
       expect(text.status).toBe(400);
       expect((await text.json()).error.param).toBe('body');
       expect(listing()).toEqual(storeBefore);
+      // a body over the 64 KiB limit: refused before it is parsed
+      const huge = await post(server.url, { ...ok, adapters: Array.from({ length: 20_000 }, (_, i) => `a${i}`) });
+      expect(huge.status).toBe(413);
+      expect(listing()).toEqual(storeBefore);
+      // the same merge sent twice at once: one is stored, the other is a 409, and one adapter results
+      const [x, y] = await Promise.all([post(server.url, { ...ok, name: 'twice' }), post(server.url, { ...ok, name: 'twice' })]);
+      expect([x.status, y.status].sort()).toEqual([201, 409]);
+      expect(listing()).toEqual([...storeBefore, 'twice'].sort());
+      expect((await served()).filter((a) => a.startsWith('twice@'))).toHaveLength(1);
     } finally {
       await server.close();
     }

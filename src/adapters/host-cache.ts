@@ -200,12 +200,13 @@ async function readVersion(ref: AdapterRef): Promise<AdapterFiles> {
 // 10 MB allocation costs ~30 ms of page faults on this VM).
 export function prepareAdapter(adapter: LoraAdapter, cfg: ModelConfig, readBase: (name: string) => Float32Array): PreparedAdapter {
   const targets: PreparedTarget[] = adapter.targets.map((t) => {
+    if (t.delta) return { layer: t.layer, target: t.target, rank: 0, a: t.a, b: t.b, g: null, delta: t.delta }; // merged-only: ΔW as is
     const [out, inDim] = targetShape(cfg, t.target);
     const g = t.magnitude ? doraScale(readBase(`${targetPath(t.layer, t.target)}.weight`), t, out, inDim) : null; // before B is scaled
     const b = t.b;
     if (t.scale !== 1) for (let i = 0; i < b.length; i++) b[i] *= t.scale;
     return { layer: t.layer, target: t.target, rank: t.rank, a: t.a, b, g };
   });
-  const bytes = targets.reduce((s, t) => s + t.a.byteLength + t.b.byteLength + (t.g?.byteLength ?? 0), 0);
+  const bytes = targets.reduce((s, t) => s + t.a.byteLength + t.b.byteLength + (t.g?.byteLength ?? 0) + (t.delta?.byteLength ?? 0), 0);
   return { version: adapter.version, rank: adapter.maxRank, useDora: adapter.useDora, targets, bytes };
 }

@@ -19,6 +19,9 @@ export const WEIGHTS_FILE = 'adapter_model.safetensors';
 
 // A factor's tensor name in adapter_model.safetensors, as PEFT writes it.
 export const peftTensorName = (layer: number, target: Target, part: 'lora_A' | 'lora_B'): string => `base_model.model.${targetPath(layer, target)}.${part}.weight`;
+// A merged-only adapter's ΔW [out, in] for one target (loraserve's own; not a PEFT tensor): an adapter
+// holding these in place of factors is served on the merged path only (docs/merging.md).
+export const deltaTensorName = (layer: number, target: Target): string => `base_model.model.${targetPath(layer, target)}.delta_weight`;
 
 export interface LoraTargetWeights {
   layer: number;
@@ -28,6 +31,7 @@ export interface LoraTargetWeights {
   a: Float32Array;                // lora_A [rank, in]
   b: Float32Array;                // lora_B [out, rank]
   magnitude: Float32Array | null; // DoRA m [out]
+  delta?: Float32Array;           // merged-only adapters: ΔW [out, in] (rank 0, a and b empty)
 }
 
 // F32 factors are views of the uploaded weights file wherever it owns its whole buffer (no copy:
@@ -60,7 +64,7 @@ export interface DecodeResult {
   warnings: string[];
 }
 
-const NAME = /^(?:base_model\.model\.)?(model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+))\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|lora_B\.bias)$/;
+const NAME = /^(?:base_model\.model\.)?(model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+))\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|lora_B\.bias|delta_weight)$/;
 const BLOCK: Record<Target, string> = { q_proj: 'self_attn', k_proj: 'self_attn', v_proj: 'self_attn', o_proj: 'self_attn', gate_proj: 'mlp', up_proj: 'mlp', down_proj: 'mlp' };
 
 export const MAX_CONFIG_BYTES = 1 << 20; // adapter_config.json: 1 MiB
@@ -139,7 +143,7 @@ export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: A
   const modules = new Map<string, { layer: number; target: Target; parts: Map<string, TensorEntry> }>();
   for (const [name, t] of tensors) {
     const m = NAME.exec(name);
-    if (!m) { problems.push(`tensor ${name} maps to no LoRA module (expected …model.layers.N.<self_attn|mlp>.<proj>.lora_A.weight / lora_B.weight / lora_magnitude_vector)`); continue; }
+    if (!m) { problems.push(`tensor ${name} maps to no LoRA module (expected …model.layers.N.<self_attn|mlp>.<proj>.lora_A.weight / lora_B.weight / lora_magnitude_vector, or delta_weight for a merged-only adapter)`); continue; }
     const [, key, layerStr, block, proj, kind] = m;
     const layer = Number(layerStr);
     if (!(TARGETS as readonly string[]).includes(proj) || BLOCK[proj as Target] !== block) { problems.push(`tensor ${name}: module ${key} is not a LoRA target of this model (targets: ${TARGETS.join(', ')})`); continue; }
@@ -159,7 +163,22 @@ export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: A
     : bytesToF32(t.bytes, t.dtype, t.name));
   const targets: LoraTargetWeights[] = [];
   let hiddenMismatch = false;
+  const deltaModules = [...modules.values()].filter((m) => m.parts.has('delta_weight')).length;
+  if (deltaModules > 0 && deltaModules < modules.size) problems.push(`${WEIGHTS_FILE} mixes LoRA factors and merged deltas (delta_weight): an adapter holds one or the other`);
   for (const [key, { layer, target, parts }] of modules) {
+    const D = parts.get('delta_weight');
+    if (D) {
+      // a merged-only adapter: ΔW itself, already scaled (merge/combine-delta.ts output "merged")
+      const [out, inDim] = targetShape(model, target);
+      if (parts.size > 1) { problems.push(`module ${key}: delta_weight comes alone (no lora_A, lora_B or lora_magnitude_vector beside it)`); continue; }
+      if (config && !isTargeted(config, key)) problems.push(`module ${key} has weights but is not targeted by adapter_config.json target_modules/layers_to_transform/exclude_modules`);
+      if (config?.useDora) { problems.push(`module ${key}: a merged-only adapter (delta_weight) cannot use DoRA (use_dora must be false)`); continue; }
+      if (D.shape.length !== 2 || D.shape[0] !== out || D.shape[1] !== inDim) { problems.push(`module ${key}: delta_weight has shape [${D.shape}], expected [${out}, ${inDim}]`); continue; }
+      const delta = factor(D);
+      if (!allFinite(delta)) { problems.push(`tensor ${D.name} contains NaN or Inf values`); continue; }
+      targets.push({ layer, target, rank: 0, scale: 1, a: new Float32Array(0), b: new Float32Array(0), magnitude: null, delta });
+      continue;
+    }
     const A = parts.get('lora_A.weight');
     const B = parts.get('lora_B.weight');
     const M = parts.get('lora_magnitude_vector');
@@ -193,7 +212,7 @@ export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: A
   if (hiddenMismatch) problems.push(`the adapter's input sizes do not match this model's hidden size ${model.hiddenSize} (hint: trained for a different base model?)`);
   if (problems.length) return { adapter: null, problems, warnings };
   targets.sort((x, y) => x.layer - y.layer || TARGETS.indexOf(x.target) - TARGETS.indexOf(y.target));
-  const bytes = targets.reduce((s, t) => s + t.a.byteLength + t.b.byteLength + (t.magnitude?.byteLength ?? 0), 0);
+  const bytes = targets.reduce((s, t) => s + t.a.byteLength + t.b.byteLength + (t.magnitude?.byteLength ?? 0) + (t.delta?.byteLength ?? 0), 0);
   return {
     adapter: { version: adapterVersion(files), targets, maxRank: Math.max(...targets.map((t) => t.rank)), useDora: config!.useDora, bytes, baseModel: config!.baseModel },
     problems,

@@ -63,6 +63,7 @@ export function mergeAdapters(adapters: readonly MergeInputAdapter[], weights: r
 // result and produce a wrong adapter). `r` defaults to the adapter's largest target rank.
 export function mergeInputFromAdapter(adapter: LoraAdapter, r: number = adapter.maxRank, index = 0): MergeInputAdapter {
   if (adapter.useDora || adapter.targets.some((t) => t.magnitude)) throw invalidField('adapters', `adapters[${index}] is a DoRA adapter; merging DoRA adapters is not supported`);
+  if (adapter.targets.some((t) => t.delta)) throw invalidField('adapters', `adapters[${index}] is kept as merged weights only (output "merged"): it has no LoRA factors to merge; merge its own inputs instead (its merge_recipe.json lists them)`);
   const targets = new Map<string, TargetFactors>();
   for (const t of adapter.targets) {
     targets.set(`${t.layer}.${t.target}`, { a: t.a, b: t.b, rank: t.rank, scale: t.scale, in: t.a.length / t.rank, out: t.b.length / t.rank });

@@ -6,14 +6,17 @@
 //   mergeFiles          decode → mergeAdapters → adapter_config.json + adapter_model.safetensors + recipe
 // The result is a plain PEFT LoRA (docs/merging.md): r = lora_alpha = the result's rank (scale 1),
 // use_rslora and use_dora false, no rank/alpha patterns, target_modules the union of the inputs'
-// targets, F32 tensors under PEFT's names.
+// targets, F32 tensors under PEFT's names. With output "merged" (delta-space types) it holds each
+// target's ΔW instead of factors, as `…<proj>.delta_weight` [out, in] (lora-adapter.ts
+// deltaTensorName): loraserve serves it on the merged path only, and `loraserve export` writes it
+// into a full checkpoint; PEFT itself cannot load it.
 import { invalidField, LoraserveError } from '../runtime/errors.ts';
 import { encodeSafetensors } from '../runtime/safetensors.ts';
 import type { TensorToWrite } from '../runtime/safetensors.ts';
 import { TARGETS } from '../runtime/model-targets.ts';
 import type { Target } from '../runtime/model-targets.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
-import { decodeAdapterOrThrow, peftTensorName } from '../adapters/lora-adapter.ts';
+import { decodeAdapterOrThrow, deltaTensorName, peftTensorName } from '../adapters/lora-adapter.ts';
 import type { AdapterFiles, AdapterLimits } from '../adapters/lora-adapter.ts';
 import { checkAdapterName } from '../adapters/adapter-store.ts';
 import { COMBINATION_TYPES, planMerge } from './merge-options.ts';
@@ -45,9 +48,9 @@ export interface MergeRecipe {
   svd_rank: number | null;
   svd_clamp: number | null;
   seed: number;
-  output: 'factored';
-  rank: number;                          // the result's r (= lora_alpha)
-  relative_error: number | null;         // max over targets of ‖ΔW − B·A‖_F / ‖ΔW‖_F (SVD-factored types)
+  output: 'factored' | 'merged';        // merged: ΔW kept as is (delta types), served on the merged path only
+  rank: number;                          // the result's r (= lora_alpha); for output merged, the config's nominal r
+  relative_error: number | null;         // max over targets of ‖ΔW − B·A‖_F / ‖ΔW‖_F (SVD-factored types; 0 for output merged)
   base_model: string | null;             // the inputs' common base_model_name_or_path, if any names one
   created: number;                       // unix seconds
 }
@@ -94,9 +97,6 @@ export function parseMergeRequest(body: unknown): MergeRequest {
   // every field's own range, checked by planMerge with stand-in ranks before any input is read
   // (output "merged" with a non-delta type gets planMerge's own 400)
   planMerge(adapters.map(() => 1), b.weights as number[], options);
-  if (options.output === 'merged') {
-    throw invalidField('output', 'output "merged" (serving the merged ΔW only, without factors) is not supported yet; use output "factored" (the default), which factors ΔW by truncated SVD at svd_rank and reports the relative error');
-  }
   return { name, adapters, weights: b.weights as number[], options };
 }
 
@@ -144,11 +144,14 @@ export function mergeFiles(inputs: readonly MergeInputFiles[], req: MergeRequest
   const tensors: Record<string, TensorToWrite> = {};
   const kinds = new Set<Target>();
   for (const [key, t] of result.targets) {
-    if (t.kind !== 'factors') throw new Error(`mergeFiles: ${key} is a full ΔW; output "merged" is not supported`);
-    if (t.rank !== plan.rank) throw new Error(`mergeFiles: ${key} has rank ${t.rank}, the plan ${plan.rank}`);
     const [layerStr, target] = key.split('.') as [string, Target];
     const layer = Number(layerStr);
     kinds.add(target);
+    if (t.kind === 'delta') {
+      tensors[deltaTensorName(layer, target)] = { dtype: 'F32', shape: [t.out, t.in], data: t.delta };
+      continue;
+    }
+    if (t.rank !== plan.rank) throw new Error(`mergeFiles: ${key} has rank ${t.rank}, the plan ${plan.rank}`);
     tensors[peftTensorName(layer, target, 'lora_A')] = { dtype: 'F32', shape: [t.rank, t.in], data: t.a };
     tensors[peftTensorName(layer, target, 'lora_B')] = { dtype: 'F32', shape: [t.out, t.rank], data: t.b };
   }
@@ -181,9 +184,9 @@ export function mergeFiles(inputs: readonly MergeInputFiles[], req: MergeRequest
     svd_rank: o.svd_rank ?? null,
     svd_clamp: plan.svdClamp,
     seed: Number(plan.seed),
-    output: 'factored',
+    output: plan.output,
     rank: plan.rank,
-    relative_error: result.maxRelError,
+    relative_error: plan.output === 'merged' ? 0 : result.maxRelError,
     base_model: base,
     created: Math.floor(Date.now() / 1000),
   };

@@ -49,6 +49,14 @@ export function mergeLora(w0: Float32Array, f: LoraFactors, rows: number, cols: 
   return w;
 }
 
+// W0 + ΔW for a merged-only adapter's target (ΔW stored whole, already scaled).
+export function mergeDelta(w0: Float32Array, delta: Float32Array): Float32Array {
+  if (delta.length !== w0.length) throw new Error(`mergeDelta: ΔW has ${delta.length} values, W0 ${w0.length}`);
+  const w = Float32Array.from(w0);
+  for (let i = 0; i < w.length; i++) w[i] += delta[i];
+  return w;
+}
+
 // DoRA's per-output multiplier for the unmerged path: g = m / ‖W0 + ΔW‖_row, so that
 // y = g ⊙ (x·W0ᵀ + s·(x·Aᵀ)·Bᵀ).
 export function doraScale(w0: Float32Array, f: LoraFactors, rows: number, cols: number): Float32Array {

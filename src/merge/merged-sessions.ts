@@ -17,15 +17,24 @@
 //             than MAX_AUTO_STALL_MS, whatever it would save: on a CPU with a real model (~10 s
 //             builds) auto does not merge (measured noise in the overhead once made it build on a
 //             busy machine: a 40 s stall for every stream). See docs/lora-modes.md.
+//
+// Merged-only adapters (a delta-space merge kept as ΔW, `output: "merged"`; lora-arena.ts
+// isMergedOnly) have no factors, so their rows step only on their session, whatever the mode:
+// required() builds it on demand. Their sessions are never evicted for an optional (merged/auto)
+// build, nor for another merged-only adapter while rows run on them: a merged-only adapter that
+// finds the cache full of those waits until they finish, and one larger than the whole cache fails
+// its requests with a 503 naming --merged-cache-mb.
 import { buildLlamaGraph } from '../runtime/llama-graph.ts';
 import { TARGETS, targetHasBias, targetPath, targetShape } from '../runtime/model-targets.ts';
 import type { Weights } from '../runtime/llama-graph.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import { createSession } from '../runtime/session.ts';
 import type { ort, SessionOptions } from '../runtime/session.ts';
+import { isMergedOnly } from '../runtime/lora-arena.ts';
 import type { PreparedAdapter } from '../runtime/lora-arena.ts';
 import type { MergedPath } from '../runtime/scheduler.ts';
-import { mergePrepared } from './merge-lora.ts';
+import { LoraserveError } from '../runtime/errors.ts';
+import { mergeDelta, mergePrepared } from './merge-lora.ts';
 
 export type LoraMode = 'auto' | 'merged' | 'unmerged';
 
@@ -35,7 +44,8 @@ const EWMA = 0.1;
 // Until a build has been timed: about this many ms per GB of weights (measured here: ~23 s/GB on a 2-core VM).
 const BUILD_MS_PER_GB = 25_000;
 
-interface Entry { session: ort.InferenceSession; bytes: number; lastUsed: number }
+interface Entry { session: ort.InferenceSession; bytes: number; lastUsed: number; required: boolean }
+const MAX_FAILURES = 64;
 
 export interface MergedStats {
   hits: number;
@@ -44,15 +54,18 @@ export interface MergedStats {
   evictions: number;
   bytes: number;
   lastBuildMs: number;
+  lastBuildBytes: number;   // the last session's weights: what the next build will need
 }
 
 export class MergedSessions implements MergedPath {
   private readonly cache = new Map<string, Entry>();
   private readonly building = new Set<string>();
+  private readonly failures = new Map<string, Error>(); // merged-only versions whose build failed
+  private readonly listeners: (() => void)[] = [];
   private readonly recent: (string | null)[] = []; // adapter version of each of the last steps (null: mixed/base)
   private readonly baseMs = new Map<number, number>();      // EWMA step ms of base-only steps, by batch bucket
   private readonly unmergedMs = new Map<number, number>();  // EWMA step ms of single-adapter unmerged steps
-  readonly stats: MergedStats = { hits: 0, misses: 0, builds: 0, evictions: 0, bytes: 0, lastBuildMs: 0 };
+  readonly stats: MergedStats = { hits: 0, misses: 0, builds: 0, evictions: 0, bytes: 0, lastBuildMs: 0, lastBuildBytes: 0 };
   private clock = 0;
 
   constructor(
@@ -73,8 +86,34 @@ export class MergedSessions implements MergedPath {
     const hit = this.cache.get(version);
     if (hit) { hit.lastUsed = ++this.clock; this.stats.hits++; return hit.session; }
     this.stats.misses++;
-    if (this.shouldBuild(version, batch)) this.scheduleBuild(version);
+    if (this.shouldBuild(version, batch)) this.scheduleBuild(version, { required: false, keep: new Set() });
     return undefined;
+  }
+
+  // The session a merged-only adapter's rows must step on; undefined while it builds or waits for
+  // room. `inUse`: the merged-only versions with running rows, whose sessions stay. Throws when it
+  // can never be built: larger than the whole cache, or its build failed (until it is dropped).
+  required(version: string, inUse: ReadonlySet<string>): ort.InferenceSession | undefined {
+    const hit = this.cache.get(version);
+    if (hit) { hit.lastUsed = ++this.clock; this.stats.hits++; return hit.session; }
+    const failed = this.failures.get(version);
+    if (failed) throw failed;
+    if (this.building.has(version)) return undefined;
+    const need = this.stats.lastBuildBytes || this.weightBytes;
+    if (need > this.maxBytes) {
+      throw this.fail(version, new LoraserveError('unavailable', `this adapter is kept as merged weights only, and its merged weights (${mb(need)} MB) do not fit the merged-weights cache (--merged-cache-mb ${mb(this.maxBytes)})`));
+    }
+    let staying = 0; // bytes that cannot be evicted for it
+    for (const [v, e] of this.cache) if (e.required && inUse.has(v)) staying += e.bytes;
+    if (staying + need > this.maxBytes) return undefined; // the merged-only adapters running now fill the cache
+    this.stats.misses++;
+    this.scheduleBuild(version, { required: true, keep: inUse });
+    return undefined;
+  }
+
+  // Called when a build settles (the engine loop may be idle, waiting for it).
+  onSettled(listener: () => void): void {
+    this.listeners.push(listener);
   }
 
   // Step timings feed the auto policy's cost model.
@@ -98,8 +137,9 @@ export class MergedSessions implements MergedPath {
     return this.cache.has(version);
   }
 
-  // A replaced or unloaded adapter's merged weights are dropped.
+  // A replaced or unloaded adapter's merged weights are dropped (and a failed build forgotten).
   async drop(version: string): Promise<void> {
+    this.failures.delete(version);
     const e = this.cache.get(version);
     if (!e) return;
     this.cache.delete(version);
@@ -114,37 +154,60 @@ export class MergedSessions implements MergedPath {
     return buildMs <= MAX_AUTO_STALL_MS && overheadMs * steps > buildMs;
   }
 
-  private scheduleBuild(version: string): void {
+  private scheduleBuild(version: string, how: { required: boolean; keep: ReadonlySet<string> }): void {
     const adapter = this.lookup(version);
     if (!adapter) return;
     this.building.add(version);
     setImmediate(() => {
-      this.build(adapter).catch(() => undefined).finally(() => this.building.delete(version));
+      this.build(adapter, how)
+        .catch((err: unknown) => { if (how.required) this.fail(version, err instanceof Error ? err : new Error(String(err))); })
+        .finally(() => {
+          this.building.delete(version);
+          for (const l of this.listeners) l();
+        });
     });
   }
 
-  async build(adapter: PreparedAdapter): Promise<ort.InferenceSession> {
+  private fail(version: string, err: Error): Error {
+    this.failures.set(version, err);
+    if (this.failures.size > MAX_FAILURES) this.failures.delete(this.failures.keys().next().value!);
+    return err;
+  }
+
+  // Builds (and caches) the merged session of an adapter, evicting the least recently used sessions
+  // to make room: for an optional build only optional ones, for a merged-only adapter's any but
+  // those of `keep` (merged-only adapters with running rows). Throws when it cannot make room.
+  async build(adapter: PreparedAdapter, how: { required: boolean; keep: ReadonlySet<string> } = { required: isMergedOnly(adapter), keep: new Set() }): Promise<ort.InferenceSession> {
     const t0 = performance.now();
     const weights = mergedWeights(this.cfg, this.readBase, adapter);
     let bytes = 0;
     for (const w of weights.values()) bytes += w.byteLength;
-    while (this.cache.size && this.stats.bytes + bytes > this.maxBytes) await this.evictOldest();
-    if (bytes > this.maxBytes) throw new Error(`merged weights (${bytes} bytes) exceed the merged cache (${this.maxBytes} bytes)`);
+    const evictable = (v: string, e: Entry): boolean => v !== adapter.version && (how.required ? !(e.required && how.keep.has(v)) : !e.required);
+    while (this.stats.bytes + bytes > this.maxBytes) if (!(await this.evictOldest(evictable))) break;
+    if (this.stats.bytes + bytes > this.maxBytes) throw new LoraserveError('unavailable', `merged weights (${mb(bytes)} MB) do not fit the merged-weights cache (--merged-cache-mb ${mb(this.maxBytes)}, ${mb(this.stats.bytes)} MB in use)`);
     const session = await createSession(buildLlamaGraph(this.cfg, weights, { maxPositions: this.maxPositions }), this.sessionOptions);
-    this.cache.set(adapter.version, { session, bytes, lastUsed: ++this.clock });
+    const twin = this.cache.get(adapter.version); // built twice at once (merged.build and a step): keep the first
+    if (twin) { await session.release(); return twin.session; }
+    this.cache.set(adapter.version, { session, bytes, lastUsed: ++this.clock, required: isMergedOnly(adapter) });
     this.stats.bytes += bytes;
     this.stats.builds++;
     this.stats.lastBuildMs = performance.now() - t0;
+    this.stats.lastBuildBytes = bytes;
     return session;
   }
 
-  private async evictOldest(): Promise<void> {
+  private async evictOldest(evictable: (version: string, e: Entry) => boolean): Promise<boolean> {
     let oldest: string | null = null;
     let t = Infinity;
-    for (const [v, e] of this.cache) if (e.lastUsed < t) { t = e.lastUsed; oldest = v; }
-    if (oldest) { await this.drop(oldest); this.stats.evictions++; }
+    for (const [v, e] of this.cache) if (e.lastUsed < t && evictable(v, e)) { t = e.lastUsed; oldest = v; }
+    if (oldest === null) return false;
+    await this.drop(oldest);
+    this.stats.evictions++;
+    return true;
   }
 }
+
+const mb = (bytes: number): number => Math.ceil(bytes / 2 ** 20);
 
 function bucket(batch: number): number {
   return 2 ** Math.ceil(Math.log2(Math.max(1, batch)));
@@ -166,6 +229,7 @@ export function mergedWeights(cfg: ModelConfig, readBase: (name: string) => Floa
     const w0 = readBase(name);
     const t = byName.get(name);
     if (!t) { weights.set(name, w0); continue; }
+    if (t.delta) { weights.set(name, mergeDelta(w0, t.delta)); continue; }
     const [out, inDim] = targetShape(cfg, t.target);
     weights.set(name, mergePrepared(w0, t, out, inDim));
   }

@@ -31,6 +31,7 @@ export interface AdapterTargetWeights {
   a: Float32Array;                // lora_A [rank, in]
   b: Float32Array;                // lora_B [out, rank]
   magnitude: Float32Array | null; // DoRA m [out]
+  delta?: Float32Array;           // merged-only adapters: ΔW [out, in] (rank 0, a and b empty)
 }
 
 // The engine thread's warm read buffers (adapters/warm-buffers.ts WarmBufferStats).
@@ -67,6 +68,7 @@ export interface MergedPathStats {
   evictions: number;
   bytes: number;
   lastBuildMs: number;
+  lastBuildBytes: number;
 }
 
 // What the scheduler needs: a prepared adapter for a request's version, loaded from disk if the
@@ -98,6 +100,7 @@ export interface AdapterHost extends AdapterSource {
 export interface MergedStore extends MergedPath {
   readonly stats: MergedPathStats;
   build(adapter: PreparedAdapter): Promise<unknown>;
+  onSettled(listener: () => void): void; // a build settled (the engine loop may be waiting for it)
   drop(version: string): Promise<void>;
   isMerged(version: string): boolean;
 }

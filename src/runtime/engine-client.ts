@@ -140,7 +140,7 @@ export class EngineClient {
   // Hands a validated adapter to the engine's host cache: its buffers move to the worker
   // (transferred, not copied).
   putAdapter(adapter: AdapterWeights): Promise<void> {
-    const buffers = adapter.targets.flatMap((t) => [t.a.buffer, t.b.buffer, ...(t.magnitude ? [t.magnitude.buffer] : [])]);
+    const buffers = adapter.targets.flatMap((t) => [t.a.buffer, t.b.buffer, ...(t.magnitude ? [t.magnitude.buffer] : []), ...(t.delta ? [t.delta.buffer] : [])]);
     const transfer = buffers.filter((b): b is ArrayBuffer => b instanceof ArrayBuffer);
     return this.call({ op: 'adapter.put', adapter }, [...new Set(transfer)]);
   }

@@ -75,6 +75,7 @@ async function run(port: MessagePort, opts: EngineOptions, makeTiers: MakeTiers,
     }
   };
   hostCache.onSettled(() => void loop());
+  merged.onSettled(() => void loop()); // merged-only adapters' rows wait for their session's build
 
   const call = async (c: EngineCall): Promise<unknown> => {
     switch (c.op) {

@@ -36,6 +36,7 @@ export interface PreparedTarget {
   a: Float32Array;        // [rank, in]  A, as in the file
   b: Float32Array;        // [out, rank] s·B (the scale folded in)
   g: Float32Array | null; // [out] DoRA multiplier
+  delta?: Float32Array;   // [out, in] a merged-only adapter's ΔW (rank 0, a and b empty): merged path only
 }
 
 export interface PreparedAdapter {
@@ -44,6 +45,12 @@ export interface PreparedAdapter {
   useDora: boolean;
   targets: PreparedTarget[];
   bytes: number;
+}
+
+// An adapter kept as merged weights only (ΔW per target, no factors): it never enters the arena, and
+// its rows step only on its merged session (scheduler.ts).
+export function isMergedOnly(adapter: { targets: readonly { delta?: Float32Array }[] }): boolean {
+  return adapter.targets.some((t) => t.delta !== undefined);
 }
 
 export interface LoraArenaOptions {

@@ -9,7 +9,10 @@
 //             learned as it runs (tick-costs.ts); shortest remaining prompt first, aged; while
 //             nothing decodes, prompts stop one token short of their end to start decoding together
 //   4. decode  one token for every decoding sequence, one batched step per KV lane (merged
-//             weights when every row uses the same adapter and the merge policy has them ready)
+//             weights when every row uses the same adapter and the merge policy has them ready).
+//             A merged-only adapter (ΔW kept without factors, lora-arena.ts isMergedOnly) has no
+//             factors to batch: its rows step apart, on its merged session, prompt chunks included,
+//             and wait (holding their rows) while that session builds
 //   5. retire  finished and cancelled sequences at once, freeing their rows
 // A failure is contained to what it belongs to: a sequence whose sampling or admission throws
 // ends alone with an in-band error; a step whose run throws fails the sequences in that step;
@@ -22,6 +25,7 @@ import type { AdapterRef, TokenEvent } from './generate-request.ts';
 import type { AdapterSource } from './adapter-source.ts';
 import type { ort } from './session.ts';
 import { LoraserveError, serializeError } from './errors.ts';
+import { isMergedOnly } from './lora-arena.ts';
 import { chooseChunks, holdsLastToken, nextAdmission, prefillOrder, stepBudget } from './schedule-policy.ts';
 import type { PrefillCandidate, SchedulingMode } from './schedule-policy.ts';
 import { TickCosts } from './tick-costs.ts';
@@ -42,6 +46,9 @@ export interface MergedPath {
   sessionFor(version: string | null, batch: number): ort.InferenceSession | undefined;
   // Every decode step's timing, for the merge policy's cost model.
   observe(path: 'base' | 'unmerged' | 'merged', batch: number, ms: number): void;
+  // The session a merged-only adapter's rows must step on, or undefined while it is not ready;
+  // `inUse` are the merged-only versions with running rows. Throws when it can never be built.
+  required(version: string, inUse: ReadonlySet<string>): ort.InferenceSession | undefined;
 }
 
 // A new sequence starts in the lane that holds its prompt and this many more tokens (or max_tokens
@@ -155,11 +162,13 @@ export class Scheduler {
     // bigger ones wherever the padding costs less than the extra step's weight pass; the prompt
     // chunks ride in the first of them (one pass over the weights for both)
     this.consolidate();
+    // merged-only adapters' rows step apart (one group per lane and such adapter), once their session is ready
+    const sessions = this.mergedOnlySessions();
+    const canStep = (s: Sequence): boolean => s.mergedOnlyVersion === null || sessions.has(s.mergedOnlyVersion);
     const decodeGroups = this.lanes.lanes
-      .map((lane) => this.running.filter((s) => s.state === 'decode' && !s.paused && s.lane === lane))
-      .filter((g) => g.length > 0);
+      .flatMap((lane) => apart(this.running.filter((s) => s.state === 'decode' && !s.paused && s.lane === lane && canStep(s))));
     const decodeRows = decodeGroups.reduce((a, g) => a + g.length, 0);
-    const candidates = this.prefillCandidates();
+    const candidates = this.prefillCandidates().filter(canStep);
     // now and then a tick without prompt tokens keeps the decode cost the budget relies on fresh
     const measure = decodeRows > 0 && candidates.length > 0 && (this.costs.decodeSamples === 0 || this.mixedSinceDecode >= REMEASURE_EVERY);
     const budget = measure ? 0 : this.budget(decodeRows);
@@ -170,16 +179,38 @@ export class Scheduler {
     const prefill = [...chunks.keys()];
     if (decodeGroups.length === 0 && !prefill.length) return false;
     this.tickStepMs = 0;
-    if (decodeGroups.length === 0) await this.step(prefill, [], chunks);
-    else {
-      await this.step(prefill, decodeGroups[0], chunks);
-      for (const group of decodeGroups.slice(1)) await this.step([], group, chunks);
+    // prompt chunks ride in the first step they may share: one whose rows use the same merged-only
+    // adapter, or none
+    const steps = decodeGroups.map((decode) => ({ prefill: [] as Sequence[], decode }));
+    for (const s of prefill) {
+      let plan = steps.find((p) => (p.decode[0] ?? p.prefill[0]).mergedOnlyVersion === s.mergedOnlyVersion);
+      if (!plan) steps.push((plan = { prefill: [], decode: [] }));
+      plan.prefill.push(s);
     }
+    for (const p of steps) await this.step(p.prefill, p.decode, chunks, sessions);
     const promptTokens = [...chunks.values()].reduce((a, n) => a + n, 0);
     this.promptTokensDone += promptTokens;
     this.costs.observe(promptTokens, decodeRows, this.tickStepMs);
     if (decodeRows > 0) this.mixedSinceDecode = promptTokens > 0 ? this.mixedSinceDecode + 1 : 0;
     return true;
+  }
+
+  // The ready sessions of the merged-only adapters with running rows (a build starts for the others);
+  // the sequences of one whose session can never be built fail.
+  private mergedOnlySessions(): Map<string, ort.InferenceSession> {
+    const ready = new Map<string, ort.InferenceSession>();
+    const inUse = new Set(this.running.flatMap((s) => (s.mergedOnlyVersion !== null ? [s.mergedOnlyVersion] : [])));
+    for (const version of inUse) {
+      try {
+        if (!this.merged) throw new LoraserveError('unavailable', 'this adapter is kept as merged weights only, and this engine has no merged-weights path');
+        const session = this.merged.required(version, inUse);
+        if (session) ready.set(version, session);
+      } catch (err) {
+        for (const s of this.running) if (s.mergedOnlyVersion === version) this.fail(s, err);
+        this.retire();
+      }
+    }
+    return ready;
   }
 
   // Prompt tokens this tick may carry (schedule-policy.ts stepBudget).
@@ -264,7 +295,8 @@ export class Scheduler {
         } else skipped.add(seq);
         continue;
       }
-      if (prepared && !this.lanes.lora.canHold(prepared)) {
+      const mergedOnly = prepared ? isMergedOnly(prepared) : false;
+      if (prepared && !mergedOnly && !this.lanes.lora.canHold(prepared)) {
         // the LoRA arena's byte budget is spent by the adapters of the running batch: wait for
         // rows to finish (other adapters, or this one's, may still fit); alone, it can never fit
         if (this.running.length === 0) this.fail(seq, new LoraserveError('invalid_request', `adapter ${ref!.name} needs more LoRA arena memory than --lora-arena-mb allows`));
@@ -278,7 +310,8 @@ export class Scheduler {
         seq.lane = this.lanes.laneFor(Math.min(seq.contextLength + room, this.runner.maxPositions));
         seq.row = this.lanes.takeSlot();
         seq.lane.enter(seq.row);
-        this.lanes.lora.setRow(seq.row, prepared ?? null);
+        this.lanes.lora.setRow(seq.row, mergedOnly ? null : prepared ?? null); // merged-only: no factors
+        seq.mergedOnlyVersion = mergedOnly ? ref!.version : null;
       } catch (err) {
         this.release(seq);
         this.fail(seq, err);
@@ -358,7 +391,7 @@ export class Scheduler {
   }
 
   // One step: prompt chunks (group 0) and decode tokens (group 1), each group within one lane.
-  private async step(prefill: Sequence[], decode: Sequence[], chunks: Map<Sequence, number>): Promise<void> {
+  private async step(prefill: Sequence[], decode: Sequence[], chunks: Map<Sequence, number>, sessions: ReadonlyMap<string, ort.InferenceSession>): Promise<void> {
     const all = [...prefill, ...decode];
     const tokensOf = new Map(all.map((s) => [s, s.nextTokens(chunks.get(s) ?? 1)]));
     // a sequence that outgrows its lane moves up first
@@ -370,8 +403,8 @@ export class Scheduler {
     const split = (g: Sequence[]): [Sequence[], Sequence[]] => [g.filter((s) => s.lane === g[0]?.lane), g.filter((s) => s.lane !== g[0]?.lane)];
     const [pre, preMoved] = split(prefill);
     const [dec, decMoved] = split(decode);
-    for (const s of preMoved) await this.step([s], [], chunks);
-    for (const s of decMoved) await this.step([], [s], chunks);
+    for (const s of preMoved) await this.step([s], [], chunks, sessions);
+    for (const s of decMoved) await this.step([], [s], chunks, sessions);
     if (pre.length === 0 && dec.length === 0) return;
 
     const rowsOf = (g: Sequence[]): StepRow[] => g.map((s) => ({ row: s.row, tokens: tokensOf.get(s)!, allLogits: s.wantsPromptLogits }));
@@ -380,12 +413,14 @@ export class Scheduler {
     const prefillTokens = pre.reduce((a, s) => a + tokensOf.get(s)!.length, 0);
     const versions = new Set(seqs.map((s) => s.req.adapter?.version ?? null));
     const only = versions.size === 1 ? [...versions][0] : undefined;
-    const mergedSession = dec.length && only !== undefined ? this.merged?.sessionFor(only, dec.length) : undefined;
+    const mergedOnly = seqs[0].mergedOnlyVersion; // the same for every sequence of the step (tick)
+    const mergedSession = mergedOnly !== null ? sessions.get(mergedOnly) : dec.length && only !== undefined ? this.merged?.sessionFor(only, dec.length) : undefined;
     const kind: StepStats['kind'] = pre.length && dec.length ? 'mixed' : pre.length ? 'prefill' : 'decode';
     const t0 = performance.now();
     let result;
     try {
       this.faults.beforeStep?.();
+      if (mergedOnly !== null && !mergedSession) throw new LoraserveError('internal', 'a merged-only adapter\'s step has no merged session');
       result = await this.runner.runGroups([groupOf(pre), groupOf(dec)], mergedSession);
     } catch (err) {
       for (const s of seqs) if (s.state !== 'done') this.fail(s, err);
@@ -437,4 +472,16 @@ export class Scheduler {
   private unpin(s: Sequence): void {
     if (s.req.adapter) this.adapters?.unpin(s.req.adapter.version);
   }
+}
+
+// A lane's decoding sequences in step groups: those without a merged-only adapter together (first),
+// then one group per merged-only adapter.
+function apart(seqs: Sequence[]): Sequence[][] {
+  const groups = new Map<string | null, Sequence[]>([[null, []]]);
+  for (const s of seqs) {
+    const g = groups.get(s.mergedOnlyVersion);
+    if (g) g.push(s);
+    else groups.set(s.mergedOnlyVersion, [s]);
+  }
+  return [...groups.values()].filter((g) => g.length > 0);
 }

@@ -36,6 +36,7 @@ export class Sequence {
   private text = '';
   mergedSteps = 0;
   unmergedSteps = 0;
+  mergedOnlyVersion: string | null = null; // set at admission when its adapter is merged-only: it steps only on that session
   readonly enqueuedAt = performance.now();
 
   constructor(readonly id: string, readonly req: GenerateRequest, private readonly tok: TextTokenizer, private readonly limits: SequenceLimits) {

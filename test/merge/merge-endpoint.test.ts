@@ -155,7 +155,7 @@ describe('POST /v1/adapters/merge', () => {
         ['unknown input', { ...ok, adapters: ['a', 'nope'] }, 404, 'adapters', /'nope'/],
         ['unequal ranks (ties)', { ...ok, adapters: ['a', 'c'] }, 400, 'adapters', /same r/],
         ['a DoRA input (refused in the merge worker)', { ...ok, adapters: ['a', 'd'] }, 400, 'adapters', /adapters\[1\] is a DoRA adapter/],
-        ['output merged', { ...ok, combination_type: 'ties_delta', output: 'merged' }, 400, 'output', /not supported yet/],
+        ['output merged for a PEFT type', { ...ok, output: 'merged' }, 400, 'output', /only for the delta combination types/],
         ['unknown field', { ...ok, densty: 0.5 }, 400, 'densty', /unknown field/],
         ['bad name', { ...ok, name: '../x' }, 400, 'name', /name/],
       ];

@@ -17,6 +17,7 @@ import { completionsHandler } from './completions.ts';
 import type { CompletionDeps } from './completions.ts';
 import { registerAdapterRoutes, UPLOAD_LIMITS } from './adapter-routes.ts';
 import { registerWebSocket } from './websocket.ts';
+import { registerTokenizeRoutes } from './tokenize-routes.ts';
 import { Admission } from './generation.ts';
 import { errorBody } from './http-errors.ts';
 import { checkApiKey } from './auth.ts';
@@ -115,6 +116,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   };
   app.post('/v1/completions', { preHandler: inference }, completionsHandler(completionDeps, 'completion'));
   app.post('/v1/chat/completions', { preHandler: inference }, completionsHandler(completionDeps, 'chat'));
+  registerTokenizeRoutes(app, completionDeps, inference);
   const card = (id: string, parent: string | null, extra: Record<string, unknown> = {}) => ({ id, object: 'model', created: Math.floor(Date.now() / 1000), owned_by: 'loraserve', root: parent ? id : modelName, parent, max_model_len: engine.info.maxContext, ...extra });
   app.get('/v1/models', { preHandler: inference }, async () => ({
     object: 'list',

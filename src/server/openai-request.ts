@@ -99,17 +99,17 @@ function finishJob(kind: GenerationJob['kind'], model: string, b: Record<string,
   };
 }
 
-function asObject(body: unknown): Record<string, unknown> {
+export function asObject(body: unknown): Record<string, unknown> {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw invalidField('body', 'the request body must be a JSON object');
   return body as Record<string, unknown>;
 }
 
-function modelField(b: Record<string, unknown>): string {
+export function modelField(b: Record<string, unknown>): string {
   if (typeof b.model !== 'string' || b.model.length === 0) throw invalidField('model', `'model' is required: the base model's id or an adapter's name (see GET /v1/models)`);
   return b.model;
 }
 
-function refuseUnsupported(b: Record<string, unknown>, fields: string[]): void {
+export function refuseUnsupported(b: Record<string, unknown>, fields: string[]): void {
   for (const f of fields) {
     const v = b[f];
     if (v != null && v !== false && !(Array.isArray(v) && v.length === 0)) throw invalidField(f, `'${f}' is not supported by this server`);

@@ -1,7 +1,11 @@
 // Prometheus metrics (prom-client), with Prometheus naming: base units, _seconds, _bytes, _total.
 // Latency histograms carry `path` (base, merged, unmerged) and `adapter`. The adapter label is
 // bounded: the top adapters by traffic keep their own value, the rest share "other".
+// Totals never go backwards: when an adapter leaves the top-N, its history is folded into "other"
+// (counter values added to other's; histogram buckets, _sum and _count added to other's) before its
+// series is removed, so for every metric the sum over all label values never decreases.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { foldLabel } from './metric-fold.ts';
 import type { EngineStats } from '../runtime/engine-messages.ts';
 import { warmBufferStats } from '../adapters/warm-buffers.ts';
 import type { WarmBufferStats } from '../adapters/warm-buffers.ts';
@@ -13,11 +17,11 @@ export class Metrics {
   private readonly counts = new Map<string, number>();
   private readonly labelled = new Set<string>();
 
-  readonly ttft = new Histogram({ name: 'loraserve_time_to_first_token_seconds', help: 'Time from request arrival to its first generated token', labelNames: ['path', 'adapter'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
-  readonly itl = new Histogram({ name: 'loraserve_inter_token_latency_seconds', help: 'Time between consecutive generated tokens of a sequence', labelNames: ['path', 'adapter'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
-  readonly duration = new Histogram({ name: 'loraserve_request_duration_seconds', help: 'Time from arrival to the last token of a sequence', labelNames: ['path', 'adapter'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
-  readonly promptTokens = new Counter({ name: 'loraserve_prompt_tokens_total', help: 'Prompt tokens processed', labelNames: ['adapter'], registers: [this.registry] });
-  readonly generationTokens = new Counter({ name: 'loraserve_generation_tokens_total', help: 'Tokens generated', labelNames: ['adapter'], registers: [this.registry] });
+  readonly ttft: Histogram<'path' | 'adapter'> = new Histogram({ name: 'loraserve_time_to_first_token_seconds', help: 'Time from request arrival to its first generated token', labelNames: ['path', 'adapter'], buckets: LATENCY_BUCKETS, registers: [this.registry], collect: () => this.fold(this.ttft) });
+  readonly itl: Histogram<'path' | 'adapter'> = new Histogram({ name: 'loraserve_inter_token_latency_seconds', help: 'Time between consecutive generated tokens of a sequence', labelNames: ['path', 'adapter'], buckets: LATENCY_BUCKETS, registers: [this.registry], collect: () => this.fold(this.itl) });
+  readonly duration: Histogram<'path' | 'adapter'> = new Histogram({ name: 'loraserve_request_duration_seconds', help: 'Time from arrival to the last token of a sequence', labelNames: ['path', 'adapter'], buckets: LATENCY_BUCKETS, registers: [this.registry], collect: () => this.fold(this.duration) });
+  readonly promptTokens: Counter<'adapter'> = new Counter({ name: 'loraserve_prompt_tokens_total', help: 'Prompt tokens processed', labelNames: ['adapter'], registers: [this.registry], collect: () => this.fold(this.promptTokens) });
+  readonly generationTokens: Counter<'adapter'> = new Counter({ name: 'loraserve_generation_tokens_total', help: 'Tokens generated', labelNames: ['adapter'], registers: [this.registry], collect: () => this.fold(this.generationTokens) });
   readonly requests = new Counter({ name: 'loraserve_requests_total', help: 'Finished sequences by finish reason (stop, length, or cancelled: the client left first)', labelNames: ['endpoint', 'finish_reason'], registers: [this.registry] });
   readonly queueLength = new Gauge({ name: 'loraserve_queue_length', help: 'Sequences waiting for a place in the running batch', registers: [this.registry] });
   readonly running = new Gauge({ name: 'loraserve_running_sequences', help: 'Sequences in the running batch', registers: [this.registry] });
@@ -69,12 +73,23 @@ export class Metrics {
     for (const l of this.labelled) if (min === null || (this.counts.get(l) ?? 0) < (this.counts.get(min) ?? 0)) min = l;
     if (min !== null && c > (this.counts.get(min) ?? 0)) {
       this.labelled.delete(min);
-      for (const h of [this.ttft, this.itl, this.duration]) for (const path of ['base', 'merged', 'unmerged']) h.remove({ path, adapter: min });
-      for (const ctr of [this.promptTokens, this.generationTokens]) ctr.remove({ adapter: min });
       this.labelled.add(name);
+      this.foldRetired();
       return name;
     }
     return 'other';
+  }
+
+  // Folds the series of every adapter label that is no longer in the top-N into "other" (see the
+  // top of the file). Runs when an adapter drops out and before every scrape: a request labelled
+  // before its adapter dropped out observes under the old label when it finishes, and that late
+  // series is folded in at the next scrape, so no retired label is ever exposed.
+  private foldRetired(): void {
+    for (const m of [this.ttft, this.itl, this.duration, this.promptTokens, this.generationTokens]) this.fold(m);
+  }
+
+  private fold(m: Counter<string> | Histogram<string>): void {
+    foldLabel(m, 'adapter', (adapter) => adapter === 'base' || this.labelled.has(adapter), 'other');
   }
 
   updateEngine(s: EngineStats): void {

@@ -14,7 +14,7 @@ export class ResponseBuilder {
   readonly id: string;
   readonly created = Math.floor(Date.now() / 1000);
   private readonly usage = { prompt: new Map<number, number>(), completion: 0 };
-  private readonly offsets = new Map<number, number>(); // completions text_offset per choice
+  private readonly aligned = new Map<number, TextAlignment>(); // completions: returned text and logprobs tokens per choice
 
   constructor(private readonly job: GenerationJob) {
     this.id = `${job.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replace(/-/g, '')}`;
@@ -36,17 +36,25 @@ export class ResponseBuilder {
   }
 
   // ---- completions: logprobs {tokens, token_logprobs, top_logprobs, text_offset}
-  completionLogprobs(index: number, entries: { id: number; tokenText: string; logprob: number | null; top: TopLogprob[] }[]): Record<string, unknown> {
-    let off = this.offsets.get(index) ?? 0;
-    const out = { tokens: [] as string[], token_logprobs: [] as (number | null)[], top_logprobs: [] as (Record<string, number> | null)[], text_offset: [] as number[] };
-    for (const e of entries) {
-      out.tokens.push(this.tokenString(e.id, e.tokenText));
+  // `text` is what this choice's response adds to its returned text before these tokens' logprobs go
+  // out: the whole text (echoed prompt + completion) for a whole response, the chunk's text in a stream.
+  completionLogprobs(index: number, text: string, entries: { id: number; tokenText: string; logprob: number | null; top: TopLogprob[] }[]): Record<string, unknown> {
+    let state = this.aligned.get(index);
+    if (!state) { state = { text: '', cursor: 0, unmatched: false }; this.aligned.set(index, state); }
+    state.text += text;
+    const { strings, offsets } = alignTokens(state, entries.map((e) => e.tokenText));
+    const out = { tokens: [] as string[], token_logprobs: [] as (number | null)[], top_logprobs: [] as (Record<string, number> | null)[], text_offset: offsets };
+    entries.forEach((e, i) => {
+      const own = this.job.tokenIdsAsText ? this.tokenString(e.id, e.tokenText) : strings[i];
+      out.tokens.push(own);
       out.token_logprobs.push(e.logprob);
-      out.top_logprobs.push(e.logprob === null ? null : Object.fromEntries(e.top.map((t) => [this.tokenString(t.id, t.text), t.logprob])));
-      out.text_offset.push(off);
-      off += e.tokenText.length;
-    }
-    this.offsets.set(index, off);
+      if (e.logprob === null) { out.top_logprobs.push(null); return; }
+      // the chosen token among the alternatives under the string it has in `tokens`, unless another holds it
+      const keys = e.top.map((t) => this.tokenString(t.id, t.text));
+      const mine = e.top.findIndex((t) => t.id === e.id);
+      if (mine !== -1 && own !== '' && !keys.some((k, j) => j !== mine && k === own)) keys[mine] = own;
+      out.top_logprobs.push(Object.fromEntries(e.top.map((t, j) => [keys[j], t.logprob])));
+    });
     return out;
   }
 
@@ -78,7 +86,7 @@ export class ResponseBuilder {
       let logprobs: Record<string, unknown> | null = null;
       if (job.logprobs !== null) {
         const promptLp = job.echo ? mine.filter((e): e is Extract<TokenEvent, { type: 'prompt' }> => e.type === 'prompt').flatMap((e) => e.logprobs) : [];
-        logprobs = this.completionLogprobs(index, [...promptLp, ...tokens.map((t) => ({ id: t.id, tokenText: t.tokenText, logprob: t.logprob!, top: t.top ?? [] }))]);
+        logprobs = this.completionLogprobs(index, (job.echo ? job.promptTexts[prompt] : '') + text, [...promptLp, ...tokens.map((t) => ({ id: t.id, tokenText: t.tokenText, logprob: t.logprob!, top: t.top ?? [] }))]);
       }
       return { index, text: (job.echo ? job.promptTexts[prompt] : '') + text, logprobs, finish_reason: done.finishReason, stop_reason: done.stopReason };
     });
@@ -115,17 +123,80 @@ export class ResponseBuilder {
     if (!started.has(e.index)) {
       started.add(e.index);
       if (job.echo) {
-        const lp = ev.type === 'prompt' && job.logprobs !== null ? this.completionLogprobs(e.index, ev.logprobs as PromptLogprob[]) : null;
+        const lp = ev.type === 'prompt' && job.logprobs !== null ? this.completionLogprobs(e.index, job.promptTexts[e.prompt], ev.logprobs as PromptLogprob[]) : null;
+        if (lp === null && job.logprobs !== null) this.completionLogprobs(e.index, job.promptTexts[e.prompt], []); // the text its tokens come in later
         out.push(this.chunk([{ index: e.index, text: job.promptTexts[e.prompt], logprobs: lp, finish_reason: null }]));
         if (ev.type === 'prompt') return out;
       }
     }
-    if (ev.type === 'prompt' && job.logprobs !== null) out.push(this.chunk([{ index: e.index, text: '', logprobs: this.completionLogprobs(e.index, ev.logprobs), finish_reason: null }]));
+    if (ev.type === 'prompt' && job.logprobs !== null) out.push(this.chunk([{ index: e.index, text: '', logprobs: this.completionLogprobs(e.index, '', ev.logprobs), finish_reason: null }]));
     if (ev.type === 'token' && (ev.text || job.logprobs !== null)) {
-      const lp = job.logprobs === null ? null : this.completionLogprobs(e.index, [{ id: ev.id, tokenText: ev.tokenText, logprob: ev.logprob!, top: ev.top ?? [] }]);
+      const lp = job.logprobs === null ? null : this.completionLogprobs(e.index, ev.text, [{ id: ev.id, tokenText: ev.tokenText, logprob: ev.logprob!, top: ev.top ?? [] }]);
       out.push(this.chunk([{ index: e.index, text: ev.text, logprobs: lp, finish_reason: null }]));
     }
     if (ev.type === 'done') { this.noteDone(e.prompt, ev); out.push(this.chunk([{ index: e.index, text: '', logprobs: null, finish_reason: ev.finishReason, stop_reason: ev.stopReason }])); }
     return out;
   }
+}
+
+// ---- completions: which text each logprobs token stands for, and where (text_offset)
+//
+// The rule (as vLLM's incremental detokenization gives it, and as OpenAI's legacy completions, whose
+// tokens concatenate to the text): a token's string in `logprobs.tokens` is the text it adds to the
+// returned `text` (with echo: the prompt as returned, then the completion), and text_offset[i] is where
+// that string starts in `text`, counted from the start of the choice's text (across a stream's chunks).
+// So text.slice(text_offset[i], text_offset[i] + tokens[i].length) === tokens[i] for every token, and
+// the offsets never decrease. Tokens are matched to the text in order:
+//  - a token whose own text (tokenText) comes next in the text keeps it;
+//  - a token whose leading space the detokenizer drops ("▁Once" at the start of a text, or after a
+//    special token) is the text without that space: "Once upon" over <s>, ▁Once, ▁upon gives tokens
+//    "", "Once", " upon" at offsets 0, 0, 4;
+//  - a token whose text is not in the returned text gets "" at the current offset: BOS and other special
+//    tokens (decoding skips them), the bytes of a character split over byte tokens, text a stop string
+//    cut, or text a stream still holds back (it comes with a later token's chunk). After such a token,
+//    the next token is looked for a few characters further on; the text skipped goes to the last
+//    token without text in this call (the byte that completes a character), or to none when that token
+//    went out in an earlier chunk.
+// `return_tokens_as_token_ids` keeps its `token_id:N` strings; the offsets are the same.
+interface TextAlignment { text: string; cursor: number; unmatched: boolean }
+
+const LOOKAHEAD = 16; // UTF-16 units a token may be looked for past the cursor, after tokens without text
+
+export function alignTokens(state: TextAlignment, tokens: string[]): { strings: string[]; offsets: number[] } {
+  const { text } = state;
+  const strings: string[] = [];
+  const offsets: number[] = [];
+  let pending = -1; // the last token of this call given "" since the last match
+  const match = (s: string, at: number): string | null => {
+    if (s === '') return null;
+    if (text.startsWith(s, at)) return s;
+    if (s.length > 1 && s[0] === ' ' && text.startsWith(s.slice(1), at)) return s.slice(1);
+    return null;
+  };
+  tokens.forEach((s, i) => {
+    let found = match(s, state.cursor);
+    if (found === null && state.unmatched && s !== '') {
+      const end = Math.min(text.length - s.length, state.cursor + LOOKAHEAD);
+      for (let j = state.cursor + 1; j <= end; j++) {
+        if (!text.startsWith(s, j)) continue;
+        if (pending !== -1) strings[pending] = text.slice(offsets[pending], j);
+        state.cursor = j;
+        found = s;
+        break;
+      }
+    }
+    offsets.push(state.cursor);
+    if (found === null) { strings.push(''); pending = i; state.unmatched = true; return; }
+    strings.push(found);
+    state.cursor += found.length;
+    pending = -1;
+    state.unmatched = false;
+  });
+  // text after the last token, right after tokens without text in this call: the last of them made it
+  if (pending !== -1 && state.cursor < text.length && text.length - state.cursor <= LOOKAHEAD) {
+    strings[pending] = text.slice(state.cursor);
+    state.cursor = text.length;
+    state.unmatched = false;
+  }
+  return { strings, offsets };
 }

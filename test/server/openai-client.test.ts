@@ -69,7 +69,10 @@ describe('completions', () => {
     const first = c.prompt_ids.length; // first generated token
     expect(lp.token_logprobs![first]).toBeCloseTo(c.last_position_top5[0].logprob, 4);
     expect(Object.values(lp.top_logprobs![first]!)).toHaveLength(2);
-    expect(lp.text_offset![1]).toBeGreaterThan(0);
+    // offsets index the returned text: BOS adds no text, and the first word starts it
+    expect(lp.tokens![0]).toBe('');
+    expect(lp.text_offset!.slice(0, 2)).toEqual([0, 0]);
+    lp.tokens!.forEach((t, i) => expect(r.choices[0].text.slice(lp.text_offset![i], lp.text_offset![i] + t.length)).toBe(t));
   });
 
   it('return_tokens_as_token_ids renders tokens as token_id:N', async () => {

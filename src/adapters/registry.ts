@@ -5,12 +5,16 @@
 //   slots  rows of the running batch (lora-arena.ts)
 // A request resolves a name once, at its start, and keeps that version to its end; a replace makes
 // new requests use the new version; an unload waits for in-flight requests, or is refused.
+// Adapters registered by path (load_lora_adapter) are recorded in the store directory
+// (path-registrations.ts) and registered again at start-up (loadRegistrations).
 import { decodeAdapter, readAdapterDir, CONFIG_FILE, WEIGHTS_FILE } from './lora-adapter.ts';
 import type { AdapterFiles, LoraAdapter } from './lora-adapter.ts';
 import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { readWhole } from './read-file.ts';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { ADAPTER_NAME, AdapterStore, checkAdapterName } from './adapter-store.ts';
+import { PathRegistrations } from './path-registrations.ts';
+import type { PathRegistration } from './path-registrations.ts';
 import type { StagedWrite } from './adapter-store.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import type { AdapterRef } from '../runtime/generate-request.ts';
@@ -19,7 +23,8 @@ import { TARGETS } from '../runtime/model-targets.ts';
 
 // ready: served. unloading: an unload waits for its requests in flight (new ones get a 503 until
 // it ends: gone, or ready again if it gives up). failed: the engine could not load the registered
-// version back from disk (its files changed or vanished): 503 until it is reloaded.
+// version back from disk (its files changed or vanished), or a registered path could not be loaded
+// at start-up: 503 until it is reloaded.
 export type AdapterStatus = 'ready' | 'unloading' | 'failed';
 
 export interface AdapterInfo {
@@ -61,6 +66,19 @@ export interface RegistryEvents {
 
 interface Entry extends Omit<AdapterInfo, 'inFlight'> {
   inFlightByVersion: Map<string, number>;
+  // false: a registration that could not be loaded at start-up, listed as 'failed' with nothing in
+  // the engine; its `dir` is the recorded path, checked again (pathCheck) before a reload reads it
+  loaded: boolean;
+}
+
+// What start-up made of the recorded path registrations (serve.ts logs it).
+export interface RegistrationReport {
+  file: string;
+  problems: string[];        // what was wrong with the file (its copy: keptAside)
+  keptAside: string | null;
+  loaded: string[];
+  changed: { name: string; path: string; was: PathRegistration; version: string }[]; // served with new content / from a new real path
+  failed: { name: string; path: string; error: string }[]; // not served: listed as 'failed' (error: why)
 }
 
 export class AdapterRegistry {
@@ -70,6 +88,9 @@ export class AdapterRegistry {
   // versions replaced while requests still used them: dropped from the engine once they finish
   private readonly retired = new Map<string, number>();
   storeLoaded = false; // every adapter in the store has been tried (readiness)
+  private regs: PathRegistrations | null = null;
+  // the allowed-directory rule for a recorded path (given by loadRegistrations; the server's rule)
+  private pathCheck: ((path: string) => string) | null = null;
 
   constructor(
     private readonly engine: AdapterEngine,
@@ -94,6 +115,41 @@ export class AdapterRegistry {
     }
     this.storeLoaded = true;
     return { loaded, failed };
+  }
+
+  // The load_lora_adapter registrations, read from the store directory on first use.
+  private get registrations(): PathRegistrations {
+    return (this.regs ??= new PathRegistrations(this.store.root));
+  }
+
+  // Register again every adapter recorded by load_lora_adapter (start-up, after the store; before
+  // preloaded adapters). `check` is the rule load_lora_adapter applies to `lora_path` (the allowed
+  // directories): each recorded path passes it again before anything is read there.
+  // Decisions: content that changed since it was registered is served, with its new version, and
+  // the record is updated; likewise a path that now resolves elsewhere (inside the allowed
+  // directories). A registration that cannot be loaded (its directory moved or vanished, no longer
+  // allowed, or its files invalid) is not served but stays registered and listed as 'failed' with
+  // the reason: a directory that comes back (a late mount, a move undone) is served again by a
+  // reload or the next start, and an unload forgets it. Nothing here stops the server starting.
+  async loadRegistrations(check: (path: string) => string): Promise<RegistrationReport> {
+    this.pathCheck = check;
+    const regs = this.registrations;
+    const report: RegistrationReport = { file: regs.file, problems: [...regs.problems], keptAside: regs.keptAside, loaded: [], changed: [], failed: [] };
+    for (const [name, was] of regs.entries()) {
+      let dir: string;
+      try {
+        dir = check(was.path);
+        const info = await this.loadDir(name, dir, { replace: true, register: true });
+        report.loaded.push(name);
+        if (info.version !== was.version || dir !== was.path) report.changed.push({ name, path: dir, was, version: info.version });
+      } catch (e) {
+        const error = (e as Error).message;
+        report.failed.push({ name, path: was.path, error });
+        // (a name the store serves keeps the store's adapter; the record stays until an unload)
+        if (!this.entries.has(name)) this.entries.set(name, notLoaded(name, was, `its registered directory ${was.path} could not be loaded at start-up: ${error}`));
+      }
+    }
+    return report;
   }
 
   // Serve every adapter directory in `dir` (--preload-adapters: the demo adapters beside the
@@ -141,11 +197,16 @@ export class AdapterRegistry {
   }
 
   // Read the adapter's directory again (after its files were changed in place, or to recover a
-  // failed one): the new version replaces the old one like a replace.
+  // failed one): the new version replaces the old one like a replace. A registration that could not
+  // be loaded at start-up has its recorded path checked against the allowed directories again.
   async reload(name: string): Promise<AdapterInfo> {
     const e = this.entries.get(name);
     if (!e) throw new LoraserveError('model_not_found', `The lora adapter '${name}' cannot be found.`, { param: 'name' });
-    return this.loadDir(name, e.dir, { replace: true, source: e.source, description: e.source === 'path' ? e.description ?? undefined : undefined });
+    if (!e.loaded) {
+      if (!this.pathCheck) throw new LoraserveError('unavailable', `adapter '${name}' cannot be reloaded: ${e.error ?? 'it was never loaded'}`, { param: 'name' });
+      return this.loadDir(name, this.pathCheck(e.dir), { replace: true, register: true });
+    }
+    return this.loadDir(name, e.dir, { replace: true, source: e.source, description: e.source === 'path' ? e.description ?? undefined : undefined, register: this.registrations.has(name) });
   }
 
   // A request starts: the adapter's current version, counted in flight until release().
@@ -189,20 +250,45 @@ export class AdapterRegistry {
       const extra: Record<string, Uint8Array> = opts.recipe ? { [RECIPE_FILE]: new TextEncoder().encode(`${JSON.stringify(opts.recipe, null, 2)}\n`) } : {};
       // the adapter's arrays may be views of files.weights: on disk first, then the engine takes them
       const staged = await this.store.stage(name, files, extra);
-      return this.install(name, decoded.adapter, decoded.warnings, this.store.dirOf(name), 'store', files, staged, undefined, opts.recipe ?? null);
+      // the store serves it from now on: a path registration of the name is forgotten
+      return this.withRegistration(name, null, async () => this.install(name, decoded.adapter, decoded.warnings, this.store.dirOf(name), 'store', files, staged, undefined, opts.recipe ?? null), () => staged.abort());
     });
   }
 
-  // Load from a directory on the server (the store, or an allowed directory).
-  async loadDir(name: string, dir: string, opts: { replace: boolean; source?: 'store' | 'path'; description?: string }): Promise<AdapterInfo> {
+  // Load from a directory on the server (the store, or an allowed directory). `register`
+  // (load_lora_adapter): record it (name, directory, version) so that it is registered again after
+  // a restart, durably before it is served; the store's own directory for the name needs no record.
+  async loadDir(name: string, dir: string, opts: { replace: boolean; source?: 'store' | 'path'; description?: string; register?: boolean }): Promise<AdapterInfo> {
     checkAdapterName(name, 'lora_name');
     return this.locked(name, async () => {
       this.checkReplace(name, opts.replace);
       const files = await readAdapterDir(dir);
       const { adapter, warnings } = this.validate(name, files);
       const recipe = await readRecipe(dir, warnings);
-      return this.install(name, adapter, warnings, dir, opts.source ?? (this.store.contains(dir) ? 'store' : 'path'), files, undefined, opts.description, recipe);
+      const serve = async () => this.install(name, adapter, warnings, dir, opts.source ?? (this.store.contains(dir) ? 'store' : 'path'), files, undefined, opts.description, recipe);
+      if (!opts.register) return serve();
+      const own = resolve(dir) === this.store.dirOf(name);
+      return this.withRegistration(name, own ? null : { path: resolve(dir), version: adapter.version }, serve);
     });
+  }
+
+  // Record `name`'s path registration (null: forget it) before `serve` runs; if `serve` fails, the
+  // previous record is put back (and `undo` runs when the record itself cannot be written).
+  private async withRegistration<T>(name: string, reg: PathRegistration | null, serve: () => Promise<T>, undo?: () => Promise<void>): Promise<T> {
+    const regs = this.registrations;
+    const prev = regs.get(name) ?? null;
+    try {
+      regs.set(name, reg);
+    } catch (err) {
+      await undo?.();
+      throw err;
+    }
+    try {
+      return await serve();
+    } catch (err) {
+      try { regs.set(name, prev); } catch { /* the record stays: start-up reports it if it cannot be served */ }
+      throw err;
+    }
   }
 
   // Unload: new requests get a 503 while it waits up to `waitMs` for the ones in flight; if they
@@ -225,9 +311,15 @@ export class AdapterRegistry {
           throw new LoraserveError('conflict', `adapter '${name}' still has ${this.inFlight(e)} request(s) in flight after ${opts.waitMs} ms; it is served again; try the unload later`, { param: 'lora_name' });
         }
       }
+      try {
+        this.registrations.set(name, null); // durably forgotten first: a failed write leaves it served
+      } catch (err) {
+        e.status = before;
+        throw err;
+      }
       this.entries.delete(name);
       if (opts.deleteFiles && e.source === 'store') this.store.remove(name);
-      await this.engine.dropAdapter(e.version).catch(() => undefined); // best effort: a restarting engine holds no copy
+      if (e.loaded) await this.engine.dropAdapter(e.version).catch(() => undefined); // best effort: a restarting engine holds no copy
       this.events.onEvict?.(name);
     });
   }
@@ -264,7 +356,7 @@ export class AdapterRegistry {
       throw err;
     }
     const prev = this.entries.get(name);
-    const replaced = prev && prev.version !== info.version ? prev : null;
+    const replaced = prev && prev.loaded && prev.version !== info.version ? prev : null;
     // a replaced stored version keeps its files (retiredDirOf) while requests that started with it
     // run: requests may still acquire it until the new entry is in place
     try {
@@ -274,7 +366,7 @@ export class AdapterRegistry {
       throw err;
     }
     const entry: Entry = {
-      name, ...info, status: 'ready', source, dir, warnings, error: null, description: description ?? null, recipe,
+      name, ...info, status: 'ready', source, dir, warnings, error: null, description: description ?? null, recipe, loaded: true,
       requestsServed: prev?.requestsServed ?? 0,
       loadedAt: Math.floor(Date.now() / 1000),
       inFlightByVersion: prev?.inFlightByVersion ?? new Map(),
@@ -308,7 +400,7 @@ export class AdapterRegistry {
   }
 
   private info(e: Entry): AdapterInfo {
-    const { inFlightByVersion: _m, ...rest } = e;
+    const { inFlightByVersion: _m, loaded: _l, ...rest } = e;
     return { ...rest, inFlight: this.inFlight(e) };
   }
 
@@ -322,6 +414,15 @@ export class AdapterRegistry {
 }
 
 export { CONFIG_FILE, WEIGHTS_FILE };
+
+// The entry of a registration that could not be loaded at start-up: listed, not served.
+function notLoaded(name: string, reg: PathRegistration, error: string): Entry {
+  return {
+    name, version: reg.version, status: 'failed', source: 'path', dir: reg.path, rank: 0, targets: [], layers: 0, useDora: false,
+    decodedBytes: 0, fileBytes: 0, requestsServed: 0, loadedAt: Math.floor(Date.now() / 1000), warnings: [], error,
+    description: null, recipe: null, inFlightByVersion: new Map(), loaded: false,
+  };
+}
 
 export const DESCRIPTION_FILE = 'description.txt';
 

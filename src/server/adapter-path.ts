@@ -9,6 +9,12 @@ import { invalidField, LoraserveError } from '../runtime/errors.ts';
 
 export const MAX_PATH_CHARS = 4096;
 
+// The directories `lora_path` may name: the adapter store and every --allow-adapter-dir. The same
+// rule applies to a registration recorded by load_lora_adapter when it is loaded again at start-up.
+export function adapterPathRoots(storeRoot: string, allowAdapterDirs: string[]): string[] {
+  return [storeRoot, ...allowAdapterDirs];
+}
+
 export function resolveAdapterPath(input: unknown, roots: string[]): string {
   const path = checkPathField(input);
   const real = roots.flatMap((r) => realOrNull(resolve(r)) ?? []);

@@ -6,8 +6,9 @@
 //                                     for requests in flight, at most --unload-wait-ms; 0: refuse at once)
 //   POST   /v1/adapters/:name/reload  read its directory again (files changed in place, or a failed one)
 //   POST   /v1/adapters/merge         JSON: merge served adapters into a new one (merge-route.ts)
-//   POST   /v1/load_lora_adapter      vLLM: {lora_name, lora_path, load_inplace}
-//   POST   /v1/unload_lora_adapter    vLLM: {lora_name}
+//   POST   /v1/load_lora_adapter      vLLM: {lora_name, lora_path, load_inplace}; recorded in the store
+//                                     directory, registered again after a restart (path-registrations.ts)
+//   POST   /v1/unload_lora_adapter    vLLM: {lora_name}; forgets that record (so does DELETE)
 // Uploads go through validation before anything is written (422 with every problem), then into
 // the store atomically (adapter-store.ts).
 import type { FastifyInstance, FastifyRequest } from 'fastify';
@@ -16,7 +17,7 @@ import { CONFIG_FILE, WEIGHTS_FILE } from '../adapters/lora-adapter.ts';
 import { invalidField, LoraserveError } from '../runtime/errors.ts';
 import type { EngineClient } from '../runtime/engine-client.ts';
 import { checkAdminKey } from './auth.ts';
-import { resolveAdapterPath } from './adapter-path.ts';
+import { adapterPathRoots, resolveAdapterPath } from './adapter-path.ts';
 import { registerMergeRoute } from './merge-route.ts';
 import type { ServerConfig } from './config.ts';
 import type { Metrics } from './metrics.ts';
@@ -99,8 +100,8 @@ export function registerAdapterRoutes(app: FastifyInstance, deps: AdapterRouteDe
   app.post('/v1/load_lora_adapter', { preHandler: admin }, async (req, reply) => {
     const b = (req.body ?? {}) as { lora_name?: unknown; lora_path?: unknown; load_inplace?: unknown };
     if (typeof b.lora_name !== 'string') throw invalidField('lora_name', "Both 'lora_name' and 'lora_path' must be provided.");
-    const dir = resolveAdapterPath(b.lora_path, [registry.store.root, ...config.allowAdapterDirs]);
-    await counted(registry.loadDir(b.lora_name, dir, { replace: b.load_inplace === true }));
+    const dir = resolveAdapterPath(b.lora_path, adapterPathRoots(registry.store.root, config.allowAdapterDirs));
+    await counted(registry.loadDir(b.lora_name, dir, { replace: b.load_inplace === true, register: true }));
     reply.type('text/plain; charset=utf-8');
     return `Success: LoRA adapter '${b.lora_name}' added successfully.`;
   });

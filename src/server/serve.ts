@@ -1,11 +1,13 @@
-// `loraserve serve` / `npm start`: config → engine worker → adapter registry (serving the store) →
-// HTTP app → listen. Shuts down cleanly on SIGINT/SIGTERM.
+// `loraserve serve` / `npm start`: config → engine worker → adapter registry (serving the store,
+// then the load_lora_adapter registrations, then preloaded adapters) → HTTP app → listen. Shuts down cleanly on SIGINT/SIGTERM.
 import { loadConfig, ConfigError } from './config.ts';
 import type { ServerConfig } from './config.ts';
 import { buildApp } from './app.ts';
 import type { EngineClient } from '../runtime/engine-client.ts';
 import { startEngine } from '../start-engine.ts';
 import { AdapterRegistry } from '../adapters/registry.ts';
+import type { RegistrationReport } from '../adapters/registry.ts';
+import { adapterPathRoots, resolveAdapterPath } from './adapter-path.ts';
 import { AdapterStore } from '../adapters/adapter-store.ts';
 import { PromptWorker } from './prompt-preparer.ts';
 import { loadModelFiles } from '../runtime/model-loader.ts';
@@ -36,9 +38,13 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     const app = await buildApp({ config, engine, registry, prompts, modelName: files.name });
     const stored = await registry.loadStore();
     for (const f of stored.failed) app.log.warn({ adapter: f.name, error: f.error }, 'stored adapter not served');
+    // each recorded path passes the rule load_lora_adapter applies before anything is read there
+    const roots = adapterPathRoots(registry.store.root, config.allowAdapterDirs);
+    const registered = await registry.loadRegistrations((path) => resolveAdapterPath(path, roots));
+    logRegistrations(app, registered);
     const preloaded = config.preloadAdapters !== null ? await registry.loadPreloaded(config.preloadAdapters) : { loaded: [], failed: [] };
     for (const f of preloaded.failed) app.log.warn({ adapter: f.name, error: f.error, dir: config.preloadAdapters }, 'preloaded adapter not served');
-    app.log.info({ model: files.name, adapters: stored.loaded.length, preloaded: preloaded.loaded.length }, 'model and adapters loaded');
+    app.log.info({ model: files.name, adapters: stored.loaded.length, registered: registered.loaded.length, preloaded: preloaded.loaded.length }, 'model and adapters loaded');
     const url = await app.listen({ host: config.host, port: config.port });
     return {
       app, engine, registry, prompts, url,
@@ -48,6 +54,24 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     await engine.close();
     await prompts?.close();
     throw err;
+  }
+}
+
+// What start-up made of the load_lora_adapter registrations: every one that is not served as it was
+// registered is a warning naming the adapter, its path and what changed.
+function logRegistrations(app: FastifyInstance, r: RegistrationReport): void {
+  if (r.problems.length) {
+    app.log.warn({ file: r.file, keptAside: r.keptAside, problems: r.problems }, `adapter registrations file ${r.file} is corrupt: ${r.problems.join('; ')}; a copy is kept at ${r.keptAside ?? '(none)'}; starting without what could not be read`);
+  }
+  for (const c of r.changed) {
+    const what = [
+      c.version !== c.was.version ? `its content changed (version ${c.was.version} → ${c.version}); serving the new content` : null,
+      c.path !== c.was.path ? `its path now resolves to ${c.path}` : null,
+    ].filter((x) => x !== null).join('; ');
+    app.log.warn({ adapter: c.name, path: c.was.path, resolvedPath: c.path, previousVersion: c.was.version, version: c.version }, `registered adapter '${c.name}' at ${c.was.path}: ${what}`);
+  }
+  for (const f of r.failed) {
+    app.log.warn({ adapter: f.name, path: f.path, error: f.error }, `registered adapter '${f.name}' at ${f.path} is not served: ${f.error}; it is listed as failed until it is reloaded (once its files are back) or unloaded`);
   }
 }
 

@@ -17,7 +17,7 @@
 // is not a directory is taken as an adapter name in the store --adapters (default ./adapters).
 import { closeSync, copyFileSync, existsSync, fsyncSync, lstatSync, openSync, readFileSync, readdirSync, realpathSync, renameSync, rmSync, statSync, writeSync, mkdirSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseFlags } from '../runtime/cli-args.ts';
 import { invalidField, LoraserveError, ModelConfigError } from '../runtime/errors.ts';
 import { expectedWeights, loadModelFiles } from '../runtime/model-loader.ts';
 import { readSafetensorsFile } from '../runtime/safetensors.ts';
@@ -26,7 +26,7 @@ import { f32ToDtypeBytes, tensorToF32 } from '../runtime/dtype.ts';
 import { targetPath, targetShape } from '../runtime/model-targets.ts';
 import { CONFIG_FILE, decodeAdapterOrThrow, readAdapterDir } from '../adapters/lora-adapter.ts';
 import { checkAdapterName } from '../adapters/adapter-store.ts';
-import { mergeLora } from './merge-lora.ts';
+import { mergeDelta, mergeLora } from './merge-lora.ts';
 
 export const DEFAULT_SHARD_MB = 2000;
 export const INDEX_FILE = 'model.safetensors.index.json';
@@ -63,7 +63,7 @@ const OPTIONS = {
 export function parseExportArgs(argv: string[]): ExportOptions {
   let values: { model?: string; adapter?: string; adapters?: string; out?: string; 'shard-mb'?: string; overwrite?: boolean };
   try {
-    ({ values } = parseArgs({ args: argv, options: OPTIONS, strict: true, allowPositionals: false }));
+    ({ values } = parseFlags({ args: argv, options: OPTIONS, strict: true, allowPositionals: false }));
   } catch (e) {
     throw invalidField('argv', `${(e as Error).message}; usage: loraserve export --model DIR --adapter DIR|NAME --out DIR [--adapters STORE] [--shard-mb N] [--overwrite]`);
   }
@@ -170,7 +170,7 @@ export async function exportMerged(opts: ExportOptions): Promise<ExportResult> {
     const w0 = byName.get(name)!;
     if (w0.dtype !== 'F32' && w0.dtype !== 'F16' && w0.dtype !== 'BF16') throw new ModelConfigError(`--model: weight ${name} is ${w0.dtype}; only F32, F16 and BF16 weights can take a merge`, name);
     const [rows, cols] = targetShape(cfg, t.target);
-    const merged = mergeLora(tensorToF32(w0), { a: t.a, b: t.b, rank: t.rank, scale: t.scale, magnitude: t.magnitude }, rows, cols);
+    const merged = t.delta ? mergeDelta(tensorToF32(w0), t.delta) : mergeLora(tensorToF32(w0), { a: t.a, b: t.b, rank: t.rank, scale: t.scale, magnitude: t.magnitude }, rows, cols);
     for (let i = 0; i < merged.length; i++) {
       if (!Number.isFinite(merged[i])) throw new LoraserveError('invalid_adapter', `--adapter: merging into ${name} gives a non-finite value (a DoRA magnitude over a zero row norm?); nothing was written`);
     }

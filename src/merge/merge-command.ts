@@ -9,7 +9,7 @@
 // to a temporary directory beside it, then renamed to --out. A directory in the server's store
 // named NAME is served as NAME after the next start (or POST /v1/load_lora_adapter).
 // Errors name the flag (the caller prints them and exits 1).
-import { parseArgs } from 'node:util';
+import { parseFlags } from '../runtime/cli-args.ts';
 import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -31,7 +31,7 @@ const flagError = (flag: string, message: string) => new LoraserveError('invalid
 export async function mergeCommand(argv: string[]): Promise<void> {
   let values: Record<string, string | undefined>;
   try {
-    ({ values } = parseArgs({
+    ({ values } = parseFlags({
       args: argv,
       options: {
         model: { type: 'string' }, out: { type: 'string' }, inputs: { type: 'string' }, adapters: { type: 'string' }, 'adapters-dir': { type: 'string' },

@@ -1,6 +1,6 @@
 // Server configuration: one typed object, visible defaults, flags and LORASERVE_* env vars,
 // validated once at start-up. Model facts come from the model directory, never from flags.
-import { parseArgs } from 'node:util';
+import { parseFlags } from '../runtime/cli-args.ts';
 import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { DEFAULT_ADAPTERS_DIR, DEFAULT_MODEL_DIR } from './default-model.ts';
@@ -105,7 +105,7 @@ const FLAGS: Record<string, Flag> = {
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
   let values: Record<string, string | boolean | string[] | undefined>;
   try {
-    values = parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false }).values as typeof values;
+    values = parseFlags({ args: argv, options: FLAGS, strict: true, allowPositionals: false }).values as typeof values;
   } catch (e) {
     throw new ConfigError((e as Error).message);
   }

@@ -10,7 +10,7 @@
 // Defaults: with neither --steps nor --epochs the run is one epoch (--epochs 1); with neither
 // --eval-data nor --eval-split, 5% of the data is held out (--eval-split 0.05; 0 disables eval).
 import { existsSync, statSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { parseFlags } from '../runtime/cli-args.ts';
 import { TARGETS } from '../runtime/model-targets.ts';
 import type { Target } from '../runtime/model-targets.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
@@ -89,7 +89,7 @@ const MAX_RANK = 1024;
 export function parseTrainArgs(argv: string[]): TrainArgs {
   let values: Record<string, string | boolean | undefined>;
   try {
-    values = parseArgs({ args: argv, options: OPTIONS, strict: true, allowPositionals: false }).values;
+    values = parseFlags({ args: argv, options: OPTIONS, strict: true, allowPositionals: false }).values;
   } catch (e) {
     throw new Error(`train: ${(e as Error).message}`);
   }

@@ -70,7 +70,7 @@ describe('parseTrainArgs', () => {
     [['--save-every', '0'], /--save-every must be an integer ≥ 1, got 0/],
     [['--threads', '0'], /--threads must be an integer ≥ 1, got 0/],
     [['--bogus'], /train: .*--bogus/],
-    [['--lr', '-1'], /train: Option '--lr' argument is ambiguous/], // negative numbers go as --lr=-1
+    [['--lr', '-1'], /--lr must be a number > 0, got -1/], // a negative number is the value, with or without =
     [['stray'], /train: .*stray/],
   ];
   for (const [extra, message] of refusals) {

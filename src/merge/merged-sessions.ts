@@ -9,7 +9,11 @@
 //             the next AUTO_WINDOW steps exceeds what building costs:
 //                 overhead(b) · steps_X  >  build_ms
 //             overhead(b) = measured step time of single-adapter unmerged steps minus base steps at
-//             the same batch size (EWMA, per power-of-two batch bucket); steps_X = X's single-adapter
+//             the same batch size (EWMA, per power-of-two batch bucket). Without base traffic at
+//             that size, merged steps stand in for base ones (the same graph without LoRA); with
+//             neither, the adapter's share of a token's FLOPs (loraFlopShare) of the unmerged time,
+//             a lower bound (the feeds and extra GEMMs cost more than their FLOPs), so it errs
+//             towards not building; once merged steps are timed they replace it. steps_X = X's single-adapter
 //             steps among the last AUTO_WINDOW decode steps (its traffic is assumed to continue);
 //             build_ms = the last build's duration, or an estimate from the model's size before the
 //             first build. Building blocks the engine thread (session creation), which stalls
@@ -65,6 +69,7 @@ export class MergedSessions implements MergedPath {
   private readonly recent: (string | null)[] = []; // adapter version of each of the last steps (null: mixed/base)
   private readonly baseMs = new Map<number, number>();      // EWMA step ms of base-only steps, by batch bucket
   private readonly unmergedMs = new Map<number, number>();  // EWMA step ms of single-adapter unmerged steps
+  private readonly mergedMs = new Map<number, number>();    // EWMA step ms of merged steps (base cost, measured without base traffic)
   readonly stats: MergedStats = { hits: 0, misses: 0, builds: 0, evictions: 0, bytes: 0, lastBuildMs: 0, lastBuildBytes: 0 };
   private clock = 0;
 
@@ -118,8 +123,7 @@ export class MergedSessions implements MergedPath {
 
   // Step timings feed the auto policy's cost model.
   observe(path: 'base' | 'unmerged' | 'merged', batch: number, ms: number): void {
-    const table = path === 'base' ? this.baseMs : path === 'unmerged' ? this.unmergedMs : null;
-    if (!table) return;
+    const table = path === 'base' ? this.baseMs : path === 'unmerged' ? this.unmergedMs : this.mergedMs;
     const k = bucket(batch);
     const prev = table.get(k);
     table.set(k, prev === undefined ? ms : prev + EWMA * (ms - prev));
@@ -128,7 +132,10 @@ export class MergedSessions implements MergedPath {
   // What auto would decide for an adapter now (exposed for the benchmark and the docs).
   autoEstimate(version: string, batch: number): { overheadMs: number; steps: number; buildMs: number } {
     const k = bucket(batch);
-    const overheadMs = Math.max(0, (this.unmergedMs.get(k) ?? 0) - (this.baseMs.get(k) ?? Infinity));
+    const unmerged = this.unmergedMs.get(k);
+    const adapter = this.lookup(version);
+    const baseline = this.baseMs.get(k) ?? this.mergedMs.get(k) ?? (unmerged !== undefined && adapter ? unmerged * (1 - loraFlopShare(this.cfg, adapter)) : undefined);
+    const overheadMs = unmerged !== undefined && baseline !== undefined ? Math.max(0, unmerged - baseline) : 0;
     const steps = this.recent.filter((v) => v === version).length;
     return { overheadMs, steps, buildMs: this.stats.lastBuildMs || (this.weightBytes / 1e9) * BUILD_MS_PER_GB };
   }
@@ -208,6 +215,22 @@ export class MergedSessions implements MergedPath {
 }
 
 const mb = (bytes: number): number => Math.ceil(bytes / 2 ** 20);
+
+// The share of a token's multiply-adds that an adapter's factors add to the base model's:
+// Σ_targets r·(in + out) over Σ_weights of the projections and the LM head (embeddings are looked up).
+export function loraFlopShare(cfg: ModelConfig, adapter: PreparedAdapter): number {
+  let lora = 0;
+  for (const t of adapter.targets) {
+    const [out, inDim] = targetShape(cfg, t.target);
+    lora += t.rank * (inDim + out);
+  }
+  let base = cfg.vocabSize * cfg.hiddenSize;
+  for (const t of TARGETS) {
+    const [out, inDim] = targetShape(cfg, t);
+    base += cfg.numLayers * out * inDim;
+  }
+  return lora / (base + lora);
+}
 
 function bucket(batch: number): number {
   return 2 ** Math.ceil(Math.log2(Math.max(1, batch)));

@@ -12,7 +12,8 @@
 //     maxBytes + the largest adapter held so far: so a running batch that pins more than the cache
 //     holds still leaves room for the next waiting sequence's adapter (a sequence is not starved
 //     by later requests for adapters in memory), and pinnedBytes passes maxBytes by at most two
-//     adapters through loads (more only by sequences pinning adapters that are in memory already).
+//     adapters through loads (more only by sequences pinning adapters that are in memory already,
+//     and by the inputs of per-request mixtures being composed: ≤ --max-mixture each, mixture.ts).
 //     Before, the adapter of every waiting sequence was loaded at once (acquire() runs for each
 //     waiting sequence on every tick) and each was held for its sequence outside the LRU: with
 //     --max-queue 256 and 45 MB adapters, up to 11 GB.
@@ -31,6 +32,7 @@ import { doraScale } from '../merge/merge-lora.ts';
 import { adapterVersion, decodeAdapterOrThrow, readAdapterDir } from './lora-adapter.ts';
 import type { AdapterFiles, AdapterLimits, LoraAdapter } from './lora-adapter.ts';
 import { warmBufferStats } from './warm-buffers.ts';
+import { mixPrepared } from './mixture.ts';
 import type { WarmBufferStats } from './warm-buffers.ts';
 
 export interface HostCacheStats {
@@ -57,6 +59,7 @@ export class HostCache implements AdapterSource {
   private readonly pinned = new Map<string, { adapter: PreparedAdapter | null; count: number }>();
   private readonly loading = new Map<string, Promise<void>>();
   private readonly failures = new Map<string, Error>();
+  private readonly mixing = new Map<string, string[]>(); // mixtures waiting for their inputs: the versions they pin
   private readonly listeners: (() => void)[] = [];
   private readonly maxBytes: number;
   readonly stats: HostCacheStats = { entries: 0, bytes: 0, limitBytes: 0, largestBytes: 0, pinnedBytes: 0, pinnedOutsideBytes: 0, loading: 0, warmBuffers: warmBufferStats(), loads: 0, evictions: 0, failures: 0 };
@@ -95,11 +98,14 @@ export class HostCache implements AdapterSource {
   // The adapter if it is in host memory; else undefined, and a load starts when the bounds allow
   // (the scheduler asks again on every tick and when a load settles, in the waiting order, so the
   // oldest waiting sequence's adapter loads first).
-  acquire(ref: AdapterRef): PreparedAdapter | undefined {
+  // `inputOfMixture`: a mixture's input, loaded past the pinned-bytes bound (the mixture pins its
+  // other inputs while it waits, so the bound could otherwise never let the last one in).
+  acquire(ref: AdapterRef, inputOfMixture = false): PreparedAdapter | undefined {
     const hit = this.lru.get(ref.version) ?? this.pinned.get(ref.version)?.adapter ?? undefined;
     if (hit) return hit;
+    if (ref.mixture) return this.acquireMixture(ref, ref.mixture);
     if (this.loading.has(ref.version) || this.failures.has(ref.version) || this.loading.size >= MAX_LOADS) return undefined;
-    if (this.pinnedBytes().total >= this.maxBytes + this.stats.largestBytes) return undefined; // until sequences release some
+    if (!inputOfMixture && this.pinnedBytes().total >= this.maxBytes + this.stats.largestBytes) return undefined; // until sequences release some
     this.loading.set(ref.version, this.load(ref));
     return undefined;
   }
@@ -110,7 +116,45 @@ export class HostCache implements AdapterSource {
   }
 
   failure(ref: AdapterRef): Error | undefined {
-    return this.failures.get(ref.version);
+    return this.failures.get(ref.version) ?? ref.mixture?.map((p) => this.failure(p.ref)).find((e) => e !== undefined);
+  }
+
+  // A per-request mixture (mixture.ts): composed once every input is in memory, then cached like
+  // any adapter under the blend's version. Its inputs are pinned while it waits for them, so a
+  // small cache does not evict one input while loading the next.
+  private acquireMixture(ref: AdapterRef, parts: NonNullable<AdapterRef['mixture']>): PreparedAdapter | undefined {
+    if (this.failures.has(ref.version)) return undefined;
+    if (!this.mixing.has(ref.version)) {
+      this.mixing.set(ref.version, parts.map((p) => p.ref.version));
+      for (const p of parts) this.pin(p.ref.version);
+    }
+    const prepared = parts.map((p) => this.acquire(p.ref, true));
+    if (prepared.some((p) => p === undefined)) {
+      if (parts.some((p) => this.failure(p.ref))) this.doneMixing(ref.version);
+      return undefined;
+    }
+    try {
+      const mixed = mixPrepared(ref.version, parts.map((p, i) => ({ adapter: prepared[i]!, weight: p.weight, name: p.ref.name })), this.cfg);
+      this.lru.set(ref.version, mixed);
+      const pin = this.pinned.get(ref.version);
+      if (pin) pin.adapter = mixed;
+      this.stats.largestBytes = Math.max(this.stats.largestBytes, mixed.bytes);
+      this.trim();
+      return mixed;
+    } catch (err) {
+      this.failures.set(ref.version, err as Error);
+      if (this.failures.size > MAX_FAILURES) this.failures.delete(this.failures.keys().next().value!); // the oldest
+      return undefined;
+    } finally {
+      this.doneMixing(ref.version);
+    }
+  }
+
+  private doneMixing(version: string): void {
+    const inputs = this.mixing.get(version);
+    if (!inputs) return;
+    this.mixing.delete(version);
+    for (const v of inputs) this.unpin(v);
   }
 
   pin(version: string): void {

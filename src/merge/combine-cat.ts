@@ -8,10 +8,14 @@ import { checkTargetInputs } from './merge-options.ts';
 import type { FactoredResult, MergePlan, TargetFactors } from './merge-options.ts';
 
 export function mergeCat(inputs: readonly (TargetFactors | null)[], weights: readonly number[], plan: MergePlan, where = 'target'): FactoredResult {
+  return catFactors(inputs, weights, plan.rank, where);
+}
+
+// The concatenation itself at rank R ≥ Σ r_i (also per-request mixtures, adapters/mixture.ts).
+export function catFactors(inputs: readonly (TargetFactors | null)[], weights: readonly number[], R: number, where = 'target'): FactoredResult {
   const { out, in: inDim } = checkTargetInputs(inputs, where);
   const used = inputs.reduce((s, t) => s + (t ? t.rank : 0), 0);
-  if (used > plan.rank) throw invalidField('adapters', `${where}: the inputs' ranks add up to ${used}, more than the merged rank ${plan.rank}`);
-  const R = plan.rank;
+  if (used > R) throw invalidField('adapters', `${where}: the inputs' ranks add up to ${used}, more than the merged rank ${R}`);
   const a = new Float32Array(R * inDim);
   const b = new Float32Array(out * R);
   let row = 0;

@@ -23,6 +23,7 @@ export interface AdapterRef {
   version: string;
   dir: string;
   retiredDir?: string;  // where the store keeps this version's files if it is replaced while in use
+  mixture?: { ref: AdapterRef; weight: number }[]; // a per-request blend Σ wᵢ·ΔWᵢ (adapters/mixture.ts): name and version are the blend's
 }
 
 export interface TopLogprob {

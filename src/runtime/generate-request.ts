@@ -13,6 +13,8 @@ export interface GenerateRequest {
   logprobs: number | null;      // null: none; k ≥ 0: the chosen token plus the top k alternatives
   promptLogprobs?: number | null; // logprobs of the prompt tokens too (echo), with top k alternatives
   adapter: AdapterRef | null;   // null: the base model
+  embed?: boolean;              // an embedding: the prompt's final hidden states, mean-pooled, in an
+                                // 'embedding' event before 'done'; nothing is generated (maxTokens 0)
   group?: string;               // the API request it belongs to: its choices share one fair share of rows
 }
 
@@ -42,6 +44,7 @@ export interface PromptLogprob {
 export type TokenEvent =
   | { type: 'prompt'; logprobs: PromptLogprob[] }
   | { type: 'token'; id: number; text: string; tokenText: string; logprob?: number; top?: TopLogprob[] }
+  | { type: 'embedding'; vector: number[] }
   | { type: 'done'; finishReason: 'stop' | 'length'; stopReason: string | number | null; promptTokens: number; completionTokens: number; text: string; path: 'base' | 'merged' | 'unmerged' }
   | { type: 'error'; error: SerializedError };
 

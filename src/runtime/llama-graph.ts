@@ -10,7 +10,9 @@
 //            past_value.g.l [B_g,Hkv,P_g,d]: the KV cache, fed in place from the lane arenas
 //            (P_g may exceed a row's length: the bias masks the rest)
 //            logit_rows [R] int64: flat token indices whose logits are wanted
-//   outputs  logits [R,V]; new_key.l, new_value.l [N,Hkv·d]: rotated keys and values of the new tokens
+//            hidden_rows [H] int64: flat token indices whose final hidden states are wanted (embeddings)
+//   outputs  logits [R,V]; hidden [H,D] (after the final norm); new_key.l, new_value.l [N,Hkv·d]:
+//            rotated keys and values of the new tokens
 // The KV cache stays in JS memory in the layouts MatMul reads directly, so a step reads it in place
 // with no concat or transpose; only the new rows come back (onnxruntime-node notes §2, pattern d).
 //
@@ -189,6 +191,7 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
     bias: b.input(`attention_bias.${g}`, 'float32', [`batch_${g}`, 1, `group_seq_${g}`, `total_${g}`]),
   }));
   const logitRows = b.input('logit_rows', 'int64', ['rows']);
+  const hiddenRows = b.input('hidden_rows', 'int64', ['hidden_rows']);
   const groups = tokenGroups(b, groupSizes, gs.map((g) => g.ids));
 
   const { cos, sin } = ropeCaches(opts.maxPositions, ropeInverseFrequencies(d, cfg.ropeTheta, cfg.ropeScaling));
@@ -252,6 +255,8 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
     h = b.op('Add', [h, linear(b, act, l, 'down_proj', groups)]);
   }
   const hn = rmsNorm(b, h, b.initializer('model.norm.weight', w('model.norm.weight'), [D]), cfg.rmsNormEps);
+  b.op('Gather', [hn, hiddenRows], { axis: int(0) }, { out: 'hidden' }); // [H,D]: usually none
+  b.output('hidden', 'float32', ['hidden_rows', D]);
   const rows = b.op('Gather', [hn, logitRows], { axis: int(0) }); // [R,D]
   // lm_head [V,D] used as stored (transB), so a tied embedding is not duplicated.
   const head = cfg.tieWordEmbeddings ? embed : b.initializer('lm_head.weight', w('lm_head.weight'), [V, D]);

@@ -407,7 +407,7 @@ export class Scheduler {
     for (const s of decMoved) await this.step([], [s], chunks, sessions);
     if (pre.length === 0 && dec.length === 0) return;
 
-    const rowsOf = (g: Sequence[]): StepRow[] => g.map((s) => ({ row: s.row, tokens: tokensOf.get(s)!, allLogits: s.wantsPromptLogits }));
+    const rowsOf = (g: Sequence[]): StepRow[] => g.map((s) => ({ row: s.row, tokens: tokensOf.get(s)!, allLogits: s.wantsPromptLogits, hidden: s.wantsHidden }));
     const groupOf = (g: Sequence[]): StepGroup | null => (g.length ? { rows: rowsOf(g), kv: g[0].lane!.kv, lora: this.lanes.lora } : null);
     const seqs = [...pre, ...dec];
     const prefillTokens = pre.reduce((a, s) => a + tokensOf.get(s)!.length, 0);
@@ -441,7 +441,9 @@ export class Scheduler {
       const count = s.wantsPromptLogits ? n : 1;
       try {
         this.faults.beforeAdvance?.(s.state);
-        const events = s.advance(n, result.logits.subarray(off * V, (off + count) * V), V);
+        const h = result.hiddenOffsets[i];
+        const D = result.hiddenSize;
+        const events = s.advance(n, result.logits.subarray(off * V, (off + count) * V), V, h >= 0 ? result.hidden.subarray(h * D, (h + n) * D) : undefined);
         if (events.length) this.emit(s.id, events);
       } catch (err) {
         this.fail(s, err); // sampling or detokenizing this sequence failed: it alone ends

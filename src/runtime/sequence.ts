@@ -36,6 +36,7 @@ export class Sequence {
   private text = '';
   mergedSteps = 0;
   unmergedSteps = 0;
+  private pooled: Float64Array | null = null; // embeddings: the sum of the prompt's hidden states so far
   mergedOnlyVersion: string | null = null; // set at admission when its adapter is merged-only: it steps only on that session
   readonly enqueuedAt = performance.now();
 
@@ -86,6 +87,11 @@ export class Sequence {
     return [this.output[this.output.length - 1]];
   }
 
+  // Whether the step should return the final hidden states of its tokens (an embedding's prompt).
+  get wantsHidden(): boolean {
+    return this.state === 'prefill' && this.req.embed === true;
+  }
+
   // Whether the step should return logits for every prompt position (prompt logprobs).
   get wantsPromptLogits(): boolean {
     return this.state === 'prefill' && this.req.promptLogprobs != null && !this.recomputing;
@@ -93,17 +99,32 @@ export class Sequence {
 
   // After a step that consumed `n` tokens. `logits` holds the rows the step returned for this
   // sequence: every position's (wantsPromptLogits) or only the last one's. Returns the events.
-  advance(n: number, logits: Float32Array, vocab: number): TokenEvent[] {
+  // `hidden`: the step's hidden states of these n tokens [n, D] when wantsHidden.
+  advance(n: number, logits: Float32Array, vocab: number, hidden?: Float32Array): TokenEvent[] {
     const events: TokenEvent[] = [];
     if (this.state === 'prefill') {
       if (this.wantsPromptLogits) events.push(this.promptLogprobs(n, logits, vocab));
+      if (this.wantsHidden) this.pool(n, hidden);
       this.prefilled += n;
       if (this.prefilled < this.prefillTokens.length) return events;
       this.state = 'decode';
+      if (this.req.embed) {
+        const count = this.prefillTokens.length;
+        events.push({ type: 'embedding', vector: Array.from(this.pooled ?? [], (v) => v / count) });
+        return this.finish(events, 'stop', null);
+      }
       if (this.recomputing) { this.recomputing = false; return events; } // its next token is known already
       if (this.req.maxTokens === 0) return this.finish(events, 'length', null);
     }
     return [...events, ...this.sample(logits.subarray(logits.length - vocab))];
+  }
+
+  // Adds a chunk's hidden states to the running sum (mean pooling over the whole prompt).
+  private pool(n: number, hidden: Float32Array | undefined): void {
+    if (!hidden || n === 0 || hidden.length % n !== 0) throw new Error(`embedding: the step returned ${hidden?.length ?? 0} hidden values for ${n} tokens`);
+    const D = hidden.length / n;
+    const sum = (this.pooled ??= new Float64Array(D));
+    for (let i = 0; i < n; i++) for (let j = 0; j < D; j++) sum[j] += hidden[i * D + j];
   }
 
   // Row i of a prefill chunk predicts prompt token prefilled + i + 1.

@@ -17,6 +17,7 @@ export interface StepRow {
   row: number;             // arena row (KV cache and LoRA factors)
   tokens: number[];        // new tokens (a prefill chunk, or one decode token)
   allLogits?: boolean;     // logits for every new position instead of the last one only
+  hidden?: boolean;        // the final hidden states of every new position too (embeddings)
 }
 
 export interface StepGroup {
@@ -29,6 +30,9 @@ export interface StepResult {
   logits: Float32Array;    // [rows, V]: group 0's rows then group 1's, each its last (or all) positions
   rowOffsets: number[];    // first logits row of each StepRow, in the same order
   vocabSize: number;
+  hidden: Float32Array;    // [H, D]: the hidden states of the rows that asked (StepRow.hidden), in order
+  hiddenOffsets: number[]; // first hidden row of each StepRow (-1: it did not ask)
+  hiddenSize: number;      // D
 }
 
 export interface StepOptions {
@@ -57,6 +61,7 @@ export class StepRunner {
   private readonly staging = new Staging();
   private readonly rep: number;
   private readonly loraInputs = new WeakMap<ort.InferenceSession, boolean>();
+  private readonly hiddenInputs = new WeakMap<ort.InferenceSession, boolean>();
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -83,9 +88,11 @@ export class StepRunner {
     const layouts: (GroupLayout | null)[] = [];
     const logitRows: number[] = [];
     const rowOffsets: number[] = [];
+    const hiddenRows: number[] = [];
+    const hiddenOffsets: number[] = [];
     let offset = 0;
     groups.forEach((group, g) => {
-      const layout = group && group.rows.length ? this.groupFeeds(g, group, offset, feeds, logitRows, rowOffsets) : null;
+      const layout = group && group.rows.length ? this.groupFeeds(g, group, offset, feeds, logitRows, rowOffsets, hiddenRows, hiddenOffsets) : null;
       if (!layout) this.emptyGroupFeeds(g, feeds);
       layouts.push(layout);
       offset += layout ? layout.B * layout.S : 0;
@@ -93,6 +100,8 @@ export class StepRunner {
     if (withLora) Object.assign(feeds, this.loraFeeds(groups, layouts, offset));
     feeds.group_sizes = new ort.Tensor('int64', BigInt64Array.from(layouts.map((l) => BigInt(l ? l.B * l.S : 0))), [layouts.length]);
     feeds.logit_rows = new ort.Tensor('int64', BigInt64Array.from(logitRows.map(BigInt)), [logitRows.length]);
+    if (this.hiddenInput(session)) feeds.hidden_rows = new ort.Tensor('int64', BigInt64Array.from(hiddenRows.map(BigInt)), [hiddenRows.length]);
+    else if (hiddenRows.length) throw new Error('runStep: this session has no hidden-state output');
 
     const out = await session.run(feeds);
 
@@ -106,7 +115,14 @@ export class StepRunner {
       }
       for (const r of group.rows) group.kv.lengths[r.row] += r.tokens.length;
     });
-    return { logits: out.logits.data as Float32Array, rowOffsets, vocabSize: this.cfg.vocabSize };
+    return { logits: out.logits.data as Float32Array, rowOffsets, vocabSize: this.cfg.vocabSize, hidden: (out.hidden?.data as Float32Array | undefined) ?? new Float32Array(0), hiddenOffsets, hiddenSize: this.cfg.hiddenSize };
+  }
+
+  // Whether a session's graph has the hidden-state output (graphs built before it had none).
+  private hiddenInput(session: ort.InferenceSession): boolean {
+    let has = this.hiddenInputs.get(session);
+    if (has === undefined) this.hiddenInputs.set(session, (has = session.inputNames.includes('hidden_rows')));
+    return has;
   }
 
   // Both groups' rows share one LoRA arena (the scheduler's, or the runner's own): each row's
@@ -125,7 +141,7 @@ export class StepRunner {
     return arena ? arena.feeds(rows, tokens) : emptyLoraFeeds(this.cfg);
   }
 
-  private groupFeeds(g: number, group: StepGroup, offset: number, feeds: Record<string, ort.Tensor>, logitRows: number[], rowOffsets: number[]): GroupLayout {
+  private groupFeeds(g: number, group: StepGroup, offset: number, feeds: Record<string, ort.Tensor>, logitRows: number[], rowOffsets: number[], hiddenRows: number[], hiddenOffsets: number[]): GroupLayout {
     const { cfg, rep } = this;
     const { kv, rows } = group;
     const lo = Math.min(...rows.map((r) => r.row));
@@ -165,6 +181,8 @@ export class StepRunner {
       rowOffsets.push(logitRows.length);
       if (r.allLogits) for (let i = 0; i < n; i++) logitRows.push(offset + b * S + i);
       else logitRows.push(offset + b * S + n - 1);
+      hiddenOffsets.push(r.hidden ? hiddenRows.length : -1);
+      if (r.hidden) for (let i = 0; i < n; i++) hiddenRows.push(offset + b * S + i);
     }
     feeds[`input_ids.${g}`] = new ort.Tensor('int64', ids, [B, S]);
     feeds[`position_ids.${g}`] = new ort.Tensor('int64', pos, [B, S]);

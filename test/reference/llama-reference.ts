@@ -17,6 +17,8 @@ export class ReferenceLlama {
   private readonly w: Map<string, Float64Array>;
   private readonly tied: boolean;
   // per layer: cached keys/values [t][Hkv*d]
+  // the final hidden state (after the last norm) of every position fed so far
+  hidden: Float64Array[] = [];
   private kCache: number[][][] = [];
   private vCache: number[][][] = [];
 
@@ -42,6 +44,7 @@ export class ReferenceLlama {
   }
 
   reset(): void {
+    this.hidden = [];
     this.kCache = Array.from({ length: this.L }, () => []);
     this.vCache = Array.from({ length: this.L }, () => []);
   }
@@ -99,6 +102,7 @@ export class ReferenceLlama {
       h = h.map((val, i) => val + down[i]);
     }
     const hn = this.rmsnorm(h, this.w.get('model.norm.weight')!);
+    this.hidden.push(hn);
     const head = this.w.get(this.tied ? 'model.embed_tokens.weight' : 'lm_head.weight')!;
     const logits = new Float64Array(V);
     for (let r = 0; r < V; r++) {

@@ -48,7 +48,7 @@ function fakeRunner(log: { kind: string; rows: number[]; tokens: number; capacit
       await new Promise((r) => setImmediate(r));
       const logits = new Float32Array(rows.length * V);
       rows.forEach((_, i) => { logits[i * V + 300] = 10; });
-      return { logits, rowOffsets: rows.map((_, i) => i), vocabSize: V };
+      return { logits, rowOffsets: rows.map((_, i) => i), vocabSize: V, hidden: new Float32Array(0), hiddenOffsets: rows.map(() => -1), hiddenSize: 0 };
     },
   };
   return { runner: runner as unknown as StepRunner };

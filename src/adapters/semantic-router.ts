@@ -40,7 +40,8 @@ export function standardize(v: readonly number[], s: Standardizer): number[] {
 export function cosine(a: readonly number[], b: readonly number[]): number {
   let dot = 0, na = 0, nb = 0;
   for (let j = 0; j < a.length; j++) { dot += a[j] * b[j]; na += a[j] * a[j]; nb += b[j] * b[j]; }
-  return na === 0 || nb === 0 ? 0 : dot / Math.sqrt(na * nb);
+  const den = Math.sqrt(na) * Math.sqrt(nb); // not √(na·nb): that underflows for tiny vectors (fast-check)
+  return den > 0 ? Math.max(-1, Math.min(1, dot / den)) : 0;
 }
 
 // Every candidate with examples, best first (ties: by name, so a route is deterministic).

@@ -1,4 +1,4 @@
-// npm run bench [-- --only memory|runtime|lora|batching|serving|train|merge (repeatable)] [-- --quick]
+// npm run bench [-- --only memory|runtime|lora|batching|serving|train|merge|mixture (repeatable)] [-- --quick]
 //   serving only: [-- --itl-target-ms N (default: the server's, 200)] [-- --scheduling goodput|strict (default goodput)]
 // Then `npm run bench:report` writes docs/benchmarks.md's serving section and the README's summary
 // from bench/results/latest.json.
@@ -13,6 +13,7 @@ import { memoryBench } from './memory-bench.ts';
 import { servingBench } from './serving-suite.ts';
 import { trainBench } from './train-bench.ts';
 import { mergeBench } from './merge-bench.ts';
+import { mixtureBench } from './mixture-bench.ts';
 import type { Scheduling } from './serving-suite.ts';
 
 const { values } = parseArgs({ options: {
@@ -44,6 +45,7 @@ if (want('batching')) results.batching = await batchingBench({ quick: values.qui
 if (want('serving')) results.serving = await servingBench({ quick: values.quick, itlTargetMs, scheduling });
 if (want('train')) results.train = await trainBench({ quick: values.quick });
 if (want('merge')) results.merge = await mergeBench({ quick: values.quick });
+if (want('mixture')) results.mixture = await mixtureBench({ quick: values.quick });
 
 const dir = fileURLToPath(new URL('./results/', import.meta.url));
 mkdirSync(dir, { recursive: true });

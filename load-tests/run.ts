@@ -1,4 +1,4 @@
-// npm run load-test [-- --model DIR --seconds N --concurrency N --only steady|churn|disconnects|attack]
+// npm run load-test [-- --model DIR --seconds N --concurrency N --only steady|churn|disconnects|attack|finetune]
 // Starts loraserve on 127.0.0.1 and runs three bounded scenarios against it (all by default, or the one named by --only):
 //   steady       many adapters with power-law (Zipf) popularity, as in S-LoRA's evaluation:
 //                streaming clients (TTFT, inter-token latency) plus autocannon (throughput)
@@ -6,6 +6,8 @@
 //   disconnects  clients that drop their streams mid-way; the server must free them at once
 //   attack       attack.ts, on servers of its own: huge prompts, reload churn, slow readers,
 //                symlink/Host/Origin attacks, with victim streams' gaps, lag, RSS (results/attack.json)
+//   finetune     fine-tune.ts, on servers of its own: 8 streaming clients with and without a
+//                fine-tuning job training, ITL p50/p99 per phase (results/fine-tune.json)
 // Each prints throughput, TTFT and inter-token percentiles, and error counts; JSON goes to
 // load-tests/results/. Exits non-zero on any 5xx, on leaked sequences, or on a wrong output.
 import autocannon from 'autocannon';
@@ -20,6 +22,7 @@ import { encodeSafetensors } from '../src/runtime/safetensors.ts';
 import { latencyRow, metricValue, printTable, startServer, streamCompletion, zipf } from './harness.ts';
 import type { StreamStats } from './harness.ts';
 import { runAttack } from './attack.ts';
+import { runFineTune } from './fine-tune.ts';
 
 const { values } = parseArgs({ options: {
   model: { type: 'string', default: fileURLToPath(new URL('../../shared/fixtures/stories260K', import.meta.url)) },
@@ -28,7 +31,7 @@ const { values } = parseArgs({ options: {
   adapters: { type: 'string', default: '20' },
   only: { type: 'string' },
 } });
-const SCENARIOS = ['steady', 'churn', 'disconnects', 'attack'];
+const SCENARIOS = ['steady', 'churn', 'disconnects', 'attack', 'finetune'];
 if (values.only !== undefined && !SCENARIOS.includes(values.only)) throw new Error(`--only must be one of ${SCENARIOS.join(', ')}`);
 const want = (scenario: string): boolean => values.only === undefined || values.only === scenario;
 const SECONDS = Number(values.seconds);
@@ -52,7 +55,7 @@ function form(name: string, seed: number): FormData {
 
 const rows: Record<string, string | number>[] = [];
 const failures: string[] = [];
-const server = values.only === 'attack' ? null : await startServer(values.model!, ['--max-queue', '512']);
+const server = values.only === 'attack' || values.only === 'finetune' ? null : await startServer(values.model!, ['--max-queue', '512']);
 if (server) try {
   for (let i = 0; i < N_ADAPTERS; i++) {
     const r = await fetch(`${server.url}/v1/adapters`, { method: 'POST', body: form(`tenant-${i}`, i) });
@@ -145,6 +148,7 @@ if (server) try {
 } finally {
   await server.stop();
 }
+if (want('finetune')) failures.push(...(await runFineTune({ model: values.model!, seconds: SECONDS, concurrency: CONC })).failures.map((f) => `finetune: ${f}`));
 if (want('attack')) failures.push(...(await runAttack({ model: values.model!, seconds: SECONDS })).failures.map((f) => `attack: ${f}`));
 if (failures.length) {
   console.error(`\nFAILED:\n${[...new Set(failures)].slice(0, 20).join('\n')}`);

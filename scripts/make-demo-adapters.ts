@@ -6,12 +6,13 @@
 //             untranslated stories in data/demo/stories.jsonl
 // 2. train    `loraserve train` (its API) per style, with fixed seeds and --threads 1, into
 //             models/default-adapters/<style>/ (PEFT files, metrics.jsonl, loss.png/.svg, training
-//             args) plus a one-line description.txt that /v1/models shows
+//             args) plus loraserve.json: the description /v1/models shows, and the routing examples
+//             that `npm run make-routing-set` wrote there (kept across a retrain)
 // 3. document models/README.md gets each adapter's held-out loss before (the base model) and
 //             after, with its loss curve; README.md's quickstart gets the real outputs of one
 //             greedy request to the base model and to each adapter, from a server started here.
 // The same code, data and thread count give byte-identical adapter files (test/server/quickstart.test.ts).
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,7 +24,7 @@ import { parseTrainArgs } from '../src/train/train-args.ts';
 import { train } from '../src/train/trainer.ts';
 import { loadModelFiles } from '../src/runtime/model-loader.ts';
 import { TextTokenizer } from '../src/runtime/tokenizer.ts';
-import { DESCRIPTION_FILE } from '../src/adapters/registry.ts';
+import { encodeMeta, META_FILE, NO_META, readMeta } from '../src/adapters/adapter-meta.ts';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const MODEL = 'models/default';               // relative to ROOT: the adapters record it as their base model
@@ -70,9 +71,10 @@ export async function makeDemoAdapters(opts: { out?: string; data?: string; styl
     writeFileSync(join(dataDir, 'eval.jsonl'), toJsonl(data.eval));
     const dir = join(out, style.name);
     log(`training ${style.name}: ${data.train.length} train, ${data.eval.length} held-out stories → ${dir}`);
+    const { examples } = existsSync(dir) ? readMeta(dir, []) : NO_META; // make-routing-set's; training rewrites the directory
     const args = parseTrainArgs(['--model', MODEL, '--data', join(dataDir, 'train.jsonl'), '--eval-data', join(dataDir, 'eval.jsonl'), '--out', dir, '--overwrite', ...TRAIN_FLAGS]);
     const report = await train(args, { stream: quietStream });
-    writeFileSync(join(dir, DESCRIPTION_FILE), `${style.description}\n`);
+    writeFileSync(join(dir, META_FILE), encodeMeta({ description: style.description, examples }));
     results.push({ style, dir, evalLossBase: report.evalLossBase!, evalLossFinal: report.evalLossFinal!, trainExamples: data.train.length, evalExamples: data.eval.length, seconds: report.seconds });
     log(`  held-out loss ${report.evalLossBase!.toFixed(3)} → ${report.evalLossFinal!.toFixed(3)} in ${report.seconds.toFixed(1)} s`);
   }

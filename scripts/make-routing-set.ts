@@ -9,7 +9,7 @@
 // the engine's embeddings (as the server does) and writes the accuracy and the score distributions
 // to docs/figures/routing.json, which docs/routing.md is generated from (bench/routing-report.ts).
 //   npm run make-routing-set
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateStories } from './make-style-data.ts';
@@ -20,6 +20,7 @@ import { loadModelFiles } from '../src/runtime/model-loader.ts';
 import { TextTokenizer } from '../src/runtime/tokenizer.ts';
 import { DEFAULT_SAMPLING } from '../src/runtime/sampler.ts';
 import { pickRoute, scoreRoutes } from '../src/adapters/semantic-router.ts';
+import { encodeMeta, META_FILE, readMeta } from '../src/adapters/adapter-meta.ts';
 import type { RouteCandidate } from '../src/adapters/semantic-router.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -115,8 +116,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   const set = await makeRoutingSet();
   for (const style of STYLES) {
     const dir = join(ADAPTERS_DIR, style.name);
-    const description = readFileSync(join(dir, 'description.txt'), 'utf8').trim();
-    writeFileSync(join(dir, 'loraserve.json'), `${JSON.stringify({ description, examples: set.examples[style.name] }, null, 2)}\n`);
+    writeFileSync(join(dir, META_FILE), encodeMeta({ description: readMeta(dir, []).description, examples: set.examples[style.name] }));
   }
   writeFileSync(EVAL_FILE, set.eval.map((e) => `${JSON.stringify(e)}\n`).join(''));
   const names = STYLES.map((s) => s.name);

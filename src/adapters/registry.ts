@@ -7,9 +7,12 @@
 // new requests use the new version; an unload waits for in-flight requests, or is refused.
 // Adapters registered by path (load_lora_adapter) are recorded in the store directory
 // (path-registrations.ts) and registered again at start-up (loadRegistrations).
+// Shared store (several replicas on one store directory): store-sync.ts calls syncStore() and
+// syncRegistrations() at a fixed interval to take the other replicas' uploads, replaces, deletes
+// and load/unload_lora_adapter registrations over, with the same rules as a local change.
 import { decodeAdapter, readAdapterDir, CONFIG_FILE, WEIGHTS_FILE } from './lora-adapter.ts';
 import type { AdapterFiles, LoraAdapter } from './lora-adapter.ts';
-import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync } from 'node:fs';
 import { readWhole } from './read-file.ts';
 import { join, resolve } from 'node:path';
 import { ADAPTER_NAME, AdapterStore, checkAdapterName } from './adapter-store.ts';
@@ -20,6 +23,8 @@ import type { ModelConfig } from '../runtime/model-config.ts';
 import type { AdapterRef } from '../runtime/generate-request.ts';
 import { LoraserveError } from '../runtime/errors.ts';
 import { TARGETS } from '../runtime/model-targets.ts';
+import { encodeMeta, META_FILE, NO_META, readMeta, writeFileAtomic } from './adapter-meta.ts';
+import type { AdapterMeta } from './adapter-meta.ts';
 
 // ready: served. unloading: an unload waits for its requests in flight (new ones get a 503 until
 // it ends: gone, or ready again if it gives up). failed: the engine could not load the registered
@@ -44,7 +49,8 @@ export interface AdapterInfo {
   loadedAt: number;           // unix seconds
   warnings: string[];
   error: string | null;       // why it is 'failed'
-  description: string | null; // one line, shown in /v1/models (preloaded adapters: their description.txt)
+  description: string | null; // one line, shown in /v1/models (loraserve.json, adapter-meta.ts)
+  examples: string[];         // example prompts for semantic routing (loraserve.json)
   recipe: Record<string, unknown> | null; // a merged adapter's recipe (its merge_recipe.json), else null
 }
 
@@ -71,6 +77,13 @@ interface Entry extends Omit<AdapterInfo, 'inFlight'> {
   loaded: boolean;
 }
 
+// What a store sync changed (store-sync.ts logs it).
+export interface SyncReport {
+  loaded: string[];  // new, or a new version
+  removed: string[]; // gone from the store, or unregistered
+  failed: { name: string; error: string }[];
+}
+
 // What start-up made of the recorded path registrations (serve.ts logs it).
 export interface RegistrationReport {
   file: string;
@@ -91,6 +104,10 @@ export class AdapterRegistry {
   private regs: PathRegistrations | null = null;
   // the allowed-directory rule for a recorded path (given by loadRegistrations; the server's rule)
   private pathCheck: ((path: string) => string) | null = null;
+  // store.signature() of each store directory as this registry last loaded it (or failed to): a
+  // directory whose signature differs was changed by someone else (syncStore)
+  private readonly storeSigs = new Map<string, string>();
+  private regsSig: string | null | undefined = undefined; // the registrations file as last synced
 
   constructor(
     private readonly engine: AdapterEngine,
@@ -110,6 +127,8 @@ export class AdapterRegistry {
         await this.loadDir(name, this.store.dirOf(name), { replace: true, source: 'store' });
         loaded.push(name);
       } catch (e) {
+        const sig = this.store.signature(name);
+        if (sig !== null) this.storeSigs.set(name, sig); // not tried again by syncStore until it changes
         failed.push({ name, error: (e as Error).message });
       }
     }
@@ -119,7 +138,7 @@ export class AdapterRegistry {
 
   // The load_lora_adapter registrations, read from the store directory on first use.
   private get registrations(): PathRegistrations {
-    return (this.regs ??= new PathRegistrations(this.store.root));
+    return (this.regs ??= new PathRegistrations(this.store.root, { shared: this.store.shared !== null }));
   }
 
   // Register again every adapter recorded by load_lora_adapter (start-up, after the store; before
@@ -149,20 +168,21 @@ export class AdapterRegistry {
         if (!this.entries.has(name)) this.entries.set(name, notLoaded(name, was, `its registered directory ${was.path} could not be loaded at start-up: ${error}`));
       }
     }
+    this.regsSig = regs.fileSignature();
     return report;
   }
 
   // Serve every adapter directory in `dir` (--preload-adapters: the demo adapters beside the
   // default model), read in place and never written: not part of the store, so a DELETE unloads
   // without deleting files. A name the store already serves keeps the store's adapter. Each may
-  // have a one-line description.txt.
+  // have a loraserve.json (adapter-meta.ts: description, routing examples).
   async loadPreloaded(dir: string): Promise<{ loaded: string[]; failed: { name: string; error: string }[] }> {
     const loaded: string[] = [];
     const failed: { name: string; error: string }[] = [];
     for (const name of adapterDirs(dir)) {
       if (this.entries.has(name)) continue;
       try {
-        await this.loadDir(name, join(dir, name), { replace: false, source: 'path', description: readDescription(join(dir, name)) });
+        await this.loadDir(name, join(dir, name), { replace: false, source: 'path' });
         loaded.push(name);
       } catch (e) {
         failed.push({ name, error: (e as Error).message });
@@ -206,7 +226,7 @@ export class AdapterRegistry {
       if (!this.pathCheck) throw new LoraserveError('unavailable', `adapter '${name}' cannot be reloaded: ${e.error ?? 'it was never loaded'}`, { param: 'name' });
       return this.loadDir(name, this.pathCheck(e.dir), { replace: true, register: true });
     }
-    return this.loadDir(name, e.dir, { replace: true, source: e.source, description: e.source === 'path' ? e.description ?? undefined : undefined, register: this.registrations.has(name) });
+    return this.loadDir(name, e.dir, { replace: true, source: e.source, register: this.registrations.has(name) });
   }
 
   // A request starts: the adapter's current version, counted in flight until release().
@@ -238,38 +258,155 @@ export class AdapterRegistry {
     if (e && this.inFlight(e) === 0) for (const f of this.drains.get(ref.name)?.splice(0) ?? []) f();
   }
 
+  // PATCH /v1/adapters/{name}: a stored adapter's description and/or examples, written atomically
+  // as its loraserve.json (fields not given keep their values). Adapters served from a directory
+  // outside the store (load_lora_adapter, preloaded) are read-only here: their files are theirs.
+  async updateMeta(name: string, patch: Partial<AdapterMeta>): Promise<AdapterInfo> {
+    return this.locked(name, async () => {
+      const e = this.entries.get(name);
+      if (!e) throw new LoraserveError('model_not_found', `The lora adapter '${name}' does not exist.`, { param: 'name' });
+      if (e.source !== 'store') throw new LoraserveError('conflict', `adapter '${name}' is served from ${e.dir}, outside the store, which loraserve never writes: edit its ${META_FILE} there and reload it`, { param: 'name' });
+      const meta: AdapterMeta = { description: patch.description !== undefined ? patch.description : e.description, examples: patch.examples ?? e.examples };
+      await writeFileAtomic(join(e.dir, META_FILE), encodeMeta(meta));
+      e.description = meta.description;
+      e.examples = meta.examples;
+      return this.info(e);
+    });
+  }
+
   // Upload: validated first (an invalid adapter writes nothing), then staged outside the served
   // entries (fsynced), handed to the engine, then committed atomically. It takes `files` over:
   // their weights buffer moves to the engine thread.
   // `recipe`: a merge's recipe, stored beside the files (RECIPE_FILE) and listed with the adapter.
-  async upload(name: string, files: AdapterFiles, opts: { replace: boolean; recipe?: Record<string, unknown> }): Promise<AdapterInfo> {
+  // `meta`: its description and routing examples (adapter-meta.ts), stored as loraserve.json.
+  async upload(name: string, files: AdapterFiles, opts: { replace: boolean; recipe?: Record<string, unknown>; meta?: AdapterMeta }): Promise<AdapterInfo> {
     checkAdapterName(name);
     return this.locked(name, async () => {
+      // shared store: another replica may have changed the name on disk since the last poll; take
+      // that over first, so that the replace check and the version kept for requests are right
+      if (this.store.shared) await this.syncStoreName(name);
       this.checkReplace(name, opts.replace);
       const decoded = this.validate(name, files);
       const extra: Record<string, Uint8Array> = opts.recipe ? { [RECIPE_FILE]: new TextEncoder().encode(`${JSON.stringify(opts.recipe, null, 2)}\n`) } : {};
+      if (opts.meta) extra[META_FILE] = encodeMeta(opts.meta);
       // the adapter's arrays may be views of files.weights: on disk first, then the engine takes them
       const staged = await this.store.stage(name, files, extra);
       // the store serves it from now on: a path registration of the name is forgotten
-      return this.withRegistration(name, null, async () => this.install(name, decoded.adapter, decoded.warnings, this.store.dirOf(name), 'store', files, staged, undefined, opts.recipe ?? null), () => staged.abort());
+      return this.withRegistration(name, null, async () => this.install(name, decoded.adapter, decoded.warnings, this.store.dirOf(name), 'store', files, staged, opts.meta ?? NO_META, opts.recipe ?? null), () => staged.abort());
     });
   }
 
   // Load from a directory on the server (the store, or an allowed directory). `register`
   // (load_lora_adapter): record it (name, directory, version) so that it is registered again after
   // a restart, durably before it is served; the store's own directory for the name needs no record.
-  async loadDir(name: string, dir: string, opts: { replace: boolean; source?: 'store' | 'path'; description?: string; register?: boolean }): Promise<AdapterInfo> {
+  async loadDir(name: string, dir: string, opts: { replace: boolean; source?: 'store' | 'path'; register?: boolean }): Promise<AdapterInfo> {
     checkAdapterName(name, 'lora_name');
-    return this.locked(name, async () => {
-      this.checkReplace(name, opts.replace);
-      const files = await readAdapterDir(dir);
-      const { adapter, warnings } = this.validate(name, files);
-      const recipe = await readRecipe(dir, warnings);
-      const serve = async () => this.install(name, adapter, warnings, dir, opts.source ?? (this.store.contains(dir) ? 'store' : 'path'), files, undefined, opts.description, recipe);
-      if (!opts.register) return serve();
-      const own = resolve(dir) === this.store.dirOf(name);
-      return this.withRegistration(name, own ? null : { path: resolve(dir), version: adapter.version }, serve);
-    });
+    return this.locked(name, () => this.loadDirUnlocked(name, dir, opts));
+  }
+
+  private async loadDirUnlocked(name: string, dir: string, opts: { replace: boolean; source?: 'store' | 'path'; register?: boolean }): Promise<AdapterInfo> {
+    this.checkReplace(name, opts.replace);
+    const own = resolve(dir) === this.store.dirOf(name);
+    const sig = own ? this.store.signature(name) : null; // before the read: a change during it is seen by the next sync
+    const files = await readAdapterDir(dir);
+    const { adapter, warnings } = this.validate(name, files);
+    const recipe = await readRecipe(dir, warnings);
+    const meta = readMeta(dir, warnings);
+    const serve = async () => {
+      const info = await this.install(name, adapter, warnings, dir, opts.source ?? (this.store.contains(dir) ? 'store' : 'path'), files, undefined, meta, recipe);
+      if (sig !== null) this.storeSigs.set(name, sig);
+      return info;
+    };
+    if (!opts.register) return serve();
+    return this.withRegistration(name, own ? null : { path: resolve(dir), version: adapter.version }, serve);
+  }
+
+  // Shared store: take over what other replicas changed in the store directory since the last
+  // call. A new adapter directory is loaded (validated like at start-up), a changed one replaces
+  // the served version (requests in flight keep theirs, as with a local replace), one that is gone
+  // is forgotten (requests in flight finish if they still can). Nothing on disk is written.
+  async syncStore(): Promise<SyncReport> {
+    const report: SyncReport = { loaded: [], removed: [], failed: [] };
+    const disk = this.store.snapshot();
+    for (const name of new Set([...disk.keys(), ...this.storeSigs.keys()])) {
+      if (disk.get(name) === this.storeSigs.get(name)) continue;
+      await this.locked(name, () => this.syncStoreName(name, report));
+    }
+    return report;
+  }
+
+  // One name of syncStore(), under its lock.
+  private async syncStoreName(name: string, report: SyncReport = { loaded: [], removed: [], failed: [] }): Promise<void> {
+    const sig = this.store.signature(name);
+    if (sig === (this.storeSigs.get(name) ?? null)) return;
+    if (sig === null) {
+      this.storeSigs.delete(name);
+      const e = this.entries.get(name);
+      if (e?.source === 'store' && e.dir === this.store.dirOf(name)) {
+        await this.forget(name);
+        report.removed.push(name);
+      }
+      return;
+    }
+    try {
+      await this.loadDirUnlocked(name, this.store.dirOf(name), { replace: true, source: 'store' });
+      report.loaded.push(name);
+    } catch (e) {
+      this.storeSigs.set(name, sig); // tried again once it changes again
+      report.failed.push({ name, error: (e as Error).message });
+    }
+  }
+
+  // Shared store: take over the load_lora_adapter registrations other replicas recorded or
+  // forgot (path-registrations.ts), as loadRegistrations() does at start-up; nothing is written.
+  async syncRegistrations(report: SyncReport = { loaded: [], removed: [], failed: [] }): Promise<SyncReport> {
+    const check = this.pathCheck;
+    if (!check) return report; // before loadRegistrations (start-up)
+    const regs = this.registrations;
+    const sig = regs.fileSignature();
+    if (sig === this.regsSig) return report;
+    const disk = regs.readShared();
+    this.regsSig = sig;
+    if (!disk) return report; // unreadable (another replica's start-up sets it right): keep what is served
+    const same = (a?: PathRegistration, b?: PathRegistration) => a?.path === b?.path && a?.version === b?.version;
+    for (const name of new Set([...disk.keys(), ...regs.entries().map(([n]) => n)])) {
+      if (same(disk.get(name), regs.get(name))) continue;
+      await this.locked(name, async () => {
+        const want = disk.get(name);
+        const had = regs.get(name);
+        if (same(want, had)) return;
+        if (!want) {
+          regs.adopt(name, null);
+          if (this.entries.get(name)?.source === 'path') { await this.forget(name); report.removed.push(name); }
+          return;
+        }
+        try {
+          await this.loadDirUnlocked(name, check(want.path), { replace: true });
+          report.loaded.push(name);
+        } catch (e) {
+          const error = (e as Error).message;
+          report.failed.push({ name, error });
+          if (!this.entries.has(name)) this.entries.set(name, notLoaded(name, want, `its registered directory ${want.path} could not be loaded: ${error}`));
+        }
+        regs.adopt(name, want);
+      });
+    }
+    return report;
+  }
+
+  // Drop `name` from the registry without touching disk (another replica deleted or unloaded it):
+  // new requests get a 404 at once; those in flight keep their version, dropped from the engine
+  // when they end.
+  private async forget(name: string): Promise<void> {
+    const e = this.entries.get(name);
+    if (!e) return;
+    this.entries.delete(name);
+    if (e.loaded) {
+      const n = e.inFlightByVersion.get(e.version) ?? 0;
+      if (n > 0) this.retired.set(e.version, (this.retired.get(e.version) ?? 0) + n);
+      else await this.engine.dropAdapter(e.version).catch(() => undefined);
+    }
+    this.events.onEvict?.(name);
   }
 
   // Record `name`'s path registration (null: forget it) before `serve` runs; if `serve` fails, the
@@ -318,7 +455,7 @@ export class AdapterRegistry {
         throw err;
       }
       this.entries.delete(name);
-      if (opts.deleteFiles && e.source === 'store') this.store.remove(name);
+      if (opts.deleteFiles && e.source === 'store') { this.store.remove(name); this.storeSigs.delete(name); }
       if (e.loaded) await this.engine.dropAdapter(e.version).catch(() => undefined); // best effort: a restarting engine holds no copy
       this.events.onEvict?.(name);
     });
@@ -345,7 +482,7 @@ export class AdapterRegistry {
 
   // The engine takes the adapter, then an upload's staged files are committed to the store; it
   // serves only once both have succeeded.
-  private async install(name: string, adapter: LoraAdapter, warnings: string[], dir: string, source: 'store' | 'path', files: AdapterFiles, staged?: StagedWrite, description?: string, recipe: Record<string, unknown> | null = null): Promise<AdapterInfo> {
+  private async install(name: string, adapter: LoraAdapter, warnings: string[], dir: string, source: 'store' | 'path', files: AdapterFiles, staged?: StagedWrite, meta: AdapterMeta = NO_META, recipe: Record<string, unknown> | null = null): Promise<AdapterInfo> {
     const layers = new Set(adapter.targets.map((t) => t.layer)).size;
     const targets = TARGETS.filter((t) => adapter.targets.some((x) => x.target === t));
     const info = { version: adapter.version, rank: adapter.maxRank, useDora: adapter.useDora, decodedBytes: adapter.bytes, fileBytes: files.config.byteLength + files.weights.byteLength, layers, targets: [...targets] };
@@ -359,6 +496,7 @@ export class AdapterRegistry {
     const replaced = prev && prev.loaded && prev.version !== info.version ? prev : null;
     // a replaced stored version keeps its files (retiredDirOf) while requests that started with it
     // run: requests may still acquire it until the new entry is in place
+    // (shared store: removeRetired leaves it for its grace period, for other replicas' requests)
     try {
       await staged?.commit(replaced?.source === 'store' ? replaced.version : undefined);
     } catch (err) {
@@ -366,12 +504,13 @@ export class AdapterRegistry {
       throw err;
     }
     const entry: Entry = {
-      name, ...info, status: 'ready', source, dir, warnings, error: null, description: description ?? null, recipe, loaded: true,
+      name, ...info, status: 'ready', source, dir, warnings, error: null, description: meta.description, examples: meta.examples, recipe, loaded: true,
       requestsServed: prev?.requestsServed ?? 0,
       loadedAt: Math.floor(Date.now() / 1000),
       inFlightByVersion: prev?.inFlightByVersion ?? new Map(),
     };
     this.entries.set(name, entry); // new requests get the new version from here on
+    if (staged?.signature) this.storeSigs.set(name, staged.signature);
     if (replaced) {
       const stillUsed = replaced.inFlightByVersion.get(replaced.version) ?? 0;
       if (stillUsed > 0) this.retired.set(replaced.version, stillUsed);
@@ -420,11 +559,10 @@ function notLoaded(name: string, reg: PathRegistration, error: string): Entry {
   return {
     name, version: reg.version, status: 'failed', source: 'path', dir: reg.path, rank: 0, targets: [], layers: 0, useDora: false,
     decodedBytes: 0, fileBytes: 0, requestsServed: 0, loadedAt: Math.floor(Date.now() / 1000), warnings: [], error,
-    description: null, recipe: null, inFlightByVersion: new Map(), loaded: false,
+    description: null, examples: [], recipe: null, inFlightByVersion: new Map(), loaded: false,
   };
 }
 
-export const DESCRIPTION_FILE = 'description.txt';
 
 // The adapter directories in `dir` (named like adapters, not links, with both PEFT files), sorted.
 function adapterDirs(dir: string): string[] {
@@ -433,14 +571,6 @@ function adapterDirs(dir: string): string[] {
     .filter((e) => ADAPTER_NAME.test(e) && lstatSync(join(dir, e), { throwIfNoEntry: false })?.isDirectory())
     .filter((e) => [CONFIG_FILE, WEIGHTS_FILE].every((f) => lstatSync(join(dir, e, f), { throwIfNoEntry: false })?.isFile()))
     .sort();
-}
-
-// The first line of the directory's description.txt (at most 200 characters), if it has one.
-function readDescription(dir: string): string | undefined {
-  const path = join(dir, DESCRIPTION_FILE);
-  if (!lstatSync(path, { throwIfNoEntry: false })?.isFile()) return undefined;
-  const line = readFileSync(path, 'utf8').split('\n')[0].trim().slice(0, 200);
-  return line || undefined;
 }
 
 // The directory's merge recipe (RECIPE_FILE), if it has one: a JSON object, at most 1 MiB, a regular

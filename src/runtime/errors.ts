@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'payload_too_large'   // 413
   | 'unsupported_media_type' // 415: a body that is not JSON (or multipart for uploads)
   | 'invalid_adapter'     // 422: adapter files fail validation (all problems listed)
+  | 'invalid_file'        // 422: an uploaded training file fails validation (every bad line listed)
   | 'overloaded'          // 429: queue full
   | 'client_closed'       // 499: the client went away
   | 'invalid_model'       // model directory cannot be served (start-up only)
@@ -27,6 +28,7 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   payload_too_large: 413,
   unsupported_media_type: 415,
   invalid_adapter: 422,
+  invalid_file: 422,
   overloaded: 429,
   client_closed: 499,
   invalid_model: 500,

@@ -1,5 +1,6 @@
 // POST /v1/completions and POST /v1/chat/completions.
-//   1. parse    body → GenerationJob (openai-request.ts; chat: template + tokenize here)
+//   1. parse    body → GenerationJob: the route's schema first (request-schemas.ts), then
+//               openai-request.ts (rules between fields; chat: template + tokenize here)
 //   2. admit    model name → adapter, queue places (generation.ts; 404 / 429 before any output)
 //   3. generate every choice on the engine, events merged (generation.ts)
 //   4. respond  SSE chunks (sse.ts) or one collected response (openai-response.ts)
@@ -7,32 +8,45 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { parseChatBody, parseCompletionBody } from './openai-request.ts';
 import type { GenerationJob, RequestLimits } from './openai-request.ts';
-import { runJob } from './generation.ts';
-import type { ChoiceEvent, GenerationDeps } from './generation.ts';
+import { resolveTarget, runJob } from './generation.ts';
+import type { ChoiceEvent, GenerationDeps, Target } from './generation.ts';
 import { ResponseBuilder } from './openai-response.ts';
 import { writeSse } from './sse.ts';
 import type { PromptPreparer } from './prompt-preparer.ts';
+import type { inferenceSchemas } from './request-schemas.ts';
 import { deserializeError, LoraserveError } from '../runtime/errors.ts';
 
 export interface CompletionDeps extends GenerationDeps {
   prompts: PromptPreparer;       // tokenizing and chat templates, off the event loop
   limits: RequestLimits;
   stallTimeoutMs: number;        // a client that reads nothing for this long is dropped
+  schemas: ReturnType<typeof inferenceSchemas>; // the routes' schemas: the WebSocket API validates with them too
 }
 
 export function completionsHandler(deps: CompletionDeps, kind: 'completion' | 'chat') {
   return async (req: FastifyRequest, reply: FastifyReply): Promise<unknown> => {
     const aborted = abortOnClose(req, reply);
     const job = kind === 'chat' ? await parseChatBody(req.body, deps.prompts, deps.limits) : await parseCompletionBody(req.body, deps.prompts, deps.limits);
-    const events = runJob(job, deps, aborted);
+    // what it runs on: base, an adapter, a mixture, or what "auto" routing chose (reported back)
+    const target = await resolveTarget(job, deps);
+    reply.header('x-loraserve-adapter', target.label);
+    if (target.routed) job.model = target.label;
+    const events = runJob(job, deps, aborted, target);
     const first = await events.next(); // 404 / 429 / 503 / bad input surface here, before any output
     if (!first.done && first.value.event.type === 'error') {
       await events.return(undefined);
       throw deserializeError(first.value.event.error);
     }
     const all = prepend(first, events);
-    return job.stream ? writeSse(reply, streamFrames(job, all), deps.stallTimeoutMs) : collectResponse(job, all, aborted);
+    if (job.stream) return writeSse(reply, streamFrames(job, all), deps.stallTimeoutMs);
+    const body = await collectResponse(job, all, aborted);
+    return target.routed ? { ...body, routing: routingReport(target) } : body;
   };
+}
+
+// What "auto" routing chose and why: the adapter (null: base) or the mixture's weights, and every score.
+export function routingReport(t: Target): Record<string, unknown> {
+  return { adapter: t.adapter, mixture: t.mixture, scores: t.routed?.scores.map((s) => ({ adapter: s.name, score: s.score })) ?? [] };
 }
 
 export async function collectResponse(job: GenerationJob, events: AsyncIterable<ChoiceEvent>, aborted: AbortSignal): Promise<Record<string, unknown>> {

@@ -28,6 +28,10 @@ export interface ServerConfig {
   loraMode: LoraMode;          // --lora-mode auto|merged|unmerged
   maxBatch: number;            // --max-batch: running sequences per step
   maxQueue: number;            // --max-queue: sequences waiting or running; beyond it, 429
+  maxMixture: number;          // --max-mixture: adapters in one per-request mixture
+  routeThreshold: number;      // --route-threshold: the least routing score that picks an adapter ("auto"); else the base model
+  routeMixK: number;           // --route-mix-k: "auto:mix" blends at most this many adapters
+  routeMixTemperature: number; // --route-mix-temperature: τ of auto:mix's softmax(score / τ) weights
   maxUploadBytes: number;      // --max-upload-mb: adapter upload limit (413)
   maxContext: number;          // --max-context: tokens per sequence (prompt + output)
   maxTokensDefault: number;    // --default-max-tokens for completions without max_tokens
@@ -41,7 +45,17 @@ export interface ServerConfig {
   threads: number;             // --threads: onnxruntime intra-op threads (0 = all cores)
   executionProvider: 'cpu' | 'cuda'; // --execution-provider
   unloadWaitMs: number;        // --unload-wait-ms: how long an unload waits for in-flight requests
+  storeSyncMs: number;         // --store-sync-ms: poll the (shared) adapter store this often; 0: off, this process alone uses the store
   metricsTopAdapters: number;  // --metrics-top-adapters: adapters with their own metrics label
+  metricsCompat: 'vllm' | 'none'; // --metrics-compat: also expose GIE's model-server protocol metrics under vLLM's names
+  drainTimeoutMs: number;      // --drain-timeout SECONDS: on SIGTERM, how long in-flight requests may finish before they are cancelled
+  dataDir: string | null;      // --data-dir: files and fine-tuning jobs (default: <adapters>.fine-tuning, beside the store)
+  fineTuneThreads: number;     // --fine-tune-threads: onnxruntime intra-op threads of a training job
+  fineTuneNice: number;        // --fine-tune-nice: the training thread's nice value (0–19; serving first)
+  fineTuneMaxQueue: number;    // --fine-tune-max-queue: jobs waiting to train at most; beyond, 429
+  fineTunePauseWaiting: number; // --fine-tune-pause-waiting: pause training while this many sequences wait (0: never)
+  maxTrainingFileBytes: number; // --max-training-file-mb: a training file's size limit (413)
+  maxTrainingFileLines: number; // --max-training-file-lines: a training file's example limit (413)
   logLevel: string;            // --log-level
   logPrompts: boolean;         // --log-prompts: prompt text in logs (off by default)
   testFaults?: boolean;        // tests only (no flag): the engine accepts injected faults
@@ -68,6 +82,10 @@ export const DEFAULT_CONFIG: ServerConfig = {
   loraMode: 'auto',
   maxBatch: 32,
   maxQueue: 256,
+  maxMixture: 4,
+  routeThreshold: 0.25,
+  routeMixK: 2,
+  routeMixTemperature: 0.05,
   maxUploadBytes: 512 * MB,
   maxContext: 4096,
   maxTokensDefault: 16,
@@ -81,7 +99,17 @@ export const DEFAULT_CONFIG: ServerConfig = {
   threads: 0,
   executionProvider: 'cpu',
   unloadWaitMs: 10_000,
+  storeSyncMs: 1_000,
   metricsTopAdapters: 20,
+  metricsCompat: 'vllm',
+  drainTimeoutMs: 30_000,
+  dataDir: null,
+  fineTuneThreads: 1,
+  fineTuneNice: 10,
+  fineTuneMaxQueue: 8,
+  fineTunePauseWaiting: 0,
+  maxTrainingFileBytes: 64 * MB,
+  maxTrainingFileLines: 100_000,
   logLevel: 'info',
   logPrompts: false,
 };
@@ -94,11 +122,15 @@ const FLAGS: Record<string, Flag> = {
   adapters: { type: 'string' }, 'preload-adapters': { type: 'string' }, 'allow-adapter-dir': { type: 'string', multiple: true },
   'api-key': { type: 'string' }, 'admin-key': { type: 'string' }, 'enable-local-admin': { type: 'boolean' }, 'metrics-key': { type: 'string' },
   'allowed-host': { type: 'string', multiple: true }, 'cors-origin': { type: 'string', multiple: true }, 'client-stall-timeout-ms': { type: 'string' },
+  'max-mixture': { type: 'string' }, 'route-threshold': { type: 'string' }, 'route-mix-k': { type: 'string' }, 'route-mix-temperature': { type: 'string' },
   'max-lora-rank': { type: 'string' }, 'lora-mode': { type: 'string' }, 'max-batch': { type: 'string' }, 'max-queue': { type: 'string' },
   'max-upload-mb': { type: 'string' }, 'max-context': { type: 'string' }, 'default-max-tokens': { type: 'string' },
   'kv-budget-mb': { type: 'string' }, 'host-cache-mb': { type: 'string' }, 'merged-cache-mb': { type: 'string' },
   'prefill-chunk': { type: 'string' }, 'itl-target-ms': { type: 'string' }, scheduling: { type: 'string' }, 'lora-arena-mb': { type: 'string' }, threads: { type: 'string' }, 'execution-provider': { type: 'string' },
-  'unload-wait-ms': { type: 'string' }, 'metrics-top-adapters': { type: 'string' }, 'log-level': { type: 'string' }, 'log-prompts': { type: 'boolean' },
+  'unload-wait-ms': { type: 'string' }, 'store-sync-ms': { type: 'string' }, 'metrics-top-adapters': { type: 'string' }, 'log-level': { type: 'string' }, 'log-prompts': { type: 'boolean' },
+  'metrics-compat': { type: 'string' }, 'drain-timeout': { type: 'string' },
+  'data-dir': { type: 'string' }, 'fine-tune-threads': { type: 'string' }, 'fine-tune-nice': { type: 'string' }, 'fine-tune-max-queue': { type: 'string' },
+  'fine-tune-pause-waiting': { type: 'string' }, 'max-training-file-mb': { type: 'string' }, 'max-training-file-lines': { type: 'string' },
 };
 
 // Flags win over env vars (LORASERVE_MAX_BATCH for --max-batch), env vars over defaults.
@@ -125,12 +157,21 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`--${flag} must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
     return n;
   };
+  const real = (flag: string, def: number, min: number, max: number): number => {
+    const v = get(flag);
+    if (v === undefined) return def;
+    const n = Number(v);
+    if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new ConfigError(`--${flag} must be a number in [${min}, ${max}], got ${JSON.stringify(v)}`);
+    return n;
+  };
   const d = DEFAULT_CONFIG;
   const loraMode = str('lora-mode', d.loraMode);
   if (!['auto', 'merged', 'unmerged'].includes(loraMode)) throw new ConfigError(`--lora-mode must be auto, merged or unmerged, got ${JSON.stringify(loraMode)}`);
   const scheduling = str('scheduling', d.scheduling);
   if (!['goodput', 'strict'].includes(scheduling)) throw new ConfigError(`--scheduling must be goodput or strict, got ${JSON.stringify(scheduling)}`);
   const ep = str('execution-provider', d.executionProvider);
+  const metricsCompat = str('metrics-compat', d.metricsCompat);
+  if (!['vllm', 'none'].includes(metricsCompat)) throw new ConfigError(`--metrics-compat must be vllm or none, got ${JSON.stringify(metricsCompat)}`);
   if (!['cpu', 'cuda'].includes(ep)) throw new ConfigError(`--execution-provider must be cpu or cuda, got ${JSON.stringify(ep)}`);
   const model = resolve(str('model', d.model));
   const preload = get('preload-adapters') as string | undefined;
@@ -155,6 +196,10 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     loraMode: loraMode as LoraMode,
     maxBatch: int('max-batch', d.maxBatch, 1, 1024),
     maxQueue: int('max-queue', d.maxQueue, 1, 1_000_000),
+    maxMixture: int('max-mixture', d.maxMixture, 1, 64),
+    routeThreshold: real('route-threshold', d.routeThreshold, -1, 1),
+    routeMixK: int('route-mix-k', d.routeMixK, 1, 64),
+    routeMixTemperature: real('route-mix-temperature', d.routeMixTemperature, 1e-6, 1000),
     maxUploadBytes: int('max-upload-mb', d.maxUploadBytes / MB, 1, 1_000_000) * MB,
     maxContext: int('max-context', d.maxContext, 16, 1_048_576),
     maxTokensDefault: int('default-max-tokens', d.maxTokensDefault, 1, 1_048_576),
@@ -168,7 +213,17 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     threads: int('threads', d.threads, 0, 1024),
     executionProvider: ep as 'cpu' | 'cuda',
     unloadWaitMs: int('unload-wait-ms', d.unloadWaitMs, 0, 3_600_000),
+    storeSyncMs: int('store-sync-ms', d.storeSyncMs, 0, 600_000),
     metricsTopAdapters: int('metrics-top-adapters', d.metricsTopAdapters, 0, 10_000),
+    metricsCompat: metricsCompat as 'vllm' | 'none',
+    drainTimeoutMs: int('drain-timeout', d.drainTimeoutMs / 1000, 0, 3600) * 1000,
+    dataDir: get('data-dir') !== undefined ? resolve(str('data-dir', '')) : null,
+    fineTuneThreads: int('fine-tune-threads', d.fineTuneThreads, 1, 1024),
+    fineTuneNice: int('fine-tune-nice', d.fineTuneNice, 0, 19),
+    fineTuneMaxQueue: int('fine-tune-max-queue', d.fineTuneMaxQueue, 1, 10_000),
+    fineTunePauseWaiting: int('fine-tune-pause-waiting', d.fineTunePauseWaiting, 0, 1_000_000),
+    maxTrainingFileBytes: int('max-training-file-mb', d.maxTrainingFileBytes / MB, 1, 100_000) * MB,
+    maxTrainingFileLines: int('max-training-file-lines', d.maxTrainingFileLines, 1, 100_000_000),
     logLevel: str('log-level', d.logLevel),
     logPrompts: (get('log-prompts') as boolean | undefined) ?? d.logPrompts,
   };
@@ -178,4 +233,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   for (const o of cfg.corsOrigins) if (o !== '*' && !/^https?:\/\/[^/\s]+$/.test(o)) throw new ConfigError(`--cors-origin must be '*' or an origin such as https://app.example.com (scheme and host, no path), got ${JSON.stringify(o)}`);
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(cfg.logLevel)) throw new ConfigError(`--log-level must be one of fatal, error, warn, info, debug, trace, silent`);
   return cfg;
+}
+
+// Where files and fine-tuning jobs live: --data-dir, else beside the adapter store (never inside it).
+export function dataDirOf(cfg: Pick<ServerConfig, 'dataDir' | 'adapters'>): string {
+  return cfg.dataDir ?? `${resolve(cfg.adapters)}.fine-tuning`;
 }

@@ -8,8 +8,12 @@ import type { AdapterRegistry } from '../adapters/registry.ts';
 import type { AdapterRef, GenerateRequest, TokenEvent } from '../runtime/generate-request.ts';
 import { setMaxListeners } from 'node:events';
 import { randomUUID } from 'node:crypto';
-import { LoraserveError, serializeError } from '../runtime/errors.ts';
+import { invalidField, LoraserveError, serializeError } from '../runtime/errors.ts';
+import { mixtureRef } from '../adapters/mixture.ts';
+import { selectModel } from './model-selector.ts';
+import type { RouteDecision, SemanticRouter } from './semantic-routing.ts';
 import type { GenerationJob } from './openai-request.ts';
+import { MIXTURE_LABEL } from './metrics.ts';
 import type { Metrics } from './metrics.ts';
 
 export interface ChoiceEvent {
@@ -24,6 +28,42 @@ export interface GenerationDeps {
   modelName: string;
   metrics: Metrics;
   admission: Admission;
+  maxMixture: number;              // --max-mixture: adapters in one per-request mixture
+  router: SemanticRouter | null;   // model "auto" / "auto:mix" (semantic-routing.ts)
+  embedText: (text: string) => Promise<number[]>; // the base-model embedding routing compares
+}
+
+// What a request runs on, once `model` and `adapters` are resolved (model-selector.ts): the base
+// model, one adapter or a mixture; `label` is what the response's `model` and the x-loraserve-adapter
+// header report ("auto" requests: the choice), `routed` the routing decision, if one was made.
+export interface Target {
+  adapter: string | null;
+  mixture: { name: string; weight: number }[] | null;
+  label: string;
+  routed: RouteDecision | null;
+}
+
+export async function resolveTarget(job: GenerationJob, deps: GenerationDeps): Promise<Target> {
+  const sel = selectModel(job.model, job.adapters ?? undefined, { modelName: deps.modelName, maxMixture: deps.maxMixture, has: (n) => deps.registry.has(n) });
+  if (sel.kind === 'base') return { adapter: null, mixture: null, label: deps.modelName, routed: null };
+  if (sel.kind === 'adapter') return { adapter: resolveAdapter(sel.name, deps.modelName, deps.registry), mixture: null, label: sel.name, routed: null };
+  if (sel.kind === 'mixture') return mixtureTarget(sel.parts, deps, null);
+  if (!deps.router) throw invalidField('model', `semantic routing ("auto") is off on this server`);
+  const decision = await deps.router.decide(await deps.embedText(job.routingText), sel.mix);
+  const routed = (label: string): void => { deps.metrics.routingDecisions.inc({ adapter: label }); };
+  if (decision.mixture) {
+    const t = mixtureTarget(decision.mixture, deps, decision);
+    routed('mixture');
+    return t;
+  }
+  const name = decision.adapter;
+  routed(name ?? 'base');
+  return name === null ? { adapter: null, mixture: null, label: deps.modelName, routed: decision } : { adapter: resolveAdapter(name, deps.modelName, deps.registry), mixture: null, label: name, routed: decision };
+}
+
+function mixtureTarget(parts: { name: string; weight: number }[], deps: GenerationDeps, routed: RouteDecision | null): Target {
+  for (const p of parts) resolveAdapter(p.name, deps.modelName, deps.registry); // 404 / 503 naming the part
+  return { adapter: null, mixture: parts, label: parts.map((p) => `${p.name}*${p.weight}`).join('+'), routed };
 }
 
 // Sequences admitted (waiting or running in the engine). Beyond the limit: 429 + Retry-After.
@@ -61,8 +101,9 @@ export function resolveAdapter(model: string, modelName: string, registry: Adapt
   throw new LoraserveError('model_not_found', `The model \`${model}\` does not exist.`, { param: 'model' });
 }
 
-export async function* runJob(job: GenerationJob, deps: GenerationDeps, signal: AbortSignal): AsyncGenerator<ChoiceEvent> {
-  const adapterName = resolveAdapter(job.model, deps.modelName, deps.registry);
+export async function* runJob(job: GenerationJob, deps: GenerationDeps, signal: AbortSignal, resolved?: Target): AsyncGenerator<ChoiceEvent> {
+  const target = resolved ?? await resolveTarget(job, deps);
+  const adapterName = target.adapter;
   const total = job.prompts.length * job.n;
   const group = randomUUID(); // this request's choices share one fair share of the batch
   deps.admission.acquire(total);
@@ -81,12 +122,19 @@ export async function* runJob(job: GenerationJob, deps: GenerationDeps, signal: 
     while (queue.length > MERGED_QUEUE_LIMIT && !abort.signal.aborted) await new Promise<void>((r) => room.push(r));
   };
   try {
-    const label = deps.metrics.adapterLabel(adapterName);
+    const label = target.mixture ? MIXTURE_LABEL : deps.metrics.adapterLabel(adapterName);
     const t0 = performance.now();
     job.prompts.forEach((prompt, p) => {
       for (let j = 0; j < job.n; j++) {
-        const adapter = adapterName ? deps.registry.acquire(adapterName) : null;
-        if (adapter) refs.push(adapter);
+        let adapter: AdapterRef | null = null;
+        if (target.mixture) {
+          const parts = target.mixture.map((p) => ({ ref: deps.registry.acquire(p.name), weight: p.weight }));
+          refs.push(...parts.map((p) => p.ref));
+          adapter = mixtureRef(parts);
+        } else if (adapterName) {
+          adapter = deps.registry.acquire(adapterName);
+          refs.push(adapter);
+        }
         const req: GenerateRequest = { ...job.request, promptTokens: prompt, adapter, seed: job.request.seed === null ? null : job.request.seed + j, group };
         active++;
         void pump(deps, req, p * job.n + j, p, label, t0, abort.signal, push, job.kind).finally(() => { active--; wake?.(); });
@@ -113,8 +161,13 @@ async function pump(deps: GenerationDeps, req: GenerateRequest, index: number, p
   const m = deps.metrics;
   const tokenTimes: number[] = [];
   let finished = false;
+  // waiting until the engine's first event for it, then running (lora-activity.ts)
+  const adapter = req.adapter?.name ?? null;
+  let started = false;
+  if (adapter !== null) m.lora.queued(adapter);
   try {
     for await (const event of deps.engine.generate(req, signal)) {
+      if (!started && adapter !== null) { started = true; m.lora.started(adapter); }
       if (event.type === 'token') tokenTimes.push(performance.now());
       if (event.type === 'error') finished = true;
       if (event.type === 'done') {
@@ -134,6 +187,7 @@ async function pump(deps: GenerationDeps, req: GenerateRequest, index: number, p
     finished = true;
     await push({ index, prompt, event: { type: 'error', error: serializeError(err) } });
   } finally {
+    if (adapter !== null) m.lora.finished(adapter, started);
     // cancelled (the client left, or the consumer stopped): counted, with the tokens it got
     if (!finished && signal.aborted) {
       m.requests.inc({ endpoint, finish_reason: 'cancelled' });

@@ -13,6 +13,7 @@ const TYPE_BY_CODE: Record<ErrorCode, string> = {
   payload_too_large: 'invalid_request_error',
   unsupported_media_type: 'invalid_request_error',
   invalid_adapter: 'invalid_request_error',
+  invalid_file: 'invalid_request_error',
   overloaded: 'rate_limit_error',
   client_closed: 'invalid_request_error',
   invalid_model: 'server_error',

@@ -12,9 +12,15 @@ export function parseJsonBody(text: string): unknown {
     const at = /position (\d+)/.exec((e as Error).message);
     throw invalidField('body', `the request body is not valid JSON${at ? ` (at character ${at[1]})` : ''}`);
   }
+  refuseForbiddenKeys(value);
+  return value;
+}
+
+// Throws if `value` holds a forbidden key (the WebSocket API reads its messages' envelope first,
+// then checks this, so that the refusal carries the response_id).
+export function refuseForbiddenKeys(value: unknown): void {
   const path = forbiddenKey(value);
   if (path) throw invalidField(path, `the JSON body holds the key ${path}; "__proto__" and "constructor.prototype" keys are refused`);
-  return value;
 }
 
 // The path of the first forbidden key, or null. Iterative: nesting depth cannot overflow the stack.

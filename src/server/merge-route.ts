@@ -1,7 +1,7 @@
 // POST /v1/adapters/merge (admin key): merge served adapters into a new one (issue 13,
 // docs/merging.md "Serving merges"). JSON {name, adapters, weights, combination_type, density,
 // majority_sign_method, svd_rank, svd_clamp, seed, output}.
-//   1. the body's fields (400 naming the field), the name (409 if taken), the inputs (404 naming an
+//   1. the body's fields (its schema, then parseMergeRequest: 400 naming the field), the name (409 if taken), the inputs (404 naming an
 //      unknown one), their files read back and checked against the served versions
 //   2. the inputs' configs: a shared base model, PEFT's rank rules, the rank limit (400s)
 //   3. the merge itself in a worker thread (src/merge/merge-runner.ts)
@@ -21,6 +21,7 @@ export interface MergeRouteDeps {
   admin: (req: FastifyRequest) => Promise<void>;
   describe: (a: AdapterInfo) => Promise<Record<string, unknown>>;
   counted: <T>(p: Promise<T>) => Promise<T>;
+  schema: object;                // request-schemas.ts: the fields' types and ranges, unknown fields refused
 }
 
 // The request is a few names and numbers: 64 KiB is plenty.
@@ -28,7 +29,7 @@ const MERGE_BODY_LIMIT = 64 * 1024;
 
 export function registerMergeRoute(app: FastifyInstance, deps: MergeRouteDeps): void {
   const { registry } = deps;
-  app.post('/v1/adapters/merge', { preHandler: deps.admin, bodyLimit: MERGE_BODY_LIMIT }, async (req, reply) => {
+  app.post('/v1/adapters/merge', { preValidation: deps.admin, bodyLimit: MERGE_BODY_LIMIT, schema: deps.schema }, async (req, reply) => {
     const request = parseMergeRequest(req.body);
     if (request.name === registry.modelName) throw new LoraserveError('conflict', `'${request.name}' is the base model's name`, { param: 'name' });
     if (registry.has(request.name)) throw new LoraserveError('conflict', `The lora adapter '${request.name}' already exists; choose another name for the merged adapter, or delete it first`, { param: 'name' });

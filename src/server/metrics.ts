@@ -4,13 +4,20 @@
 // Totals never go backwards: when an adapter leaves the top-N, its history is folded into "other"
 // (counter values added to other's; histogram buckets, _sum and _count added to other's) before its
 // series is removed, so for every metric the sum over all label values never decreases.
+// With --metrics-compat vllm (the default) the model-server protocol's metrics of the Gateway API
+// Inference Extension (GIE docs/proposals/003-model-server-protocol) are exposed beside these, under
+// vLLM's names, which the endpoint picker reads by default: see VllmCompatMetrics below.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { foldLabel } from './metric-fold.ts';
 import type { EngineStats } from '../runtime/engine-messages.ts';
 import { warmBufferStats } from '../adapters/warm-buffers.ts';
 import type { WarmBufferStats } from '../adapters/warm-buffers.ts';
+import { LoraActivity } from './lora-activity.ts';
 
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+// The label of every per-request mixture (adapters/mixture.ts): blends are too many to label apart.
+export const MIXTURE_LABEL = 'mixture';
 
 export class Metrics {
   readonly registry = new Registry();
@@ -28,6 +35,7 @@ export class Metrics {
   readonly batchSize = new Histogram({ name: 'loraserve_batch_size', help: 'Sequences per decode step', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: [this.registry] });
   readonly stepDuration = new Histogram({ name: 'loraserve_step_duration_seconds', help: 'Duration of one engine step', labelNames: ['kind', 'path'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly adapterLoads = new Counter({ name: 'loraserve_adapter_loads_total', help: 'Adapter loads (uploads, load_lora_adapter, start-up) by result', labelNames: ['result'], registers: [this.registry] });
+  readonly routingDecisions = new Counter({ name: 'loraserve_routing_decisions_total', help: 'Requests with model "auto" or "auto:mix", by what routing chose (an adapter, base, or mixture)', labelNames: ['adapter'], registers: [this.registry] });
   readonly adapterUnloads = new Counter({ name: 'loraserve_adapter_unloads_total', help: 'Adapters unloaded or deleted', registers: [this.registry] });
   readonly hostEvictions = new Counter({ name: 'loraserve_adapter_host_cache_evictions_total', help: 'Adapters evicted from the host-memory cache', registers: [this.registry] });
   readonly hostLoads = new Counter({ name: 'loraserve_adapter_host_cache_loads_total', help: 'Adapters decoded into the host-memory cache (from uploads or disk)', registers: [this.registry] });
@@ -55,14 +63,19 @@ export class Metrics {
   readonly preemptions = new Counter({ name: 'loraserve_preemptions_total', help: 'Rows given up by paused sequences so others could run (they recompute their KV when their client reads again)', registers: [this.registry] });
 
   private readonly mirrored = new Map<Counter, number>();
+  // adapters with sequences waiting / running (generation.ts counts them)
+  readonly lora = new LoraActivity();
+  readonly vllm: VllmCompatMetrics | null;
 
-  constructor(private readonly topAdapters: number, private readonly kvBudgetBytes: number, defaults = true, loraArenaBytes = 0) {
+  constructor(private readonly topAdapters: number, private readonly kvBudgetBytes: number, defaults = true, loraArenaBytes = 0, compat: MetricsCompat = { mode: 'none', maxLora: 1 }) {
     if (defaults) collectDefaultMetrics({ register: this.registry, prefix: 'loraserve_' });
     this.kvBudget.set(kvBudgetBytes);
     this.loraArenaLimit.set(loraArenaBytes);
+    this.vllm = compat.mode === 'vllm' ? new VllmCompatMetrics(this.registry, this.lora, compat.maxLora) : null;
   }
 
-  // The adapter label: own value for the top adapters by requests, "other" for the rest.
+  // The adapter label: own value for the top adapters by requests, "other" for the rest; "base"
+  // for the base model and "mixture" for per-request mixtures (mixtureLabel).
   adapterLabel(name: string | null): string {
     if (name === null) return 'base';
     const c = (this.counts.get(name) ?? 0) + 1;
@@ -89,7 +102,7 @@ export class Metrics {
   }
 
   private fold(m: Counter<string> | Histogram<string>): void {
-    foldLabel(m, 'adapter', (adapter) => adapter === 'base' || this.labelled.has(adapter), 'other');
+    foldLabel(m, 'adapter', (adapter) => adapter === 'base' || adapter === MIXTURE_LABEL || this.labelled.has(adapter), 'other');
   }
 
   updateEngine(s: EngineStats): void {
@@ -101,6 +114,7 @@ export class Metrics {
     this.kvArena.set(s.kvArenaBytes);
     this.loraArena.set(s.loraArenaBytes);
     this.kvUsage.set(this.kvBudgetBytes ? s.kvReservedBytes / this.kvBudgetBytes : 0);
+    this.vllm?.update(s, this.kvBudgetBytes);
     this.mirror(this.hostEvictions, s.hostCache.evictions);
     this.mirror(this.hostLoads, s.hostCache.loads);
     this.mirror(this.hostFailures, s.hostCache.failures);
@@ -128,5 +142,62 @@ export class Metrics {
     const last = this.mirrored.get(c) ?? 0;
     if (total > last) c.inc(total - last);
     this.mirrored.set(c, total);
+  }
+}
+
+// --metrics-compat: 'vllm' adds the model-server protocol's metrics; max_lora is maxResidentAdapters().
+export interface MetricsCompat {
+  mode: 'vllm' | 'none';
+  maxLora: number;
+}
+
+// The metrics the GIE endpoint picker (EPP) scrapes from each model server, as its model-server
+// protocol requires them (types and semantics) under the vLLM names it reads by default:
+//   vllm:num_requests_waiting   gauge  sequences queued for a place in the running batch (engine)
+//   vllm:num_requests_running   gauge  sequences in the running batch (engine)
+//   vllm:kv_cache_usage_perc    gauge  KV cache in use, 0–1: reserved bytes over --kv-budget-mb
+//   vllm:gpu_cache_usage_perc   gauge  the same: the name before vLLM renamed it, which the protocol
+//                                      and EPP releases before the rename still read
+//   vllm:lora_requests_info     gauge  labels running_lora_adapters, waiting_lora_adapters (comma
+//                                      lists, no spaces, as vLLM joins them) and max_lora; its value is
+//                                      the time of the scrape in Unix seconds, as vLLM's
+//                                      set_to_current_time(), so the picker takes the latest series.
+//                                      One series only: the previous one is dropped at each scrape.
+// Not exposed: vllm:cache_config_info (optional in the protocol: block_size, num_gpu_blocks for the
+// prefix-cache scorer); the KV cache here is not paged in blocks, and the picker falls back to its
+// own configuration without it.
+export class VllmCompatMetrics {
+  readonly waiting: Gauge;
+  readonly running: Gauge;
+  readonly kvUsage: Gauge;
+  readonly gpuCacheUsage: Gauge;
+  readonly loraInfo: Gauge<'running_lora_adapters' | 'max_lora' | 'waiting_lora_adapters'>;
+
+  constructor(registry: Registry, lora: LoraActivity, maxLora: number) {
+    const registers = [registry];
+    this.waiting = new Gauge({ name: 'vllm:num_requests_waiting', help: 'Number of requests waiting to be processed (loraserve: sequences queued for the running batch).', registers });
+    this.running = new Gauge({ name: 'vllm:num_requests_running', help: 'Number of requests currently running (loraserve: sequences in the running batch).', registers });
+    this.kvUsage = new Gauge({ name: 'vllm:kv_cache_usage_perc', help: 'KV-cache usage. 1 means 100 percent usage (loraserve: reserved bytes over the KV budget).', registers });
+    this.gpuCacheUsage = new Gauge({ name: 'vllm:gpu_cache_usage_perc', help: 'KV-cache usage. 1 means 100 percent usage (the name before vllm:kv_cache_usage_perc; same value).', registers });
+    const max = String(maxLora);
+    this.loraInfo = new Gauge({
+      name: 'vllm:lora_requests_info',
+      help: 'Running stats on lora requests: adapters with sequences running and waiting, max_lora adapters resident at once; the value is the time of the update.',
+      labelNames: ['running_lora_adapters', 'max_lora', 'waiting_lora_adapters'],
+      registers,
+      collect() {
+        const s = lora.snapshot();
+        this.reset();
+        this.labels({ running_lora_adapters: s.running.join(','), max_lora: max, waiting_lora_adapters: s.waiting.join(',') }).setToCurrentTime();
+      },
+    });
+  }
+
+  update(s: EngineStats, kvBudgetBytes: number): void {
+    this.waiting.set(s.waiting);
+    this.running.set(s.running);
+    const usage = kvBudgetBytes ? Math.min(1, Math.max(0, s.kvReservedBytes / kvBudgetBytes)) : 0;
+    this.kvUsage.set(usage);
+    this.gpuCacheUsage.set(usage);
   }
 }

@@ -18,6 +18,8 @@ export interface GenerationJob {
   logprobs: number | null;       // top alternatives per token; null: no logprobs
   echo: boolean;
   tokenIdsAsText: boolean;       // vLLM's return_tokens_as_token_ids
+  adapters: unknown;             // the `adapters` field (a per-request mixture), as sent: model-selector.ts reads it
+  routingText: string;           // what "auto" routing embeds: the prompt, or a chat's user messages
   request: Omit<GenerateRequest, 'promptTokens' | 'adapter'>;
 }
 
@@ -29,7 +31,7 @@ export interface RequestLimits {
   maxChoices: number;
 }
 
-const MAX_N = 128;
+export const MAX_N = 128;
 
 export async function parseCompletionBody(body: unknown, prep: PromptPreparer, limits: RequestLimits): Promise<GenerationJob> {
   const b = asObject(body);
@@ -58,7 +60,9 @@ export async function parseChatBody(body: unknown, prep: PromptPreparer, limits:
   const fields = promptFreeFields(b, 1, limits, null);
   const { text, ids } = await prep.renderChat(messages, addGenerationPrompt); // the template adds BOS itself
   if (ids.length === 0) throw invalidField('messages', `the rendered prompt is empty`);
-  return finishJob('chat', model, b, fields, [ids], [text], wantLogprobs ? top : null, limits);
+  const job = finishJob('chat', model, b, fields, [ids], [text], wantLogprobs ? top : null, limits);
+  job.routingText = messages.filter((m) => m.role === 'user').map((m) => m.content).join('\n') || text;
+  return job;
 }
 
 type Sampling = ReturnType<typeof parseSampling>;
@@ -94,7 +98,7 @@ function finishJob(kind: GenerationJob['kind'], model: string, b: Record<string,
   const echo = kind === 'completion' && f.echo;
   return {
     kind, model, prompts, promptTexts: texts, n: f.n, stream: f.stream, includeUsage: f.includeUsage, logprobs, echo,
-    tokenIdsAsText: f.tokenIdsAsText,
+    tokenIdsAsText: f.tokenIdsAsText, adapters: b.adapters ?? null, routingText: texts[0] ?? '',
     request: { ...f.sampling, maxTokens, logprobs, promptLogprobs: echo && logprobs !== null ? logprobs : null },
   };
 }

@@ -1,5 +1,6 @@
 // `loraserve serve` / `npm start`: config → engine worker → adapter registry (serving the store,
-// then the load_lora_adapter registrations, then preloaded adapters) → HTTP app → listen. Shuts down cleanly on SIGINT/SIGTERM.
+// then the load_lora_adapter registrations, then preloaded adapters) → HTTP app → listen. Shuts down cleanly on SIGINT; on SIGTERM it drains
+// first: in-flight requests finish, up to --drain-timeout (drain.ts).
 import { loadConfig, ConfigError } from './config.ts';
 import type { ServerConfig } from './config.ts';
 import { buildApp } from './app.ts';
@@ -9,16 +10,19 @@ import { AdapterRegistry } from '../adapters/registry.ts';
 import type { RegistrationReport } from '../adapters/registry.ts';
 import { adapterPathRoots, resolveAdapterPath } from './adapter-path.ts';
 import { AdapterStore } from '../adapters/adapter-store.ts';
+import { StoreSync } from '../adapters/store-sync.ts';
 import { PromptWorker } from './prompt-preparer.ts';
 import { loadModelFiles } from '../runtime/model-loader.ts';
 import type { FastifyInstance } from 'fastify';
 import { relative } from 'node:path';
+import { drainOf } from './drain.ts';
 
 export interface RunningServer {
   app: FastifyInstance;
   engine: EngineClient;
   registry: AdapterRegistry;
   prompts: PromptWorker;
+  storeSync: StoreSync | null; // --store-sync-ms > 0: polls the shared adapter store
   url: string;
   close(): Promise<void>;
 }
@@ -34,7 +38,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
   let prompts: PromptWorker | null = null;
   try {
     prompts = await PromptWorker.start({ tokenizerJson: files.tokenizerJson, tokenizerConfig: files.tokenizerConfig, maxContext: engine.info.maxContext });
-    const registry = new AdapterRegistry(engine, files.config, files.name, config.maxLoraRank, new AdapterStore(config.adapters));
+    const registry = new AdapterRegistry(engine, files.config, files.name, config.maxLoraRank, new AdapterStore(config.adapters, { shared: config.storeSyncMs > 0 }));
     const app = await buildApp({ config, engine, registry, prompts, modelName: files.name });
     const stored = await registry.loadStore();
     for (const f of stored.failed) app.log.warn({ adapter: f.name, error: f.error }, 'stored adapter not served');
@@ -46,9 +50,12 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     for (const f of preloaded.failed) app.log.warn({ adapter: f.name, error: f.error, dir: config.preloadAdapters }, 'preloaded adapter not served');
     app.log.info({ model: files.name, adapters: stored.loaded.length, registered: registered.loaded.length, preloaded: preloaded.loaded.length }, 'model and adapters loaded');
     const url = await app.listen({ host: config.host, port: config.port });
+    // other replicas' uploads, replaces, deletes and registrations in the shared store (store-sync.ts)
+    const storeSync = config.storeSyncMs > 0 ? new StoreSync(registry, { intervalMs: config.storeSyncMs, log: app.log }) : null;
+    storeSync?.start();
     return {
-      app, engine, registry, prompts, url,
-      close: async () => { await app.close(); await engine.close(); await prompts?.close(); },
+      app, engine, registry, prompts, storeSync, url,
+      close: async () => { await storeSync?.stop(); await app.close(); await engine.close(); await prompts?.close(); },
     };
   } catch (err) {
     await engine.close();
@@ -86,8 +93,10 @@ export async function serve(argv: string[]): Promise<void> {
   const server = await startServer(config);
   process.stderr.write(banner(server, config));
   const stop = async (): Promise<void> => { await server.close(); process.exit(0); };
+  // SIGTERM (Kubernetes, a rolling update): drain first, up to --drain-timeout (drain.ts), then exit 0
+  const drainThenStop = async (): Promise<void> => { await drainOf(server.app)?.drain(config.drainTimeoutMs); await stop(); };
   process.once('SIGINT', () => void stop());
-  process.once('SIGTERM', () => void stop());
+  process.once('SIGTERM', () => void drainThenStop());
 }
 
 // What a person sees in the terminal once the server listens: the URL, every model it serves (the

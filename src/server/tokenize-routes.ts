@@ -11,15 +11,16 @@
 // worker. Like vLLM, /tokenize counts a prompt longer than the context (count > max_model_len)
 // rather than refusing it; a text that cannot fit by its byte length alone is refused (400).
 //
-// The routes declare their JSON schemas (Fastify's `schema`: body, responses, an example) for
-// generated API docs; each body is checked by its parser below, run as the route's validator, so a
-// refusal names the field and the limit as every other route's do (never Ajv's coercions).
-import type { FastifyInstance, FastifyRequest, FastifySchemaCompiler } from 'fastify';
+// The bodies are validated by their JSON schemas (request-schemas.ts: types, ranges, the chat
+// message shape), as every route's are; what is left to the parsers below is between fields
+// ('prompt' or 'messages', not both), the refused vLLM fields, and a null assistant content.
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ChatMessage } from '../runtime/chat-template.ts';
-import { invalidField, LoraserveError } from '../runtime/errors.ts';
+import { invalidField } from '../runtime/errors.ts';
 import { asObject, modelField, refuseUnsupported } from './openai-request.ts';
 import { parseMessages } from './chat-messages.ts';
 import { booleanField, describeValue } from './sampling-fields.ts';
+import { errorResponses, messagesSchema, modelSchema } from './request-schemas.ts';
 import { resolveAdapter } from './generation.ts';
 import type { AdapterRegistry } from '../adapters/registry.ts';
 import type { PromptPreparer } from './prompt-preparer.ts';
@@ -89,73 +90,20 @@ export async function detokenize(req: DetokenizeRequest, deps: TokenizeDeps): Pr
   return { prompt };
 }
 
-// A route's body validator: its parser. A refusal is the parser's LoraserveError (400, `param`).
-function parserValidator<T>(parse: (body: unknown) => T): FastifySchemaCompiler<unknown> {
-  return () => (data: unknown) => {
-    try {
-      return { value: parse(data) };
-    } catch (err) {
-      if (err instanceof LoraserveError) return { error: err };
-      throw err;
-    }
-  };
-}
-
-const ROLES = ['system', 'developer', 'user', 'assistant', 'tool'];
-
-const errorSchema = {
-  description: "OpenAI's error body; `param` names the field at fault",
-  type: 'object',
-  required: ['error'],
-  properties: {
-    error: {
-      type: 'object',
-      required: ['message', 'type', 'param', 'code'],
-      properties: {
-        message: { type: 'string' },
-        type: { type: 'string' },
-        param: { type: ['string', 'null'] },
-        code: { type: ['string', 'null'] },
-        problems: { type: 'array', items: { type: 'string' } },
-      },
-    },
-  },
-} as const;
-
-const modelSchema = { type: 'string', minLength: 1, description: "the base model's id, an adapter's name, or <base>:<adapter> (as in /v1/completions)" } as const;
-
 export function tokenizeSchemas(modelName: string, limits: TokenizeDeps['limits']) {
-  const errors = { '4xx': errorSchema, '5xx': errorSchema };
+  const errors = errorResponses;
   const tokenize = {
+    tags: ['tokenizer'],
     summary: "Tokenize a prompt, or chat messages with the model's chat template (vLLM's /tokenize)",
     body: {
       type: 'object',
       required: ['model'],
-      oneOf: [{ required: ['prompt'] }, { required: ['messages'] }],
       properties: {
         model: modelSchema,
-        prompt: { type: 'string', description: 'text, tokenized as /v1/completions tokenizes it' },
-        messages: {
-          type: 'array',
-          minItems: 1,
-          description: 'chat messages, rendered and tokenized as /v1/chat/completions does it',
-          items: {
-            type: 'object',
-            required: ['role'],
-            properties: {
-              role: { type: 'string', enum: ROLES },
-              content: {
-                anyOf: [
-                  { type: 'string' },
-                  { type: 'array', items: { type: 'object', required: ['type', 'text'], properties: { type: { type: 'string', enum: ['text'] }, text: { type: 'string' } } } },
-                  { type: 'null', description: 'assistant messages only' },
-                ],
-              },
-            },
-          },
-        },
-        add_special_tokens: { type: 'boolean', description: "add the tokenizer's special tokens (BOS); default true with 'prompt', false with 'messages' (the chat template adds them)" },
-        add_generation_prompt: { type: 'boolean', default: true, description: "with 'messages': end with the template's assistant turn opener" },
+        prompt: { type: ['string', 'null'], description: "text, tokenized as /v1/completions tokenizes it (either 'prompt' or 'messages')" },
+        messages: { ...messagesSchema, type: ['array', 'null'], description: 'chat messages, rendered and tokenized as /v1/chat/completions does it' },
+        add_special_tokens: { type: ['boolean', 'null'], description: "add the tokenizer's special tokens (BOS); default true with 'prompt', false with 'messages' (the chat template adds them)" },
+        add_generation_prompt: { type: ['boolean', 'null'], default: true, description: "with 'messages': end with the template's assistant turn opener" },
       },
       examples: [
         { model: modelName, prompt: 'Once upon a time' },
@@ -176,13 +124,14 @@ export function tokenizeSchemas(modelName: string, limits: TokenizeDeps['limits'
     },
   };
   const detokenize = {
+    tags: ['tokenizer'],
     summary: "Token ids → text (vLLM's /detokenize)",
     body: {
       type: 'object',
       required: ['model', 'tokens'],
       properties: {
         model: modelSchema,
-        tokens: { type: 'array', maxItems: limits.maxContext, items: { type: 'integer', minimum: 0, maximum: limits.vocabSize - 1 } },
+        tokens: { type: 'array', maxItems: limits.maxContext, items: { type: 'integer', minimum: 0, exclusiveMaximum: limits.vocabSize }, description: 'token ids' },
       },
       examples: [{ model: modelName, tokens: [1, 403, 407, 261, 378].filter((t) => t < limits.vocabSize) }],
     },
@@ -198,8 +147,6 @@ export function tokenizeSchemas(modelName: string, limits: TokenizeDeps['limits'
 // judged, as it does for completions.
 export function registerTokenizeRoutes(app: FastifyInstance, deps: TokenizeDeps, auth: (req: FastifyRequest) => Promise<void>): void {
   const schemas = tokenizeSchemas(deps.modelName, deps.limits);
-  app.post('/tokenize', { preValidation: auth, schema: schemas.tokenize, validatorCompiler: parserValidator(parseTokenizeBody) },
-    async (req) => tokenize(req.body as TokenizeRequest, deps));
-  app.post('/detokenize', { preValidation: auth, schema: schemas.detokenize, validatorCompiler: parserValidator((b) => parseDetokenizeBody(b, deps.limits)) },
-    async (req) => detokenize(req.body as DetokenizeRequest, deps));
+  app.post('/tokenize', { preValidation: auth, schema: schemas.tokenize }, async (req) => tokenize(parseTokenizeBody(req.body), deps));
+  app.post('/detokenize', { preValidation: auth, schema: schemas.detokenize }, async (req) => detokenize(parseDetokenizeBody(req.body, deps.limits), deps));
 }

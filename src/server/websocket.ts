@@ -9,23 +9,34 @@
 // only once the request is admitted (a 404 or 429 is an `error` event alone). Backpressure: past
 // SOCKET_HIGH_BYTES unsent, responses stop pulling events until the socket drains; a client that
 // reads nothing for the stall timeout is disconnected, which cancels its responses.
+// A message's own fields are checked by wsEnvelopeSchema, its keys as an HTTP body's (json-body.ts),
+// and a response.create's fields by the very validator of POST /v1/completions (or, with
+// `messages`, /v1/chat/completions): the same input is refused with the same status and param.
 import type { FastifyInstance } from 'fastify';
 import type { WebSocket } from 'ws';
 import { parseChatBody, parseCompletionBody } from './openai-request.ts';
 import { SOCKET_HIGH_BYTES } from './sse.ts';
-import { runJob } from './generation.ts';
+import { resolveTarget, runJob } from './generation.ts';
 import type { CompletionDeps } from './completions.ts';
 import { ResponseBuilder } from './openai-response.ts';
 import { errorBody } from './http-errors.ts';
 import { checkApiKey } from './auth.ts';
 import { invalidField } from '../runtime/errors.ts';
 import { deserializeError } from '../runtime/errors.ts';
+import { refuseForbiddenKeys } from './json-body.ts';
+import { validatorFor } from './schema-validator.ts';
+import { serviceSchemas, wsEnvelopeSchema } from './request-schemas.ts';
+import type { WsExtension } from './fine-tuning-ws.ts';
 
 export const WS_PATH = '/v1/stream';
 const MAX_PER_SOCKET = 64;
 
-export function registerWebSocket(app: FastifyInstance, deps: CompletionDeps, apiKey: string | null): void {
-  app.get(WS_PATH, { websocket: true }, (socket: WebSocket, req) => {
+// extensions: other message types on the same socket (fine-tuning-ws.ts: job event subscriptions)
+export function registerWebSocket(app: FastifyInstance, deps: CompletionDeps, apiKey: string | null, extensions: WsExtension[] = []): void {
+  const envelope = validatorFor(wsEnvelopeSchema, 'message');
+  // @fastify/websocket marks the route hidden (OpenAPI has no WebSocket operation): the
+  // description says it, in /openapi.json's info (app.ts)
+  app.get(WS_PATH, { websocket: true, schema: { ...serviceSchemas.stream } }, (socket: WebSocket, req) => {
     let seq = 0;
     const running = new Map<string, AbortController>();
     const send = (ev: Record<string, unknown>): void => {
@@ -42,24 +53,31 @@ export function registerWebSocket(app: FastifyInstance, deps: CompletionDeps, ap
       socket.close(1008, 'unauthorized');
       return;
     }
-    socket.on('close', () => { for (const ac of running.values()) ac.abort(); running.clear(); });
+    const sessions = extensions.map((x) => x.open({ req, send, fail }));
+    socket.on('close', () => { for (const ac of running.values()) ac.abort(); running.clear(); for (const s of sessions) s.close(); });
 
     socket.on('message', (data) => {
       let msg: Record<string, unknown>;
       try {
         msg = JSON.parse(String(data)) as Record<string, unknown>;
-        if (typeof msg !== 'object' || msg === null) throw new Error('not an object');
+        if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) throw new Error('not an object');
       } catch {
         fail(null, invalidField('message', 'each message must be a JSON object'));
         return;
       }
-      const id = msg.response_id;
-      if (typeof id !== 'string' || id.length === 0 || id.length > 256) { fail(null, invalidField('response_id', `'response_id' must be a string of 1–256 characters`)); return; }
+      const ext = sessions.find((s) => s.handles(msg.type));
+      if (ext) { ext.message(msg); return; }
+      const bad = envelope(msg);
+      // an error without a response_id cannot be told apart from another: it quotes no value
+      if (bad?.param === 'response_id') { fail(null, invalidField('response_id', `'response_id' must be a string of 1–256 characters`)); return; }
+      if (bad) { fail(msg.response_id as string, bad); return; }
+      const id = msg.response_id as string;
+      // a forbidden key (__proto__) is refused by its path, as over HTTP (json-body.ts)
+      try { refuseForbiddenKeys(msg); } catch (err) { fail(id, err); return; }
       if (msg.type === 'response.cancel') {
         running.get(id)?.abort();
         return;
       }
-      if (msg.type !== 'response.create') { fail(id, invalidField('type', `'type' must be "response.create" or "response.cancel"`)); return; }
       if (running.has(id)) { fail(id, invalidField('response_id', `response ${id} is already running on this socket`)); return; }
       if (running.size >= MAX_PER_SOCKET) { fail(id, invalidField('response_id', `at most ${MAX_PER_SOCKET} responses may run at once on one socket`)); return; }
       const ac = new AbortController();
@@ -85,12 +103,17 @@ export function registerWebSocket(app: FastifyInstance, deps: CompletionDeps, ap
     const respond = async (id: string, body: Record<string, unknown>, signal: AbortSignal): Promise<void> => {
       try {
         const fields = { ...body, stream: false, stream_options: undefined };
-        const job = 'messages' in body ? await parseChatBody(fields, deps.prompts, deps.limits) : await parseCompletionBody(fields, deps.prompts, deps.limits);
+        const chat = 'messages' in body;
+        const refused = validatorFor(chat ? deps.schemas.chat.body : deps.schemas.completion.body)(fields);
+        if (refused) throw refused;
+        const job = chat ? await parseChatBody(fields, deps.prompts, deps.limits) : await parseCompletionBody(fields, deps.prompts, deps.limits);
+        const target = await resolveTarget(job, deps);
+        if (target.routed) job.model = target.label; // "auto": the response names the choice
         const b = new ResponseBuilder(job);
         const texts = new Map<number, string>();
         const finish: { index: number; finish_reason: string; text: string }[] = [];
         let created = false;
-        for await (const e of runJob(job, deps, signal)) {
+        for await (const e of runJob(job, deps, signal, target)) {
           const ev = e.event;
           if (ev.type === 'error') throw deserializeError(ev.error);
           if (!created) { created = true; send({ type: 'response.created', response_id: id, model: job.model }); }

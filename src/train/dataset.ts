@@ -61,7 +61,7 @@ export function loadTrainEval(args: Pick<TrainArgs, 'data' | 'evalData' | 'evalS
   return splitEval(data, args.evalSplit, args.seed);
 }
 
-function jsonLines(text: string): { line: number; body: string }[] {
+export function jsonLines(text: string): { line: number; body: string }[] {
   return text.split('\n').map((body, i) => ({ line: i + 1, body: body.replace(/\r$/, '') })).filter((u) => u.body.trim() !== '');
 }
 
@@ -85,6 +85,17 @@ function paragraphs(text: string): { line: number; body: string }[] {
 }
 
 function encodeJsonLine(body: string, encoder: ExampleEncoder): Example {
+  const line = parseJsonLine(body);
+  if (line.kind === 'text') return encoder.text(line.text);
+  if (line.kind === 'chat') return encoder.chat(line.messages);
+  return encoder.promptCompletion(line.prompt, line.completion);
+}
+
+// One JSON line's structure, checked without a tokenizer (the file API checks uploads with it,
+// every line, before anything is stored): what encodeJsonLine then tokenizes.
+export type JsonLine = { kind: 'text'; text: string } | { kind: 'prompt'; prompt: string; completion: string } | { kind: 'chat'; messages: ChatMessage[] };
+
+export function parseJsonLine(body: string): JsonLine {
   let v: unknown;
   try {
     v = JSON.parse(body);
@@ -98,12 +109,12 @@ function encodeJsonLine(body: string, encoder: ExampleEncoder): Example {
   if (kinds.length > 1) throw new Error(`the object mixes formats (${kinds.join(' and ')}); use one per line`);
   if ('text' in o) {
     if (typeof o.text !== 'string' || o.text === '') throw new Error('"text" must be a non-empty string');
-    return encoder.text(o.text);
+    return { kind: 'text', text: o.text };
   }
-  if ('messages' in o) return encoder.chat(parseChat(o.messages));
+  if ('messages' in o) return { kind: 'chat', messages: parseChat(o.messages) };
   if (typeof o.prompt !== 'string') throw new Error('"prompt" must be a string');
   if (typeof o.completion !== 'string') throw new Error('"completion" must be a string');
-  return encoder.promptCompletion(o.prompt, o.completion);
+  return { kind: 'prompt', prompt: o.prompt, completion: o.completion };
 }
 
 function parseChat(v: unknown): ChatMessage[] {

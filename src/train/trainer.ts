@@ -30,6 +30,7 @@ import type { Example } from './examples.ts';
 import { initLora } from './lora-init.ts';
 import { writeLossChart } from './loss-chart.ts';
 import { METRICS_FILE, MetricsLog } from './metrics-log.ts';
+import type { MetricsRecord } from './metrics-log.ts';
 import { OutputDir, adapterModules } from './peft-output.ts';
 import type { LoraFactors } from './peft-output.ts';
 import { createProgress } from './progress.ts';
@@ -53,6 +54,12 @@ export interface TrainReport {
 
 export interface TrainOptions {
   stream?: ProgressOptions['stream'];  // progress and messages (default stdout)
+  // Hooks for a run driven by a server (src/train/jobs): every metrics record as it is written, each
+  // checkpoint once renamed into place, and a wait before each optimizer step that may pause the run
+  // (a long serving queue) or throw to stop it (a cancel); a throw ends the run like any failure.
+  onMetrics?: (record: MetricsRecord, totalSteps: number, tokens: number) => void; // tokens: the step's input tokens
+  onCheckpoint?: (step: number, dir: string) => void;
+  beforeStep?: (step: number) => Promise<void> | void;
 }
 
 export async function train(args: TrainArgs, opts: TrainOptions = {}): Promise<TrainReport> {
@@ -119,7 +126,9 @@ async function run(
     if (evalLossBase !== null) {
       progress.log(`eval loss before training (the base model): ${evalLossBase.toFixed(4)}`);
       // step 0: no training loss yet (written as null), the base model's eval loss
-      metrics.append({ step: 0, loss: NaN, lr: 0, grad_norm: 0, tokens_per_s: 0, eval_loss: evalLossBase });
+      const record: MetricsRecord = { step: 0, loss: NaN, lr: 0, grad_norm: 0, tokens_per_s: 0, eval_loss: evalLossBase };
+      metrics.append(record);
+      opts.onMetrics?.(record, total, 0);
     }
 
     // 4. loop
@@ -131,6 +140,7 @@ async function run(
     let tokensSeen = 0;
     let trainMs = 0;
     while (step < total) {
+      await opts.beforeStep?.(step);
       const tStep = performance.now();
       for (const g of grads.values()) g.fill(0);
       let targets = 0;
@@ -162,13 +172,16 @@ async function run(
       const evalNow = (args.evalEvery !== null && step % args.evalEvery === 0) || step === total;
       if (evalNow) evalLoss = await evaluate();
       const tokensPerS = tokens / (ms / 1000);
-      metrics.append({ step, loss: trainLoss ?? NaN, lr: opt.lr, grad_norm: gradNorm, tokens_per_s: tokensPerS, ...(evalNow && evalLoss !== null ? { eval_loss: evalLoss } : {}) });
+      const record: MetricsRecord = { step, loss: trainLoss ?? NaN, lr: opt.lr, grad_norm: gradNorm, tokens_per_s: tokensPerS, ...(evalNow && evalLoss !== null ? { eval_loss: evalLoss } : {}) };
+      metrics.append(record);
+      opts.onMetrics?.(record, total, tokens);
       progress.update({ step, loss: trainLoss ?? NaN, lr: opt.lr, tokensPerS, ...(evalNow && evalLoss !== null ? { evalLoss } : {}) });
       if (args.saveEvery !== null && step % args.saveEvery === 0 && step < total) {
-        writeCheckpoint(out.staging, {
+        const ckpt = writeCheckpoint(out.staging, {
           step, epoch: data.epoch, batchInEpoch: data.batchInEpoch, optimizerStep: opt.stepCount,
           lora: factorList(lora, slots), optimizer: optimizerToFlat(opt.exportState()),
         }, args, args.model, cfg);
+        opts.onCheckpoint?.(step, ckpt);
       }
     }
     progress.stop();

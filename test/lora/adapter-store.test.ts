@@ -149,3 +149,60 @@ describe('adapter store', () => {
     expect(store.list()).toEqual(['b']);
   });
 });
+
+// Several replicas on one store directory (opts.shared): another replica's operation in progress
+// looks like a crash leftover, so only leftovers older than leftoverAgeMs go, and a replaced
+// version stays retiredGraceMs for the other replicas' requests.
+describe('adapter store shared by replicas', () => {
+  const MIN = 60_000;
+
+  it("start-up keeps young leftovers (another replica's upload or replace in progress); a sweep removes them once old", async () => {
+    const root = newRoot();
+    const a = new AdapterStore(root, { shared: true });
+    await put(a, 'x', 'v1');
+    const uploading = await a.stage('y', files('y1')); // replica A mid-upload
+    writeDir(join(root, '.old-z'), 'z0');
+    writeDir(join(root, '.retired-x-0000'), 'v0');
+    writeDir(join(root, '.trash-123'), 't');
+    const b = new AdapterStore(root, { shared: true }); // replica B starts
+    expect(entries(root)).toEqual(['.old-z', '.retired-x-0000', '.staging', '.trash-123', 'x']);
+    expect(b.sweep(Date.now() + 5 * MIN)).toEqual([]);
+    await uploading.commit(); // A's upload is intact
+    expect(contentOf(b.dirOf('y'))).toBe('y1');
+    expect(b.list()).toEqual(['x', 'y']);
+    // past the ages (10 min): gone
+    expect(b.sweep(Date.now() + 11 * MIN).length).toBe(3);
+    expectClean(root, ['x', 'y']);
+  });
+
+  it("a replica's staging ends without removing another's, and removeRetired leaves a replaced version for its grace period", async () => {
+    const root = newRoot();
+    const a = new AdapterStore(root, { shared: true });
+    const b = new AdapterStore(root, { shared: true });
+    const fromA = await a.stage('p', files('p1'));
+    const fromB = await b.stage('q', files('q1'));
+    await fromA.abort(); // A has nothing staged any more: B's staging stays
+    expect(readdirSync(join(root, '.staging'))).toHaveLength(1);
+    await fromB.commit();
+    expectClean(root, ['q']); // the last one out removes the empty .staging
+    await put(a, 'q', 'q2', '00aa');
+    await a.removeRetired('q', '00aa');
+    expect(contentOf(a.retiredDirOf('q', '00aa'))).toBe('q1'); // still there for other replicas
+    expect(a.sweep(Date.now() + 9 * MIN)).toEqual([]);
+    expect(a.sweep(Date.now() + 11 * MIN)).toEqual([a.retiredDirOf('q', '00aa')]);
+    expectClean(root, ['q']);
+  });
+
+  it('start-up after a crash between the renames of a replace still restores the old version (after a short wait for a young marker)', async () => {
+    const root = newRoot();
+    crashChild(root, 'put:a:v1', 'put:a:v2');
+    expect(existsSync(join(root, 'a'))).toBe(false);
+    const t0 = Date.now();
+    const store = new AdapterStore(root, { shared: true });
+    expect(Date.now() - t0).toBeLessThan(5_000);
+    expect(contentOf(store.dirOf('a'))).toBe('v1');
+    expect(entries(root)).toEqual(['.staging', 'a']); // the new version's staged copy: old only in 10 min
+    store.sweep(Date.now() + 11 * MIN);
+    expectClean(root, ['a']);
+  });
+});

@@ -177,7 +177,7 @@ describe('the demo adapters', () => {
   it('make-demo-adapters run twice gives byte-identical adapter files, and the committed adapters\' held-out losses', () => {
     expect(results.map((r) => r.style.name)).toEqual(STYLES.map((s) => s.name));
     for (const s of STYLES) {
-      for (const f of ['adapter_model.safetensors', 'adapter_config.json', 'description.txt']) {
+      for (const f of ['adapter_model.safetensors', 'adapter_config.json', 'loraserve.json']) {
         expect(readFileSync(join(rerun, 'adapters', s.name, f)).equals(readFileSync(join(again, 'adapters', s.name, f))), `${s.name}/${f}`).toBe(true);
       }
       expect(readFileSync(join(rerun, 'adapters', s.name, 'adapter_config.json')).equals(readFileSync(committed(s.name, 'adapter_config.json'))), s.name).toBe(true);

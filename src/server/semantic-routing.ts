@@ -1,0 +1,66 @@
+// Semantic routing for `model: "auto"` / "auto:mix" and POST /v1/route (issue 14): the prompt's
+// base-model embedding (embedder.ts) against each adapter's example prompts (adapters/semantic-router.ts
+// for the math). Example embeddings are computed on first use and cached per adapter version (a
+// replaced adapter or new examples make a new entry; the cache keeps at most MAX_CACHED versions).
+import { mixRoute, pickRoute, scoreRoutes } from '../adapters/semantic-router.ts';
+import type { RouteScore } from '../adapters/semantic-router.ts';
+import { LoraserveError } from '../runtime/errors.ts';
+
+export interface RoutingOptions {
+  threshold: number;       // --route-threshold: the least score that routes to an adapter (else base)
+  mixTopK: number;         // --route-mix-k: auto:mix blends this many adapters at most
+  mixTemperature: number;  // --route-mix-temperature: τ of softmax(score / τ)
+}
+
+export const DEFAULT_ROUTING: RoutingOptions = { threshold: 0.25, mixTopK: 2, mixTemperature: 0.05 };
+
+export interface RoutableAdapter {
+  name: string;
+  version: string;         // the adapter's version and its examples' hash: the cache key
+  examples: string[];
+}
+
+export interface RouteDecision {
+  adapter: string | null;                  // auto: the choice (null: the base model)
+  mixture: { name: string; weight: number }[] | null; // auto:mix: the blend (null: none reached the threshold)
+  scores: RouteScore[];
+}
+
+const MAX_CACHED = 4096;
+
+export class SemanticRouter {
+  private readonly cache = new Map<string, Promise<number[][]>>();
+
+  constructor(
+    private readonly embedTexts: (texts: string[]) => Promise<number[][]>,
+    private readonly adapters: () => RoutableAdapter[],
+    readonly options: RoutingOptions,
+  ) {}
+
+  // Scores of every adapter with examples for this prompt embedding; 400 when none has examples.
+  async scores(query: number[]): Promise<RouteScore[]> {
+    const routable = this.adapters().filter((a) => a.examples.length > 0);
+    if (routable.length === 0) throw new LoraserveError('invalid_request', 'no adapter has example prompts to route by: add them with PATCH /v1/adapters/{name} {"examples": […]} (or loraserve.json beside the adapter)', { param: 'model' });
+    const candidates = await Promise.all(routable.map(async (a) => ({ name: a.name, examples: await this.examplesOf(a) })));
+    return scoreRoutes(query, candidates);
+  }
+
+  async decide(query: number[], mix: boolean): Promise<RouteDecision> {
+    const scores = await this.scores(query);
+    const o = this.options;
+    if (!mix) return { adapter: pickRoute(scores, o.threshold), mixture: null, scores };
+    const blend = mixRoute(scores, o.mixTopK, o.mixTemperature, o.threshold);
+    return { adapter: null, mixture: blend.length ? blend : null, scores };
+  }
+
+  private examplesOf(a: RoutableAdapter): Promise<number[][]> {
+    let p = this.cache.get(a.version);
+    if (!p) {
+      p = this.embedTexts(a.examples);
+      p.catch(() => this.cache.delete(a.version)); // a failure is not cached
+      this.cache.set(a.version, p);
+      if (this.cache.size > MAX_CACHED) this.cache.delete(this.cache.keys().next().value!);
+    }
+    return p;
+  }
+}

@@ -39,7 +39,8 @@ export async function mixtureBench(o: { quick: boolean }): Promise<Record<string
       if (r.status !== 201) throw new Error(`upload of ${name} failed: ${r.status} ${await r.text()}`);
     }
     const mixtures = names.map((n, i) => `${n}*0.6+${names[(i + 1) % streams]}*0.4`);
-    const base = { url: server.url, model: modelName, requestRate: Infinity, maxConcurrency: null, vocab: cfg.vocabSize, specialIds: special, logprobs: false, timeoutMs: 900_000 };
+    // logprobs on: every token is then a chunk (this synthetic model often samples tokens without text)
+    const base = { url: server.url, model: modelName, requestRate: Infinity, maxConcurrency: null, vocab: cfg.vocabSize, specialIds: special, logprobs: true, timeoutMs: 900_000 };
     await warmUp(server.url, [modelName, ...names.slice(0, 4), ...mixtures.slice(0, 4)], cfg.vocabSize, special);
     // single first, then mixtures, then single again: the median of the two single runs is the baseline
     const single1 = (await runServing({ ...base, inputLen, outputLen, numPrompts: streams, adapters: names, popularity: 'round-robin', seed: 31, label: `${streams}× single rank-16` })).metrics;

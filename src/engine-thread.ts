@@ -13,7 +13,7 @@ import { MergedSessions } from './merge/merged-sessions.ts';
 export function makeTiers(rt: ModelRuntime, opts: EngineOptions): EngineTiers {
   const { loraMode, maxLoraRank, hostCacheBytes, mergedCacheBytes } = opts.adapters;
   const hostCache = new HostCache(rt.config, rt.readBase, { maxRank: maxLoraRank, modelName: rt.info.name }, hostCacheBytes);
-  const merged = new MergedSessions(loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.peek(v), mergedCacheBytes, rt.sessionOptions, rt.info.weightBytes);
+  const merged = new MergedSessions(loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.peek(v), mergedCacheBytes, rt.sessionOptions, rt.info.weightBytes, rt.quant);
   return { hostCache, merged };
 }
 

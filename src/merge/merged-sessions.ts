@@ -30,7 +30,7 @@
 // its requests with a 503 naming --merged-cache-mb.
 import { buildLlamaGraph } from '../runtime/llama-graph.ts';
 import { TARGETS, targetHasBias, targetPath, targetShape } from '../runtime/model-targets.ts';
-import type { Weights } from '../runtime/llama-graph.ts';
+import type { GraphQuant, Weights } from '../runtime/llama-graph.ts';
 import type { ModelConfig } from '../runtime/model-config.ts';
 import { createSession } from '../runtime/session.ts';
 import type { ort, SessionOptions } from '../runtime/session.ts';
@@ -82,6 +82,7 @@ export class MergedSessions implements MergedPath {
     private readonly maxBytes: number,
     private readonly sessionOptions: SessionOptions,
     private readonly weightBytes: number,
+    private readonly quant: GraphQuant | null = null, // a quantized base: W0 + ΔW is re-quantized the same way
   ) {}
 
   sessionFor(version: string | null, batch: number): ort.InferenceSession | undefined {
@@ -192,7 +193,7 @@ export class MergedSessions implements MergedPath {
     const evictable = (v: string, e: Entry): boolean => v !== adapter.version && (how.required ? !(e.required && how.keep.has(v)) : !e.required);
     while (this.stats.bytes + bytes > this.maxBytes) if (!(await this.evictOldest(evictable))) break;
     if (this.stats.bytes + bytes > this.maxBytes) throw new LoraserveError('unavailable', `merged weights (${mb(bytes)} MB) do not fit the merged-weights cache (--merged-cache-mb ${mb(this.maxBytes)}, ${mb(this.stats.bytes)} MB in use)`);
-    const session = await createSession(buildLlamaGraph(this.cfg, weights, { maxPositions: this.maxPositions }), this.sessionOptions);
+    const session = await createSession(buildLlamaGraph(this.cfg, weights, { maxPositions: this.maxPositions, quant: this.quant }), this.sessionOptions);
     const twin = this.cache.get(adapter.version); // built twice at once (merged.build and a step): keep the first
     if (twin) { await session.release(); return twin.session; }
     this.cache.set(adapter.version, { session, bytes, lastUsed: ++this.clock, required: isMergedOnly(adapter) });

@@ -28,6 +28,8 @@ import type { ModelConfig } from './model-config.ts';
 import { TARGETS, targetPath, targetShape } from './model-targets.ts';
 import type { Target } from './model-targets.ts';
 import { ropeCaches, ropeInverseFrequencies } from './rope.ts';
+import { blocksOf, quantizeMatrix } from './quantize.ts';
+import type { QuantizedMatrix, QuantScheme } from './quantize.ts';
 
 export const GROUPS = 2;
 
@@ -49,11 +51,19 @@ export type LinearHook = (b: GraphBuilder, x: string, layer: number, target: Tar
 export interface LlamaGraphOptions {
   maxPositions: number;          // rows of the RoPE caches (the served context length)
   linear?: LinearHook;           // default: baked-in weights (bakedLinear)
+  quant?: GraphQuant | null;     // W0 of the seven projections quantized (MatMulNBits); null: float32
+}
+
+// Quantized W0 (issue 18): the scheme, and MatMulNBits' accuracy_level (4: activations to int8, the
+// fast path on CPU; 0: float activations, exact against dequant(W0), and slow for 8 bits).
+export interface GraphQuant extends QuantScheme {
+  accuracyLevel: 0 | 4;
+  lmHead?: boolean;              // the LM head too (a quantized copy when tied to the embeddings)
 }
 
 // The default projection: W stored transposed [in, out] as an initializer, so MatMul can prepack it.
-export function bakedLinear(cfg: ModelConfig, weights: Weights): LinearHook {
-  return (b, x, layer, target) => addBias(b, weights, layer, target, bakedMatMul(b, cfg, weights, x, layer, target));
+export function bakedLinear(cfg: ModelConfig, weights: Weights, quant: GraphQuant | null = null): LinearHook {
+  return (b, x, layer, target) => addBias(b, weights, layer, target, bakedMatMul(b, cfg, weights, x, layer, target, quant));
 }
 
 // The served projection: y = g ⊙ (x·W0ᵀ + (x·Aᵀ)·(s·B)ᵀ) + bias, with each token's own adapter (or
@@ -73,7 +83,7 @@ export function bakedLinear(cfg: ModelConfig, weights: Weights): LinearHook {
 // for the layer's targets side by side (row 0: ones), lora_g_index [N] picks a row per token; a step
 // without DoRA feeds one row of ones and index [0], a broadcast multiply by 1.
 // Every LoRA input is shared by both token groups: a step feeds 2 per target plus one per layer.
-export function loraLinear(cfg: ModelConfig, weights: Weights): LinearHook {
+export function loraLinear(cfg: ModelConfig, weights: Weights, quant: GraphQuant | null = null): LinearHook {
   const perGraph = new WeakMap<GraphBuilder, LoraShared>();
   return (b, x, layer, target) => {
     let shared = perGraph.get(b);
@@ -85,7 +95,7 @@ export function loraLinear(cfg: ModelConfig, weights: Weights): LinearHook {
     const timesT = (x3: string, m: string) => b.op('FusedMatMul', [x3, m], { transB: int(1) }, { domain: 'com.microsoft' });
     const scatterAdd = (y: string, band: number, delta: string) => b.op('ScatterND', [y, `lora_y.${band}`, delta], { reduction: { kind: 'string', value: 'add' } });
     const xs = shared.tokens(x, inDim);
-    let y = bakedMatMul(b, cfg, weights, x, layer, target);
+    let y = bakedMatMul(b, cfg, weights, x, layer, target, quant); // the adapters' deltas stay float32
     y = scatterAdd(y, 1, timesT(timesT(xs[1], a), sb)); // band 1, in place
     const pick = (m: string) => b.op('Gather', [m, 'lora_pick'], { axis: int(0) });
     y = scatterAdd(y, 0, timesT(timesT(xs[0], pick(a)), pick(sb)));
@@ -157,11 +167,32 @@ function loraShared(b: GraphBuilder, cfg: ModelConfig): LoraShared {
 // W stored transposed; one transposed copy per weight array, so that the served graph's two
 // bodies (buildServedGraph) hold the same array and the export keeps it once.
 const transposed = new WeakMap<Float32Array, Float32Array>();
+const quantized = new WeakMap<Float32Array, Map<string, QuantizedMatrix>>();
 
-function bakedMatMul(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: string, layer: number, target: Target): string {
+// MatMulNBits' inputs for W [N, K] as stored (its B layout): x, then W quantized once per weight
+// array and scheme (the served graph's two bodies share it), its scales and zero points.
+function quantizedInputs(b: GraphBuilder, quant: GraphQuant, name: string, w: Float32Array, n: number, k: number, x: string): string[] {
+  const key = `${quant.bits}.${quant.block}.${quant.symmetric}`;
+  let byScheme = quantized.get(w);
+  if (!byScheme) quantized.set(w, (byScheme = new Map()));
+  let q = byScheme.get(key);
+  if (!q) byScheme.set(key, (q = quantizeMatrix(w, n, k, quant)));
+  const blocks = blocksOf(k, quant.block);
+  return [
+    x,
+    b.initializer(`${name}.q${quant.bits}`, q.packed, [n, blocks, (quant.block * quant.bits) / 8]),
+    b.initializer(`${name}.scales`, q.scales, [n * blocks]),
+    ...(q.zeroPoints ? [b.initializer(`${name}.zero_points`, q.zeroPoints, [q.zeroPoints.length])] : []),
+  ];
+}
+
+const quantAttrs = (quant: GraphQuant, n: number, k: number) => ({ K: int(k), N: int(n), bits: int(quant.bits), block_size: int(quant.block), accuracy_level: int(quant.accuracyLevel) });
+
+function bakedMatMul(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: string, layer: number, target: Target, quant: GraphQuant | null = null): string {
   const name = `${targetPath(layer, target)}.weight`;
   const [out, inDim] = targetShape(cfg, target);
   const w = weights.get(name)!;
+  if (quant) return b.op('MatMulNBits', quantizedInputs(b, quant, name, w, out, inDim, x), quantAttrs(quant, out, inDim), { domain: 'com.microsoft' });
   let wT = transposed.get(w);
   if (!wT) transposed.set(w, (wT = transpose(w, out, inDim)));
   return b.op('MatMul', [x, b.initializer(`${name}.T`, wT, [inDim, out])]);
@@ -177,7 +208,7 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
   const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: d, vocabSize: V } = cfg;
   const rep = H / Hkv;
   const kvDim = Hkv * d;
-  const linear = opts.linear ?? bakedLinear(cfg, weights);
+  const linear = opts.linear ?? bakedLinear(cfg, weights, opts.quant ?? null);
   const w = (name: string): Float32Array => {
     const t = weights.get(name);
     if (!t) throw new Error(`missing weight ${name}`);
@@ -259,8 +290,13 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
   b.output('hidden', 'float32', ['hidden_rows', D]);
   const rows = b.op('Gather', [hn, logitRows], { axis: int(0) }); // [R,D]
   // lm_head [V,D] used as stored (transB), so a tied embedding is not duplicated.
-  const head = cfg.tieWordEmbeddings ? embed : b.initializer('lm_head.weight', w('lm_head.weight'), [V, D]);
-  b.op('Gemm', [rows, head], { transB: int(1) }, { out: 'logits' });
+  const headW = cfg.tieWordEmbeddings ? w('model.embed_tokens.weight') : w('lm_head.weight');
+  if (opts.quant?.lmHead) {
+    b.op('MatMulNBits', quantizedInputs(b, opts.quant, 'lm_head.weight', headW, V, D, rows), quantAttrs(opts.quant, V, D), { domain: 'com.microsoft', out: 'logits' });
+  } else {
+    const head = cfg.tieWordEmbeddings ? embed : b.initializer('lm_head.weight', headW, [V, D]);
+    b.op('Gemm', [rows, head], { transB: int(1) }, { out: 'logits' });
+  }
   b.output('logits', 'float32', ['rows', V]);
   return b.build();
 }
@@ -272,7 +308,7 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
 // measured, RSS as for one body). The condition is read from the LoRA token feeds' shapes, so the
 // step runner feeds the same inputs either way.
 export function buildServedGraph(cfg: ModelConfig, weights: Weights, opts: Omit<LlamaGraphOptions, 'linear'>): Graph {
-  const lora = buildLlamaGraph(cfg, weights, { ...opts, linear: loraLinear(cfg, weights) });
+  const lora = buildLlamaGraph(cfg, weights, { ...opts, linear: loraLinear(cfg, weights, opts.quant ?? null) });
   const plain = buildLlamaGraph(cfg, weights, opts);
   // initializers: one per name where both bodies hold the same data (the weights, most
   // constants); a constant that differs keeps a copy per body, under the body's prefix
@@ -314,7 +350,7 @@ export function buildServedGraph(cfg: ModelConfig, weights: Weights, opts: Omit<
   };
 }
 
-function sameData(a: Float32Array | BigInt64Array | Int32Array, b: Float32Array | BigInt64Array | Int32Array): boolean {
+function sameData(a: Float32Array | BigInt64Array | Int32Array | Uint8Array, b: Float32Array | BigInt64Array | Int32Array | Uint8Array): boolean {
   if (a === b) return true;
   if (a.constructor !== b.constructor || a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;

@@ -15,6 +15,9 @@ import type { ModelInfo } from './generate-request.ts';
 import type { SequenceLimits } from './sequence.ts';
 import type { ModelConfig } from './model-config.ts';
 import { ModelConfigError } from './errors.ts';
+import { schemeProblem } from './quantize.ts';
+import { TARGETS, targetShape } from './model-targets.ts';
+import type { GraphQuant } from './llama-graph.ts';
 
 export interface RuntimeOptions {
   modelDir: string;
@@ -25,6 +28,7 @@ export interface RuntimeOptions {
   maxRunning?: number;                 // rows per KV lane (the batch limit)
   loraArenaBytes?: number;             // bound on the LoRA arena's committed bytes (default: none)
   laneGrowth?: number;                 // KV lane capacity ratio (default SERVED_LANE_GROWTH, lanes.ts)
+  quantize?: GraphQuant | null;        // W0 of the projections quantized for MatMulNBits (quantize.ts); default float32
 }
 
 // Finer than the LanePool default of 2: a decode step reads its lane's whole capacity (lanes.ts).
@@ -40,6 +44,7 @@ export interface ModelRuntime {
   limits: SequenceLimits;
   sessionOptions: SessionOptions;
   readBase: (name: string) => Float32Array;
+  quant: GraphQuant | null;            // how W0 is served (merged sessions re-quantize W0 + ΔW the same way)
 }
 
 export async function createModelRuntime(opts: RuntimeOptions): Promise<ModelRuntime> {
@@ -50,8 +55,15 @@ export async function createModelRuntime(opts: RuntimeOptions): Promise<ModelRun
   if (tokenizer.vocabSize > cfg.vocabSize) {
     throw new ModelConfigError(`tokenizer.json has ${tokenizer.vocabSize} tokens but the model's vocab_size is ${cfg.vocabSize}`, 'vocab_size');
   }
+  const quant = opts.quantize ?? null;
+  if (quant) {
+    for (const t of TARGETS) {
+      const problem = schemeProblem(quant, targetShape(cfg, t)[1]);
+      if (problem) throw new ModelConfigError(`--quantize int${quant.bits} --quant-block ${quant.block}: ${problem} (${t})`, 'quantize');
+    }
+  }
   const sessionOptions: SessionOptions = { executionProvider: opts.executionProvider, intraOpThreads: opts.intraOpThreads };
-  const session = await createSession(buildServedGraph(cfg, loaded.weights, { maxPositions: maxContext }), sessionOptions);
+  const session = await createSession(buildServedGraph(cfg, loaded.weights, { maxPositions: maxContext, quant }), sessionOptions);
   let weightBytes = 0;
   for (const w of loaded.weights.values()) weightBytes += w.byteLength;
   const { weights: _dropped, ...model } = loaded;
@@ -75,5 +87,6 @@ export async function createModelRuntime(opts: RuntimeOptions): Promise<ModelRun
     limits: { numLayers: cfg.numLayers, numKvHeads: cfg.numKvHeads, headDim: cfg.headDim, maxContext, eosTokenIds: cfg.eosTokenIds },
     sessionOptions,
     readBase: (name) => reader.read(name),
+    quant,
   };
 }

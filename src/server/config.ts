@@ -1,5 +1,7 @@
 // Server configuration: one typed object, visible defaults, flags and LORASERVE_* env vars,
 // validated once at start-up. Model facts come from the model directory, never from flags.
+import { QUANT_BLOCKS } from '../runtime/quantize.ts';
+import type { GraphQuant } from '../runtime/llama-graph.ts';
 import { parseFlags } from '../runtime/cli-args.ts';
 import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -44,6 +46,7 @@ export interface ServerConfig {
   loraArenaBytes: number;      // --lora-arena-mb: LoRA factors of the running batch's adapters
   threads: number;             // --threads: onnxruntime intra-op threads (0 = all cores)
   executionProvider: 'cpu' | 'cuda'; // --execution-provider
+  quantize: GraphQuant | null;  // --quantize none|int8|int4, --quant-block N, --quant-scheme sym|asym: W0 of the projections (issue 18)
   unloadWaitMs: number;        // --unload-wait-ms: how long an unload waits for in-flight requests
   storeSyncMs: number;         // --store-sync-ms: poll the (shared) adapter store this often; 0: off, this process alone uses the store
   metricsTopAdapters: number;  // --metrics-top-adapters: adapters with their own metrics label
@@ -98,6 +101,7 @@ export const DEFAULT_CONFIG: ServerConfig = {
   loraArenaBytes: 1024 * MB,
   threads: 0,
   executionProvider: 'cpu',
+  quantize: null,
   unloadWaitMs: 10_000,
   storeSyncMs: 1_000,
   metricsTopAdapters: 20,
@@ -122,6 +126,7 @@ const FLAGS: Record<string, Flag> = {
   adapters: { type: 'string' }, 'preload-adapters': { type: 'string' }, 'allow-adapter-dir': { type: 'string', multiple: true },
   'api-key': { type: 'string' }, 'admin-key': { type: 'string' }, 'enable-local-admin': { type: 'boolean' }, 'metrics-key': { type: 'string' },
   'allowed-host': { type: 'string', multiple: true }, 'cors-origin': { type: 'string', multiple: true }, 'client-stall-timeout-ms': { type: 'string' },
+  quantize: { type: 'string' }, 'quant-block': { type: 'string' }, 'quant-scheme': { type: 'string' }, 'quantize-lm-head': { type: 'boolean' },
   'max-mixture': { type: 'string' }, 'route-threshold': { type: 'string' }, 'route-mix-k': { type: 'string' }, 'route-mix-temperature': { type: 'string' },
   'max-lora-rank': { type: 'string' }, 'lora-mode': { type: 'string' }, 'max-batch': { type: 'string' }, 'max-queue': { type: 'string' },
   'max-upload-mb': { type: 'string' }, 'max-context': { type: 'string' }, 'default-max-tokens': { type: 'string' },
@@ -170,6 +175,13 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const scheduling = str('scheduling', d.scheduling);
   if (!['goodput', 'strict'].includes(scheduling)) throw new ConfigError(`--scheduling must be goodput or strict, got ${JSON.stringify(scheduling)}`);
   const ep = str('execution-provider', d.executionProvider);
+  const quantMode = str('quantize', 'none');
+  if (!['none', 'int8', 'int4'].includes(quantMode)) throw new ConfigError(`--quantize must be none, int8 or int4, got ${JSON.stringify(quantMode)}`);
+  const quantScheme = str('quant-scheme', 'asym'); // asym kept 4/5 of stories260K's greedy cases at int8 (sym: 3/5)
+  if (!['sym', 'asym'].includes(quantScheme)) throw new ConfigError(`--quant-scheme must be sym or asym, got ${JSON.stringify(quantScheme)}`);
+  const quantBlock = int('quant-block', 32, 16, 256);
+  if (!(QUANT_BLOCKS as readonly number[]).includes(quantBlock)) throw new ConfigError(`--quant-block must be one of ${QUANT_BLOCKS.join(', ')}, got ${quantBlock}`);
+  if (quantMode === 'none' && (get('quant-block') !== undefined || get('quant-scheme') !== undefined || get('quantize-lm-head') !== undefined)) throw new ConfigError('--quant-block, --quant-scheme and --quantize-lm-head need --quantize int8 or int4');
   const metricsCompat = str('metrics-compat', d.metricsCompat);
   if (!['vllm', 'none'].includes(metricsCompat)) throw new ConfigError(`--metrics-compat must be vllm or none, got ${JSON.stringify(metricsCompat)}`);
   if (!['cpu', 'cuda'].includes(ep)) throw new ConfigError(`--execution-provider must be cpu or cuda, got ${JSON.stringify(ep)}`);
@@ -212,6 +224,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     loraArenaBytes: int('lora-arena-mb', d.loraArenaBytes / MB, 1, 10_000_000) * MB,
     threads: int('threads', d.threads, 0, 1024),
     executionProvider: ep as 'cpu' | 'cuda',
+    quantize: quantMode === 'none' ? null : { bits: quantMode === 'int8' ? 8 : 4, block: quantBlock, symmetric: quantScheme === 'sym', accuracyLevel: 4, lmHead: get('quantize-lm-head') === true },
     unloadWaitMs: int('unload-wait-ms', d.unloadWaitMs, 0, 3_600_000),
     storeSyncMs: int('store-sync-ms', d.storeSyncMs, 0, 600_000),
     metricsTopAdapters: int('metrics-top-adapters', d.metricsTopAdapters, 0, 10_000),

@@ -1,7 +1,7 @@
 // A small, readable graph IR. Nodes are plain data, so later passes (a backward-rule pass for the
 // trainer, a LoRA-hook pass) can walk and rewrite them before export to ONNX (onnx-export.ts).
 
-export type ElemType = 'float32' | 'int64' | 'int32';
+export type ElemType = 'float32' | 'int64' | 'int32' | 'uint8';
 export type Dim = number | string; // a number, or a symbolic name such as 'batch'
 
 export type Attr =
@@ -29,7 +29,7 @@ export interface Initializer {
   name: string;
   type: ElemType;
   dims: number[];
-  data: Float32Array | BigInt64Array | Int32Array;
+  data: Float32Array | BigInt64Array | Int32Array | Uint8Array;
 }
 
 export interface Graph {
@@ -64,7 +64,7 @@ export class GraphBuilder {
   }
 
   initializer(name: string, data: Initializer['data'], dims: number[]): string {
-    const type: ElemType = data instanceof Float32Array ? 'float32' : data instanceof BigInt64Array ? 'int64' : 'int32';
+    const type: ElemType = data instanceof Float32Array ? 'float32' : data instanceof BigInt64Array ? 'int64' : data instanceof Uint8Array ? 'uint8' : 'int32';
     const count = dims.reduce((a, b) => a * b, 1);
     if (count !== data.length) throw new Error(`initializer ${name}: ${data.length} values for dims [${dims}]`);
     this.graph.initializers.push({ name, type, dims, data });

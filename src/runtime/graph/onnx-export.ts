@@ -9,6 +9,7 @@ const DATA_TYPE: Record<ElemType, number> = {
   float32: onnx.TensorProto.DataType.FLOAT,
   int64: onnx.TensorProto.DataType.INT64,
   int32: onnx.TensorProto.DataType.INT32,
+  uint8: onnx.TensorProto.DataType.UINT8,
 };
 
 export const EXTERNAL_DATA_PATH = 'weights.bin';

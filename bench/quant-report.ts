@@ -1,0 +1,45 @@
+// Issue 18's figures in docs/quantization.md (run by `npm run bench:report`), so that none is typed
+// by hand: block `quant`, from the latest `npm run bench -- --only quant` (bench/results/latest.json
+// when that run has it, else docs/figures/quant.json, where the run's JSON is kept).
+import { copyFileSync, existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { before, writeBlock } from './markers.ts';
+import type { QuantRow } from './quant-bench.ts';
+import type { ProbeRow } from './quant-probe.ts';
+import type { Check } from './checks.ts';
+import { checkFigure, checkTarget } from './checks.ts';
+
+const here = (p: string): string => fileURLToPath(new URL(p, import.meta.url));
+const LATEST = here('./results/latest.json');
+const KEPT = here('../docs/figures/quant.json');
+
+interface Run { date: string; cores: number; cpus: string; node: string; quant?: { model: string; quick: boolean; streams: number; probe?: ProbeRow[]; rows: QuantRow[]; checks: Check[] } }
+const read = (file: string): Run => JSON.parse(readFileSync(file, 'utf8')) as Run;
+const src = existsSync(LATEST) && read(LATEST).quant ? LATEST : existsSync(KEPT) ? KEPT : null;
+if (!src) console.log('no quant figures yet: run `npm run bench -- --only quant`');
+else {
+  const run = read(src);
+  const q = run.quant!;
+  if (src === LATEST) copyFileSync(LATEST, KEPT);
+  const f32 = q.rows[0];
+  const x = (v: number, base: number) => `${(v / base).toFixed(2)}×`;
+  const lines = [
+    `Figures of ${run.date.slice(0, 10)} (${q.model}, ${run.cores}-core ${run.cpus}, Node ${run.node}; \`npm run bench -- --only quant${q.quick ? ' --quick' : ''}\`, written by \`npm run bench:report\`; JSON kept in docs/figures/quant.json). ` +
+      `Through the server over HTTP: batch-1 decode (median gap between one stream's tokens), prefill (one 512-token prompt, tokens / TTFT), ${q.streams} streams at once on ${q.streams} distinct rank-16 adapters (128 → 32), and the server's RSS once loaded.`,
+    '',
+    '| mode | flags | batch-1 ms/token | batch-1 vs f32 | prefill tok/s | vs f32 | ' + `${q.streams}× adapters out tok/s | vs f32 | RSS MB |`,
+    '|---|---|---|---|---|---|---|---|---|',
+    ...q.rows.map((r) => `| ${r.mode} | \`${r.flags || '(none)'}\` | ${r.b1_step_ms.toFixed(1)} | ${x(r.b1_tok_s, f32.b1_tok_s)} | ${r.prefill_tok_s.toFixed(0)} | ${x(r.prefill_tok_s, f32.prefill_tok_s)} | ${r.b32_out_tok_s.toFixed(1)} (${r.b32_ok}) | ${x(r.b32_out_tok_s, f32.b32_out_tok_s)} | ${r.rss_mb.toFixed(0)} |`),
+    '',
+    '| target | measured | bound | met |',
+    '|---|---|---|---|',
+    ...q.checks.map((c) => `| ${c.claim} | ${checkFigure(c)} | ${checkTarget(c)} | ${c.met ? 'yes' : '**no**'} |`),
+  ];
+  if (q.probe) {
+    lines.push('', 'The kernels alone (bench/quant-probe.ts: one projection, W as an initializer, 2 threads, median ms of 20 runs; block 32, symmetric):', '',
+      '| K→N | M | float32 MatMul | 4-bit, acc 0 | 4-bit, acc 4 | 8-bit, acc 0 | 8-bit, acc 4 |', '|---|---|---|---|---|---|---|',
+      ...q.probe.map((r) => `| ${r.shape} | ${r.M} | ${r.f32.toFixed(3)} | ${r.q4_acc0.toFixed(3)} | ${r.q4_acc4.toFixed(3)} | ${r.q8_acc0.toFixed(3)} | ${r.q8_acc4.toFixed(3)} |`));
+  }
+  writeBlock(here('../docs/quantization.md'), 'quant', lines.join('\n'), before('## '));
+  console.log('docs/quantization.md: quant block written');
+}

@@ -1,0 +1,126 @@
+// Block-wise quantization of a weight matrix W [N, K] (out, in: Hugging Face's layout) for
+// onnxruntime's MatMulNBits (com.microsoft; onnxruntime-node notes §1), issue 18:
+//   packed       uint8 [N, ⌈K/block⌉, block·bits/8]   q, low bits first (element 2j in the low nibble);
+//                a last block past K is padded with the zero point (it dequantizes to 0)
+//   scales       float [N · ⌈K/block⌉]
+//   zero_points  uint8, packed like q, [N · ⌈⌈K/block⌉·bits/8⌉]; absent when symmetric (then the
+//                kernel's default 2^(bits-1))
+//   dequant(W)[n, k] = (q[n, k] − zp[n, k/block]) · scale[n, k/block]
+// Symmetric: scale = max|w| / (2^(bits-1) − 1), zp = 2^(bits-1), so q − zp ∈ [−(2^(bits-1) − 1), 2^(bits-1) − 1]
+// and |w − dequant(w)| ≤ scale/2. Asymmetric: the block's [min(0, lo), max(0, hi)] over 2^bits − 1
+// steps, zp = round(−lo/scale): |w − dequant(w)| ≤ scale (the zero point's rounding may clip an end).
+// Pure functions over typed arrays; the graph builder (llama-graph.ts) puts their results in MatMulNBits.
+
+export type QuantBits = 4 | 8;
+
+export interface QuantScheme {
+  bits: QuantBits;
+  block: number;        // a power of two ≥ 16 dividing K
+  symmetric: boolean;
+}
+
+export interface QuantizedMatrix {
+  n: number;
+  k: number;
+  scheme: QuantScheme;
+  packed: Uint8Array;
+  scales: Float32Array;
+  zeroPoints: Uint8Array | null;
+}
+
+export const QUANT_BLOCKS = [16, 32, 64, 128, 256] as const;
+
+// Why a scheme cannot quantize a K-wide matrix, or null. K need not be a multiple of the block
+// (the last block is padded), but a block wider than K would be mostly padding.
+export function schemeProblem(s: QuantScheme, k: number): string | null {
+  if (s.bits !== 4 && s.bits !== 8) return `bits must be 4 or 8, got ${s.bits}`;
+  if (!(QUANT_BLOCKS as readonly number[]).includes(s.block)) return `the block size must be one of ${QUANT_BLOCKS.join(', ')}, got ${s.block}`;
+  if (s.block > k) return `the block size ${s.block} is wider than the input dimension ${k}`;
+  return null;
+}
+
+export const blocksOf = (k: number, block: number): number => Math.ceil(k / block);
+
+export function quantizeMatrix(w: Float32Array, n: number, k: number, scheme: QuantScheme): QuantizedMatrix {
+  const problem = schemeProblem(scheme, k);
+  if (problem) throw new Error(`quantize: ${problem}`);
+  if (w.length !== n * k) throw new Error(`quantize: ${w.length} values for [${n}, ${k}]`);
+  const { bits, block, symmetric } = scheme;
+  const blocks = blocksOf(k, block);
+  const levels = (1 << bits) - 1;
+  const half = 1 << (bits - 1);
+  const bytesPerBlock = (block * bits) / 8;
+  const packed = new Uint8Array(n * blocks * bytesPerBlock);
+  const scales = new Float32Array(n * blocks);
+  const zpRowBytes = Math.ceil((blocks * bits) / 8);
+  const zeroPoints = symmetric ? null : new Uint8Array(n * zpRowBytes);
+  for (let r = 0; r < n; r++) {
+    for (let c = 0; c < blocks; c++) {
+      const base = r * k + c * block;
+      const width = Math.min(block, k - c * block); // the last block may be short: padded
+      let lo = 0;
+      let hi = 0;
+      let maxAbs = 0;
+      for (let i = 0; i < width; i++) {
+        const v = w[base + i];
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+        const a = Math.abs(v);
+        if (a > maxAbs) maxAbs = a;
+      }
+      let scale: number;
+      let zp: number;
+      if (symmetric) {
+        scale = maxAbs / (half - 1);
+        zp = half;
+      } else {
+        scale = (hi - lo) / levels;
+        zp = scale > 0 ? Math.min(levels, Math.max(0, Math.round(-lo / scale))) : half;
+      }
+      if (scale === 0) scale = 1; // an all-zero block: any scale
+      if (!Number.isFinite(scale)) throw new Error(`quantize: row ${r} block ${c} holds a non-finite value`);
+      const s32 = Math.fround(scale);
+      scales[r * blocks + c] = s32;
+      if (zeroPoints) setPacked(zeroPoints, r * zpRowBytes * (8 / bits) + c, zp, bits);
+      const out = (r * blocks + c) * bytesPerBlock * (8 / bits);
+      for (let i = 0; i < block; i++) {
+        const q = i < width ? Math.min(levels, Math.max(0, Math.round(w[base + i] / s32) + zp)) : zp;
+        setPacked(packed, out + i, q, bits);
+      }
+    }
+  }
+  return { n, k, scheme, packed, scales, zeroPoints };
+}
+
+// dequant(W) [N, K] in float32 (as the kernel computes it: (q − zp) · scale).
+export function dequantizeMatrix(q: QuantizedMatrix): Float32Array {
+  const { n, k, scheme } = q;
+  const { bits, block } = scheme;
+  const blocks = blocksOf(k, block);
+  const half = 1 << (bits - 1);
+  const zpRowBytes = Math.ceil((blocks * bits) / 8);
+  const out = new Float32Array(n * k);
+  for (let r = 0; r < n; r++) {
+    for (let c = 0; c < blocks; c++) {
+      const scale = q.scales[r * blocks + c];
+      const zp = q.zeroPoints ? getPacked(q.zeroPoints, r * zpRowBytes * (8 / bits) + c, bits) : half;
+      const at = (r * blocks + c) * block;
+      const width = Math.min(block, k - c * block);
+      for (let i = 0; i < width; i++) out[r * k + c * block + i] = (getPacked(q.packed, at + i, bits) - zp) * scale;
+    }
+  }
+  return out;
+}
+
+// Element `index` of a packed array of `bits`-bit values (low bits first).
+function setPacked(arr: Uint8Array, index: number, v: number, bits: QuantBits): void {
+  if (bits === 8) { arr[index] = v; return; }
+  const byte = index >> 1;
+  arr[byte] = index & 1 ? (arr[byte] & 0x0f) | (v << 4) : (arr[byte] & 0xf0) | v;
+}
+
+function getPacked(arr: Uint8Array, index: number, bits: QuantBits): number {
+  if (bits === 8) return arr[index];
+  const byte = arr[index >> 1];
+  return index & 1 ? byte >> 4 : byte & 0x0f;
+}

@@ -38,10 +38,17 @@ export function standardize(v: readonly number[], s: Standardizer): number[] {
 }
 
 export function cosine(a: readonly number[], b: readonly number[]): number {
+  // each vector scaled by its largest |value| first: squares of tiny or huge values would under- or
+  // overflow (fast-check found 1e-164 giving NaN, then 0.71 for two parallel vectors)
+  let ma = 0, mb = 0;
+  for (let j = 0; j < a.length; j++) { ma = Math.max(ma, Math.abs(a[j])); mb = Math.max(mb, Math.abs(b[j])); }
+  if (!(ma > 0) || !(mb > 0) || !Number.isFinite(ma) || !Number.isFinite(mb)) return 0;
   let dot = 0, na = 0, nb = 0;
-  for (let j = 0; j < a.length; j++) { dot += a[j] * b[j]; na += a[j] * a[j]; nb += b[j] * b[j]; }
-  const den = Math.sqrt(na) * Math.sqrt(nb); // not √(na·nb): that underflows for tiny vectors (fast-check)
-  return den > 0 ? Math.max(-1, Math.min(1, dot / den)) : 0;
+  for (let j = 0; j < a.length; j++) {
+    const x = a[j] / ma, y = b[j] / mb;
+    dot += x * y; na += x * x; nb += y * y;
+  }
+  return Math.max(-1, Math.min(1, dot / Math.sqrt(na * nb)));
 }
 
 // Every candidate with examples, best first (ties: by name, so a route is deterministic).

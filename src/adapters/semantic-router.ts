@@ -30,7 +30,9 @@ export function standardizer(candidates: readonly RouteCandidate[]): Standardize
   for (const v of all) for (let j = 0; j < D; j++) mean[j] += v[j] / all.length;
   const std = new Array<number>(D).fill(0);
   for (const v of all) for (let j = 0; j < D; j++) std[j] += (v[j] - mean[j]) ** 2 / all.length;
-  return { mean, std: std.map((x) => Math.sqrt(x) || 1) };
+  // a dimension whose spread is within rounding of its mean (fast-check: 9.99999999998630 and …331)
+  // carries no signal, only cancellation noise: it is left unscaled (it standardizes to ≈ 0)
+  return { mean, std: std.map((x, j) => { const sd = Math.sqrt(x); return sd > 1e-9 * Math.max(1, Math.abs(mean[j])) ? sd : 1; }) };
 }
 
 export function standardize(v: readonly number[], s: Standardizer): number[] {

@@ -134,25 +134,29 @@ describe('served with quantized W0', () => {
 });
 
 describe('a quantized base behind the server', () => {
-  it('adapters stay float32 over an int4 base: alone = in a mixed batch, and each differs from the base; a blend of an adapter with itself is that adapter', async () => {
+  it('adapters stay float32 over an int4 base: the same log-probs alone and in a mixed batch, each differing from the base; a blend of an adapter with itself is that adapter', async () => {
     const { startTestServer, upload, adapterFiles } = await import('../helpers/server.ts');
     const server = await startTestServer({ quantize: { bits: 4, block: 16, symmetric: false, accuracyLevel: 4 } });
     try {
       expect((await upload(server.url, 'a', adapterFiles({ rank: 4, seed: 301, scaleB: 2 }))).status).toBe(201);
-      const ask = async (model: string) => {
-        const r = await fetch(`${server.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, prompt: 'Once upon a time', max_tokens: 12, temperature: 0, logprobs: 0 }) });
+      // teacher-forced: the log-probs of a fixed text's tokens (echo), whatever each model would pick
+      const ask = async (model: string): Promise<number[]> => {
+        const r = await fetch(`${server.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, prompt: 'Once upon a time, there was a little girl named Lily. She loved to play outside.', max_tokens: 1, temperature: 0, logprobs: 0, echo: true }) });
         expect(r.status).toBe(200);
-        const c = (await r.json()).choices[0];
-        return { text: c.text as string, lp: c.logprobs.token_logprobs as number[] };
+        return ((await r.json()).choices[0].logprobs.token_logprobs as (number | null)[]).slice(1, -1) as number[];
       };
+      const diff = (x: number[], y: number[]) => Math.max(...x.map((v, i) => Math.abs(v - y[i])));
       const base = await ask(server.engine.info.name);
       const a = await ask('a');
-      expect(a.text).not.toBe(base.text);
       const [b2, a2, m2] = await Promise.all([ask(server.engine.info.name), ask('a'), ask('a*0.5+a*0.5')]);
-      expect(b2.text).toBe(base.text);
-      expect(a2.text).toBe(a.text);
-      expect(Math.max(...a2.lp.map((v, i) => Math.abs(v - a.lp[i])))).toBeLessThan(1e-4);
-      expect(m2.text).toBe(a.text); // a blend of a with itself is a
+      console.log(`int4 base (accuracy level 4): adapter vs base ${diff(a, base).toFixed(3)}; alone vs mixed batch: base ${diff(b2, base).toExponential(1)}, adapter ${diff(a2, a).toExponential(1)}; a*0.5+a*0.5 vs a ${diff(m2, a).toExponential(1)}`);
+      expect(diff(a, base)).toBeGreaterThan(0.05);
+      // int8 activations (accuracy level 4) round each step's rows on their own: batch-mates move a
+      // row's log-probs by rounding only, far less than the adapter does
+      for (const [x, y] of [[b2, base], [a2, a]] as const) expect(diff(x, y)).toBeLessThan(0.02);
+      // the blend sums the same delta in another order: float32 rounding, which the next layer's int8
+      // activations can move by a step; still a hundredth of what the adapter itself changes
+      expect(diff(m2, a)).toBeLessThan(0.01 * diff(a, base));
     } finally {
       await server.close();
     }

@@ -21,7 +21,7 @@ if (existsSync(QUALITY)) {
   writeBlock(here('../docs/quantization.md'), 'quant-quality', [
     `Figures of ${q.date.slice(0, 10)} (\`npm run quant-quality\`, scripts/quant-quality.ts; JSON in docs/figures/quant-quality.json; the served schemes: block 32, asymmetric, accuracy level 4).`,
     '',
-    '| mode | stories260K perplexity (held-out stories) | top-1 agreement with F32 (greedy continuations, teacher-forced) | 110M synthetic: mean \\|Δ log-prob\\| of F32\'s top-5 | an adapter's effect: relative change from over F32 |',
+    '| mode | stories260K perplexity (held-out stories) | top-1 agreement with F32 (greedy continuations, teacher-forced) | 110M synthetic: mean \\|Δ log-prob\\| of F32\'s top-5 | an adapter\'s effect: relative change from over F32 |',
     '|---|---|---|---|---|',
     ...Object.keys(q.stories260K).map((m) => `| ${m} | ${q.stories260K[m].perplexity.toFixed(3)} | ${q.stories260K[m].top1_agreement.toFixed(3)} | ${q.llama110m[m].top5_mean_abs_dlogprob.toFixed(3)} | ${q.llama110m[m].adapter_effect_rel_change.toFixed(3)} |`),
     '',

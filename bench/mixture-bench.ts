@@ -9,12 +9,10 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseModelConfig } from '../src/runtime/model-config.ts';
-import { encodeSafetensors } from '../src/runtime/safetensors.ts';
-import { buildAdapter } from '../scripts/make-test-adapters.ts';
 import { startServer } from '../load-tests/harness.ts';
 import { llama110mDir } from './bench-models.ts';
 import { printTable } from './stats.ts';
-import { runServing, specialIdsOf, tableRow, warmUp } from './serving-bench.ts';
+import { runServing, specialIdsOf, tableRow, uploadSyntheticAdapter, warmUp } from './serving-bench.ts';
 import { check, checkFigure, checkTarget } from './checks.ts';
 
 export async function mixtureBench(o: { quick: boolean }): Promise<Record<string, unknown>> {
@@ -29,15 +27,7 @@ export async function mixtureBench(o: { quick: boolean }): Promise<Record<string
   try {
     console.log(`\nmixture bench (${inputLen} → ${outputLen}, ${streams} streams): uploading ${streams} rank-16 adapters …`);
     const names = Array.from({ length: streams }, (_, i) => `a${i}`);
-    for (const [i, name] of names.entries()) {
-      const f = buildAdapter(cfg, { rank: 16, alpha: 32, seed: 900 + i });
-      const fd = new FormData();
-      fd.append('name', name);
-      fd.append('adapter_config.json', new Blob([JSON.stringify(f.config)]), 'adapter_config.json');
-      fd.append('adapter_model.safetensors', new Blob([encodeSafetensors(f.tensors) as Uint8Array<ArrayBuffer>]), 'adapter_model.safetensors');
-      const r = await fetch(`${server.url}/v1/adapters`, { method: 'POST', body: fd });
-      if (r.status !== 201) throw new Error(`upload of ${name} failed: ${r.status} ${await r.text()}`);
-    }
+    for (const [i, name] of names.entries()) await uploadSyntheticAdapter(server.url, cfg, name, 16, 900 + i);
     const mixtures = names.map((n, i) => `${n}*0.6+${names[(i + 1) % streams]}*0.4`);
     // logprobs on: every token is then a chunk (this synthetic model often samples tokens without text)
     const base = { url: server.url, model: modelName, requestRate: Infinity, maxConcurrency: null, vocab: cfg.vocabSize, specialIds: special, logprobs: true, timeoutMs: 900_000 };

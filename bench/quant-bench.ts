@@ -11,12 +11,10 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseModelConfig } from '../src/runtime/model-config.ts';
-import { encodeSafetensors } from '../src/runtime/safetensors.ts';
-import { buildAdapter } from '../scripts/make-test-adapters.ts';
 import { startServer } from '../load-tests/harness.ts';
 import { llama110mDir } from './bench-models.ts';
 import { printTable } from './stats.ts';
-import { randomPrompts, runServing, specialIdsOf, streamRequest, warmUp } from './serving-bench.ts';
+import { randomPrompts, runServing, specialIdsOf, streamRequest, uploadSyntheticAdapter, warmUp } from './serving-bench.ts';
 import { check, checkFigure, checkTarget } from './checks.ts';
 import type { Check } from './checks.ts';
 import { quantProbe } from './quant-probe.ts';
@@ -67,15 +65,7 @@ export async function quantBench(o: { quick: boolean }): Promise<Record<string, 
       }
       // batch-32 over distinct rank-16 adapters
       const names = Array.from({ length: streams }, (_, i) => `a${i}`);
-      for (const [i, name] of names.entries()) {
-        const f = buildAdapter(cfg, { rank: 16, alpha: 32, seed: 1300 + i });
-        const fd = new FormData();
-        fd.append('name', name);
-        fd.append('adapter_config.json', new Blob([JSON.stringify(f.config)]), 'adapter_config.json');
-        fd.append('adapter_model.safetensors', new Blob([encodeSafetensors(f.tensors) as Uint8Array<ArrayBuffer>]), 'adapter_model.safetensors');
-        const up = await fetch(`${server.url}/v1/adapters`, { method: 'POST', body: fd });
-        if (up.status !== 201) throw new Error(`upload ${name}: ${up.status} ${await up.text()}`);
-      }
+      for (const [i, name] of names.entries()) await uploadSyntheticAdapter(server.url, cfg, name, 16, 1300 + i);
       await warmUp(server.url, names.slice(0, 4), cfg.vocabSize, special);
       const { metrics } = await runServing({ url: server.url, model: modelName, adapters: names, popularity: 'round-robin', inputLen: 128, outputLen: 32, numPrompts: streams, requestRate: Infinity, maxConcurrency: null, seed: 77, vocab: cfg.vocabSize, specialIds: special, logprobs: true, timeoutMs: 900_000, label: `${mode.name} ${streams}× distinct adapters` });
       rows.push({ mode: mode.name, flags: mode.flags.join(' '), b1_step_ms: step, b1_tok_s: 1000 / step, prefill_tok_s: prefill, b32_out_tok_s: metrics.output_throughput, b32_ok: `${metrics.successful}/${metrics.num_prompts}`, rss_mb: rss });

@@ -33,6 +33,9 @@ import { pathToFileURL } from 'node:url';
 import { Rng } from '../src/runtime/random.ts';
 import { sseData, zipf } from '../load-tests/harness.ts';
 import { printTable } from './stats.ts';
+import type { ModelConfig } from '../src/runtime/model-config.ts';
+import { buildAdapter } from '../scripts/make-test-adapters.ts';
+import { encodeSafetensors } from '../src/runtime/safetensors.ts';
 
 export type Popularity = 'uniform' | 'zipf' | 'round-robin';
 
@@ -440,4 +443,15 @@ async function main(): Promise<void> {
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   main().catch((e: unknown) => { console.error((e as Error).message); process.exit(1); });
+}
+
+// Uploads a synthetic adapter (make-test-adapters: all seven targets, alpha = 2·rank) to a server.
+export async function uploadSyntheticAdapter(url: string, cfg: ModelConfig, name: string, rank: number, seed: number): Promise<void> {
+  const f = buildAdapter(cfg, { rank, alpha: 2 * rank, seed });
+  const fd = new FormData();
+  fd.append('name', name);
+  fd.append('adapter_config.json', new Blob([JSON.stringify(f.config)]), 'adapter_config.json');
+  fd.append('adapter_model.safetensors', new Blob([encodeSafetensors(f.tensors) as Uint8Array<ArrayBuffer>]), 'adapter_model.safetensors');
+  const r = await fetch(`${url}/v1/adapters`, { method: 'POST', body: fd });
+  if (r.status !== 201) throw new Error(`upload of ${name} failed: ${r.status} ${await r.text()}`);
 }

@@ -17,14 +17,11 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseModelConfig } from '../src/runtime/model-config.ts';
-import type { ModelConfig } from '../src/runtime/model-config.ts';
-import { encodeSafetensors } from '../src/runtime/safetensors.ts';
-import { buildAdapter } from '../scripts/make-test-adapters.ts';
 import { startServer } from '../load-tests/harness.ts';
 import type { Server } from '../load-tests/harness.ts';
 import { llama110mDir } from './bench-models.ts';
 import { printTable } from './stats.ts';
-import { randomPrompts, runServing, specialIdsOf, streamRequest, tableRow, warmUp } from './serving-bench.ts';
+import { randomPrompts, runServing, specialIdsOf, streamRequest, tableRow, uploadSyntheticAdapter, warmUp } from './serving-bench.ts';
 import type { ServingMetrics } from './serving-bench.ts';
 import { rankAfterRank64, servedVsPlain } from './serving-probes.ts';
 import type { BaseOptions } from './serving-probes.ts';
@@ -43,16 +40,6 @@ export type CaseKind = 'base' | 'one_adapter' | 'distinct_adapters';
 export type ServingCase = ServingMetrics & { concurrency: number; kind: CaseKind };
 
 const fmt = (v: number, d = 2): string => (Number.isFinite(v) ? v.toFixed(d) : String(v));
-
-async function upload(url: string, cfg: ModelConfig, name: string, rank: number, seed: number): Promise<void> {
-  const f = buildAdapter(cfg, { rank, alpha: 2 * rank, seed });
-  const fd = new FormData();
-  fd.append('name', name);
-  fd.append('adapter_config.json', new Blob([JSON.stringify(f.config)]), 'adapter_config.json');
-  fd.append('adapter_model.safetensors', new Blob([encodeSafetensors(f.tensors) as Uint8Array<ArrayBuffer>]), 'adapter_model.safetensors');
-  const r = await fetch(`${url}/v1/adapters`, { method: 'POST', body: fd });
-  if (r.status !== 201) throw new Error(`upload of ${name} failed: ${r.status} ${await r.text()}`);
-}
 
 // The server with the scheduling flags; a server that refuses them (a build from before they
 // existed) is started without them, and the run records that.
@@ -86,9 +73,9 @@ export async function servingBench(o: ServingSuiteOptions): Promise<Record<strin
   phase('start_server');
   try {
     console.log(`\nserving bench (${o.quick ? 'quick' : 'full'}: ${inputLen} → ${outputLen}; --itl-target-ms ${o.itlTargetMs} --scheduling ${o.scheduling}${flagsAccepted ? '' : ' NOT ACCEPTED by the server'}): uploading ${nAdapters} rank-16 adapters, 4 rank-4 and 1 rank-64 (all seven targets) …`);
-    for (let i = 0; i < nAdapters; i++) await upload(server.url, cfg, `a${i}`, 16, 500 + i);
-    for (let i = 0; i < rank4.length; i++) await upload(server.url, cfg, rank4[i], 4, 600 + i);
-    await upload(server.url, cfg, 'r64', 64, 700);
+    for (let i = 0; i < nAdapters; i++) await uploadSyntheticAdapter(server.url, cfg, `a${i}`, 16, 500 + i);
+    for (let i = 0; i < rank4.length; i++) await uploadSyntheticAdapter(server.url, cfg, rank4[i], 4, 600 + i);
+    await uploadSyntheticAdapter(server.url, cfg, 'r64', 64, 700);
     const adapterNames = Array.from({ length: nAdapters }, (_, i) => `a${i}`);
     const base: BaseOptions = {
       url: server.url, model: modelName, requestRate: Infinity, maxConcurrency: null,

@@ -19,7 +19,7 @@ import type { AdapterFiles } from '../../src/adapters/lora-adapter.ts';
 import { mergeAdapters, mergeInputFromAdapter } from '../../src/merge/index.ts';
 import type { MergeOptions } from '../../src/merge/index.ts';
 import { exportCommand } from '../../src/merge/export-command.ts';
-import { ReferenceLlama } from '../reference/llama-reference.ts';
+import { greedyReference, ReferenceLlama } from '../reference/llama-reference.ts';
 import type { AdapterSpec } from '../../scripts/make-test-adapters.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'loraserve-merged-output-'));
@@ -56,22 +56,7 @@ async function served(url: string, model: string): Promise<{ text: string; lp: n
 
 // The float64 reference over W0 + ΔW: greedy ids and their log-probs.
 function reference(deltas: Map<string, Float64Array>): Run {
-  const ref = new ReferenceLlama(rawConfig, base.weights, deltas);
-  let logits = ref.forward(PROMPT).at(-1)!;
-  const ids: number[] = [];
-  const lp: number[] = [];
-  for (let i = 0; i < GEN; i++) {
-    let best = 0;
-    for (let v = 1; v < logits.length; v++) if (logits[v] > logits[best]) best = v;
-    let max = -Infinity;
-    for (const x of logits) max = Math.max(max, x);
-    let sum = 0;
-    for (const x of logits) sum += Math.exp(x - max);
-    ids.push(best);
-    lp.push(logits[best] - max - Math.log(sum));
-    logits = ref.forward([best])[0];
-  }
-  return { ids, lp };
+  return greedyReference(new ReferenceLlama(rawConfig, base.weights, deltas), PROMPT, GEN);
 }
 
 const maxAbs = (x: number[], y: number[]) => Math.max(...x.map((v, i) => Math.abs(v - y[i])));

@@ -172,3 +172,22 @@ function referenceInvFreq(cfg: Json, d: number): number[] {
   }
   return inv;
 }
+
+// Greedy decoding with the reference: `n` tokens after `prompt`, each with its log-probability.
+export function greedyReference(ref: ReferenceLlama, prompt: number[], n: number): { ids: number[]; lp: number[] } {
+  let logits = ref.forward(prompt).at(-1)!;
+  const ids: number[] = [];
+  const lp: number[] = [];
+  for (let i = 0; i < n; i++) {
+    let best = 0;
+    for (let v = 1; v < logits.length; v++) if (logits[v] > logits[best]) best = v;
+    let max = -Infinity;
+    for (const x of logits) max = Math.max(max, x);
+    let sum = 0;
+    for (const x of logits) sum += Math.exp(x - max);
+    ids.push(best);
+    lp.push(logits[best] - max - Math.log(sum));
+    logits = ref.forward([best])[0];
+  }
+  return { ids, lp };
+}

@@ -15,7 +15,7 @@ import { STORIES_DIR, storiesExpected } from '../helpers/fixtures.ts';
 import { loadModel } from '../../src/runtime/model-loader.ts';
 import { targetPath, targetShape } from '../../src/runtime/model-targets.ts';
 import { decodeAdapter } from '../../src/adapters/lora-adapter.ts';
-import { ReferenceLlama } from '../reference/llama-reference.ts';
+import { greedyReference, ReferenceLlama } from '../reference/llama-reference.ts';
 import type { AdapterSpec } from '../../scripts/make-test-adapters.ts';
 
 const base = loadModel(STORIES_DIR);
@@ -77,20 +77,7 @@ function blend(parts: [Map<string, Float64Array>, number][]): Map<string, Float6
 }
 
 function reference(d: Map<string, Float64Array>): number[] {
-  const ref = new ReferenceLlama(rawConfig, base.weights, d);
-  let logits = ref.forward(PROMPT).at(-1)!;
-  const lp: number[] = [];
-  for (let i = 0; i < GEN; i++) {
-    let best = 0;
-    for (let v = 1; v < logits.length; v++) if (logits[v] > logits[best]) best = v;
-    let max = -Infinity;
-    for (const x of logits) max = Math.max(max, x);
-    let sum = 0;
-    for (const x of logits) sum += Math.exp(x - max);
-    lp.push(logits[best] - max - Math.log(sum));
-    logits = ref.forward([best])[0];
-  }
-  return lp;
+  return greedyReference(new ReferenceLlama(rawConfig, base.weights, d), PROMPT, GEN).lp;
 }
 
 const maxAbs = (x: number[], y: number[]) => Math.max(...x.map((v, i) => Math.abs(v - y[i])));
@@ -234,6 +221,24 @@ describe('semantic routing', () => {
     const bad = await post('/v1/embeddings', { model: 'pirate', input: 'x' });
     expect(bad.status).toBe(400);
     expect((await bad.json()).error.param).toBe('model');
+    // careless or hostile bodies: each a 400 naming the field, never a 5xx
+    const refusals: [Record<string, unknown>, RegExp][] = [
+      [{ model: MODEL, input: Array.from({ length: 65 }, () => 'x') }, /^input/],
+      [{ model: MODEL, input: [1, 999_999] }, /^input/],
+      [{ model: MODEL, input: [] }, /^input/],
+      [{ model: MODEL, input: 'x', dimensions: 8 }, /^dimensions$/],
+      [{ model: MODEL, input: 'x', encoding_format: 'hex' }, /^encoding_format$/],
+      [{ model: MODEL }, /^input$/],
+    ];
+    for (const [body, param] of refusals) {
+      const r = await post('/v1/embeddings', body);
+      expect(r.status, JSON.stringify(body).slice(0, 80)).toBe(400);
+      expect((await r.json()).error.param).toMatch(param);
+    }
+    const both = await post('/v1/route', { prompt: 'x', messages: [{ role: 'user', content: 'y' }] });
+    expect(both.status).toBe(400);
+    const neither = await post('/v1/route', {});
+    expect(neither.status).toBe(400);
   });
 
   it('PATCH sets an adapter\'s examples, and routing uses them at once; auto with no examples anywhere is a 400', async () => {

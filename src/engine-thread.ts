@@ -11,9 +11,9 @@ import { HostCache } from './adapters/host-cache.ts';
 import { MergedSessions } from './merge/merged-sessions.ts';
 
 export function makeTiers(rt: ModelRuntime, opts: EngineOptions): EngineTiers {
-  const { loraMode, maxLoraRank, hostCacheBytes, mergedCacheBytes } = opts.adapters;
-  const hostCache = new HostCache(rt.config, rt.readBase, { maxRank: maxLoraRank, modelName: rt.info.name }, hostCacheBytes);
-  const merged = new MergedSessions(loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.peek(v), mergedCacheBytes, rt.sessionOptions, rt.info.weightBytes, rt.quant);
+  const { loraMode, maxLoraRank, hostCacheBytes, mergedCacheBytes, mergedQuantError } = opts.adapters;
+  const hostCache = new HostCache(rt.config, rt.readServed, { maxRank: maxLoraRank, modelName: rt.info.name }, hostCacheBytes);
+  const merged = new MergedSessions(loraMode, rt.config, rt.info.maxContext, rt.readBase, (v) => hostCache.peek(v), mergedCacheBytes, rt.sessionOptions, rt.info.weightBytes, rt.quant && { scheme: rt.quant, readServed: rt.readServed, maxError: mergedQuantError ?? 0.05 });
   return { hostCache, merged };
 }
 

@@ -149,6 +149,9 @@ export async function exportMerged(opts: ExportOptions): Promise<ExportResult> {
 
   const model = loadModelFiles(modelDir);
   const cfg = model.config;
+  // PEFT refuses to merge into a GPTQ base too (formats-and-apis.md §6): writing W0 + ΔW back in
+  // GPTQ's format would be a re-quantization that loses most of a small ΔW (docs/quantization.md)
+  if (model.quantization) throw new ModelConfigError(`--model ${modelDir} is a GPTQ checkpoint (${model.quantization.bits}-bit, quantization_config in config.json): export merges into a float checkpoint only; serve the adapter over it unmerged instead`, 'quantization_config');
   const tensors = readCheckpoint(modelDir);
   const byName = new Map(tensors.map((t) => [t.name, t]));
   const problems: string[] = [];

@@ -21,6 +21,14 @@
 //             than MAX_AUTO_STALL_MS, whatever it would save: on a CPU with a real model (~10 s
 //             builds) auto does not merge (measured noise in the overhead once made it build on a
 //             busy machine: a 40 s stall for every stream). See docs/lora-modes.md.
+//             Over a quantized base (--quantize, GPTQ) a merged adapter is not the same model: its
+//             session serves dequant(Q(W0 + ΔW)) where the unmerged path serves dequant(Q(W0)) + ΔW
+//             (a GPTQ checkpoint: its own dequant(W0) + ΔW, on a grid the re-quantization need not keep). Before
+//             an auto build the re-quantization error relative to ΔW is computed (quantize.ts
+//             requantizationError, over every target): above `quantized.maxError` (--merged-quant-error,
+//             default 0.05) auto does not merge that adapter version, ever. `merged` mode and
+//             merged-only adapters build anyway (there is no unmerged path to keep); every build
+//             over a quantized base reports its error (stats.lastRequantError, a metric).
 //
 // Merged-only adapters (a delta-space merge kept as ΔW, `output: "merged"`; lora-arena.ts
 // isMergedOnly) have no factors, so their rows step only on their session, whatever the mode:
@@ -39,6 +47,7 @@ import type { PreparedAdapter } from '../runtime/lora-arena.ts';
 import type { MergedPath } from '../runtime/scheduler.ts';
 import { LoraserveError } from '../runtime/errors.ts';
 import { mergeDelta, mergePrepared } from './merge-lora.ts';
+import { requantizationError } from '../runtime/quantize.ts';
 
 export type LoraMode = 'auto' | 'merged' | 'unmerged';
 
@@ -59,18 +68,21 @@ export interface MergedStats {
   bytes: number;
   lastBuildMs: number;
   lastBuildBytes: number;   // the last session's weights: what the next build will need
+  lastRequantError: number; // over a quantized base: the last merge's ‖requantization error‖ / ‖ΔW‖ (NaN: none yet)
+  declined: number;         // adapter versions auto did not merge because of that error
 }
 
 export class MergedSessions implements MergedPath {
   private readonly cache = new Map<string, Entry>();
   private readonly building = new Set<string>();
   private readonly failures = new Map<string, Error>(); // merged-only versions whose build failed
+  private readonly declined = new Set<string>();        // versions auto will not merge (re-quantization error)
   private readonly listeners: (() => void)[] = [];
   private readonly recent: (string | null)[] = []; // adapter version of each of the last steps (null: mixed/base)
   private readonly baseMs = new Map<number, number>();      // EWMA step ms of base-only steps, by batch bucket
   private readonly unmergedMs = new Map<number, number>();  // EWMA step ms of single-adapter unmerged steps
   private readonly mergedMs = new Map<number, number>();    // EWMA step ms of merged steps (base cost, measured without base traffic)
-  readonly stats: MergedStats = { hits: 0, misses: 0, builds: 0, evictions: 0, bytes: 0, lastBuildMs: 0, lastBuildBytes: 0 };
+  readonly stats: MergedStats = { hits: 0, misses: 0, builds: 0, evictions: 0, bytes: 0, lastBuildMs: 0, lastBuildBytes: 0, lastRequantError: NaN, declined: 0 };
   private clock = 0;
 
   constructor(
@@ -82,8 +94,12 @@ export class MergedSessions implements MergedPath {
     private readonly maxBytes: number,
     private readonly sessionOptions: SessionOptions,
     private readonly weightBytes: number,
-    private readonly quant: GraphQuant | null = null, // a quantized base: W0 + ΔW is re-quantized the same way
+    private readonly quantized: QuantizedBase | null = null, // a quantized base: W0 + ΔW is re-quantized the same way
   ) {}
+
+  private get quant(): GraphQuant | null {
+    return this.quantized?.scheme ?? null;
+  }
 
   sessionFor(version: string | null, batch: number): ort.InferenceSession | undefined {
     this.recent.push(version);
@@ -92,7 +108,7 @@ export class MergedSessions implements MergedPath {
     const hit = this.cache.get(version);
     if (hit) { hit.lastUsed = ++this.clock; this.stats.hits++; return hit.session; }
     this.stats.misses++;
-    if (this.shouldBuild(version, batch)) this.scheduleBuild(version, { required: false, keep: new Set() });
+    if (this.shouldBuild(version, batch)) this.scheduleBuild(version, { required: false, keep: new Set(), bounded: this.mode === 'auto' });
     return undefined;
   }
 
@@ -113,7 +129,7 @@ export class MergedSessions implements MergedPath {
     for (const [v, e] of this.cache) if (e.required && inUse.has(v)) staying += e.bytes;
     if (staying + need > this.maxBytes) return undefined; // the merged-only adapters running now fill the cache
     this.stats.misses++;
-    this.scheduleBuild(version, { required: true, keep: inUse });
+    this.scheduleBuild(version, { required: true, keep: inUse, bounded: false });
     return undefined;
   }
 
@@ -156,13 +172,13 @@ export class MergedSessions implements MergedPath {
   }
 
   private shouldBuild(version: string, batch: number): boolean {
-    if (this.building.has(version)) return false;
+    if (this.building.has(version) || this.declined.has(version)) return false;
     if (this.mode === 'merged') return true;
     const { overheadMs, steps, buildMs } = this.autoEstimate(version, batch);
     return buildMs <= MAX_AUTO_STALL_MS && overheadMs * steps > buildMs;
   }
 
-  private scheduleBuild(version: string, how: { required: boolean; keep: ReadonlySet<string> }): void {
+  private scheduleBuild(version: string, how: BuildHow): void {
     const adapter = this.lookup(version);
     if (!adapter) return;
     this.building.add(version);
@@ -184,10 +200,21 @@ export class MergedSessions implements MergedPath {
 
   // Builds (and caches) the merged session of an adapter, evicting the least recently used sessions
   // to make room: for an optional build only optional ones, for a merged-only adapter's any but
-  // those of `keep` (merged-only adapters with running rows). Throws when it cannot make room.
-  async build(adapter: PreparedAdapter, how: { required: boolean; keep: ReadonlySet<string> } = { required: isMergedOnly(adapter), keep: new Set() }): Promise<ort.InferenceSession> {
+  // those of `keep` (merged-only adapters with running rows). Throws when it cannot make room, and
+  // (`bounded`, auto's builds) when re-quantizing over a quantized base loses too much of ΔW.
+  async build(adapter: PreparedAdapter, how: BuildHow = { required: isMergedOnly(adapter), keep: new Set(), bounded: false }): Promise<ort.InferenceSession> {
     const t0 = performance.now();
     const weights = mergedWeights(this.cfg, this.readBase, adapter);
+    if (this.quantized) {
+      const { scheme, maxError } = this.quantized;
+      const error = mergedRequantError(this.cfg, this.readBase, this.quantized.readServed, weights, adapter, scheme);
+      this.stats.lastRequantError = error;
+      if (how.bounded && !(error <= maxError)) {
+        this.declined.add(adapter.version);
+        this.stats.declined++;
+        throw new LoraserveError('unavailable', `auto mode does not merge this adapter over the int${scheme.bits} base: re-quantizing W0 + ΔW changes ΔW by ${error.toFixed(3)} of its size (--merged-quant-error ${maxError})`);
+      }
+    }
     let bytes = 0;
     for (const w of weights.values()) bytes += w.byteLength;
     const evictable = (v: string, e: Entry): boolean => v !== adapter.version && (how.required ? !(e.required && how.keep.has(v)) : !e.required);
@@ -216,6 +243,27 @@ export class MergedSessions implements MergedPath {
 }
 
 const mb = (bytes: number): number => Math.ceil(bytes / 2 ** 20);
+
+interface BuildHow { required: boolean; keep: ReadonlySet<string>; bounded: boolean }
+
+// A quantized base: how merged weights are re-quantized, W0 as the unmerged path serves it, and the
+// most re-quantization error auto merges with (--merged-quant-error).
+export interface QuantizedBase { scheme: GraphQuant; readServed: (name: string) => Float32Array; maxError: number }
+
+// ‖dequant(Q(W0 + ΔW)) − served W0 − ΔW‖ / ‖ΔW‖ over every target the adapter changes (Frobenius
+// norms summed over targets): how much of the adapter a merged session loses or adds.
+export function mergedRequantError(cfg: ModelConfig, readBase: (name: string) => Float32Array, readServed: (name: string) => Float32Array, merged: Weights, adapter: PreparedAdapter, quant: GraphQuant): number {
+  let errSq = 0;
+  let deltaSq = 0;
+  for (const t of adapter.targets) {
+    const name = `${targetPath(t.layer, t.target)}.weight`;
+    const [out, inDim] = targetShape(cfg, t.target);
+    const e = requantizationError(readBase(name), merged.get(name)!, readServed(name), out, inDim, quant);
+    errSq += e.errSq;
+    deltaSq += e.deltaSq;
+  }
+  return deltaSq > 0 ? Math.sqrt(errSq / deltaSq) : 0;
+}
 
 // The share of a token's multiply-adds that an adapter's factors add to the base model's:
 // Σ_targets r·(in + out) over Σ_weights of the projections and the LM head (embeddings are looked up).

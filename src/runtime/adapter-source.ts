@@ -69,6 +69,8 @@ export interface MergedPathStats {
   bytes: number;
   lastBuildMs: number;
   lastBuildBytes: number;
+  lastRequantError: number;  // over a quantized base: the last merge's relative re-quantization error (NaN: none)
+  declined: number;          // adapter versions auto did not merge because of it
 }
 
 // What the scheduler needs: a prepared adapter for a request's version, loaded from disk if the

@@ -58,7 +58,7 @@ export function bytesToF32(bytes: Uint8Array, dtype: Dtype, name: string): Float
   switch (dtype) {
     case 'F32': {
       if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4).slice();
-      return new Float32Array(bytes.slice().buffer);
+      return new Float32Array(copyOf(bytes).buffer);
     }
     case 'F16': {
       const src = readU16(bytes);
@@ -81,7 +81,15 @@ export function bytesToF32(bytes: Uint8Array, dtype: Dtype, name: string): Float
 
 function readU16(bytes: Uint8Array): Uint16Array {
   if (bytes.byteOffset % 2 === 0) return new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
-  return new Uint16Array(bytes.slice().buffer);
+  return new Uint16Array(copyOf(bytes).buffer);
+}
+
+// A copy in a fresh ArrayBuffer of its own. Not bytes.slice(): on a Node Buffer (what readFileSync
+// gives, and its subarrays) slice() shares memory, and .buffer would be the whole file's buffer.
+function copyOf(bytes: Uint8Array): Uint8Array {
+  const out = new Uint8Array(bytes.byteLength);
+  out.set(bytes);
+  return out;
 }
 
 let HALF: Float32Array | null = null;

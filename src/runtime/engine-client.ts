@@ -162,7 +162,7 @@ export class EngineClient {
     return this.call({ op: 'merged.has', version });
   }
 
-  // Runs the engine thread's garbage collector, when node was started with --expose-gc (benchmarks).
+  // Runs a full garbage collection on the engine thread (collect-garbage.ts; benchmarks measure memory after it).
   gc(): Promise<void> {
     return this.call({ op: 'gc' });
   }

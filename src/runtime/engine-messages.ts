@@ -11,6 +11,7 @@ export interface AdapterOptions {
   maxLoraRank: number;
   hostCacheBytes: number;      // decoded adapters in host memory (LRU)
   mergedCacheBytes: number;    // merged-weights sessions (LRU)
+  mergedQuantError?: number;   // over a quantized base: the most re-quantization error auto merges with (default 0.05)
 }
 
 export interface EngineOptions {

@@ -15,6 +15,7 @@ import { LoraserveError, serializeError } from './errors.ts';
 import type { TokenEvent } from './generate-request.ts';
 import type { AdapterHost, MergedStore } from './adapter-source.ts';
 import type { EngineCall, EngineFault, EngineOptions, EngineStats, FromWorker, ToWorker } from './engine-messages.ts';
+import { collectGarbage } from './collect-garbage.ts';
 
 const ENGINE_NICE = 5;
 
@@ -39,6 +40,7 @@ async function run(port: MessagePort, opts: EngineOptions, makeTiers: MakeTiers,
   try { setPriority(0, ENGINE_NICE); } catch { /* not permitted: run at normal priority */ }
   const rt = await createModelRuntime({ ...opts.runtime, maxRunning: opts.scheduler.maxRunning });
   const { hostCache, merged } = makeTiers(rt, opts);
+  collectGarbage(); // the loader's float32 weights are garbage now: give their memory back before serving
   let outbox: { id: string; events: TokenEvent[] }[] = [];
   const cost = { weightBytes: rt.info.weightBytes, kvBytesPerPosition: 2 * rt.config.numLayers * rt.config.numKvHeads * rt.config.headDim * 4 };
   const scheduler = new Scheduler(rt.runner, rt.lanes, opts.scheduler, (id, events) => outbox.push({ id, events }), hostCache, merged, cost);
@@ -98,7 +100,7 @@ async function run(port: MessagePort, opts: EngineOptions, makeTiers: MakeTiers,
         for (const ref of c.refs) hostCache.acquire(ref); // starts a load from disk for each missing one
         return null;
       case 'gc':
-        (globalThis as { gc?: () => void }).gc?.(); // only with --expose-gc (benchmarks)
+        collectGarbage();
         return null;
       case 'stats': {
         const stats: EngineStats = {

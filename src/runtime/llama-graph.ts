@@ -30,6 +30,7 @@ import type { Target } from './model-targets.ts';
 import { ropeCaches, ropeInverseFrequencies } from './rope.ts';
 import { blocksOf, quantizeMatrix } from './quantize.ts';
 import type { QuantizedMatrix, QuantScheme } from './quantize.ts';
+import type { PrequantizedLinear } from './gptq.ts';
 
 export const GROUPS = 2;
 
@@ -52,6 +53,15 @@ export interface LlamaGraphOptions {
   maxPositions: number;          // rows of the RoPE caches (the served context length)
   linear?: LinearHook;           // default: baked-in weights (bakedLinear)
   quant?: GraphQuant | null;     // W0 of the seven projections quantized (MatMulNBits); null: float32
+  prequantized?: Prequantized | null; // W0 quantized in the checkpoint (GPTQ): used as stored
+}
+
+// W0 as a pre-quantized checkpoint stores it (gptq.ts, repacked losslessly): `<path>.weight` → its
+// MatMulNBits layout and the permutation of K that x is gathered by (act-order), and the kernel's
+// accuracy_level. A projection not in the map uses its float `.weight` as usual.
+export interface Prequantized {
+  linears: Map<string, PrequantizedLinear>;
+  accuracyLevel: 0 | 4;
 }
 
 // Quantized W0 (issue 18): the scheme, and MatMulNBits' accuracy_level (4: activations to int8, the
@@ -62,8 +72,8 @@ export interface GraphQuant extends QuantScheme {
 }
 
 // The default projection: W stored transposed [in, out] as an initializer, so MatMul can prepack it.
-export function bakedLinear(cfg: ModelConfig, weights: Weights, quant: GraphQuant | null = null): LinearHook {
-  return (b, x, layer, target) => addBias(b, weights, layer, target, bakedMatMul(b, cfg, weights, x, layer, target, quant));
+export function bakedLinear(cfg: ModelConfig, weights: Weights, quant: GraphQuant | null = null, pre: Prequantized | null = null): LinearHook {
+  return (b, x, layer, target) => addBias(b, weights, layer, target, bakedMatMul(b, cfg, weights, x, layer, target, quant, pre));
 }
 
 // The served projection: y = g ⊙ (x·W0ᵀ + (x·Aᵀ)·(s·B)ᵀ) + bias, with each token's own adapter (or
@@ -83,7 +93,7 @@ export function bakedLinear(cfg: ModelConfig, weights: Weights, quant: GraphQuan
 // for the layer's targets side by side (row 0: ones), lora_g_index [N] picks a row per token; a step
 // without DoRA feeds one row of ones and index [0], a broadcast multiply by 1.
 // Every LoRA input is shared by both token groups: a step feeds 2 per target plus one per layer.
-export function loraLinear(cfg: ModelConfig, weights: Weights, quant: GraphQuant | null = null): LinearHook {
+export function loraLinear(cfg: ModelConfig, weights: Weights, quant: GraphQuant | null = null, pre: Prequantized | null = null): LinearHook {
   const perGraph = new WeakMap<GraphBuilder, LoraShared>();
   return (b, x, layer, target) => {
     let shared = perGraph.get(b);
@@ -95,7 +105,7 @@ export function loraLinear(cfg: ModelConfig, weights: Weights, quant: GraphQuant
     const timesT = (x3: string, m: string) => b.op('FusedMatMul', [x3, m], { transB: int(1) }, { domain: 'com.microsoft' });
     const scatterAdd = (y: string, band: number, delta: string) => b.op('ScatterND', [y, `lora_y.${band}`, delta], { reduction: { kind: 'string', value: 'add' } });
     const xs = shared.tokens(x, inDim);
-    let y = bakedMatMul(b, cfg, weights, x, layer, target, quant); // the adapters' deltas stay float32
+    let y = bakedMatMul(b, cfg, weights, x, layer, target, quant, pre); // the adapters' deltas stay float32 (and read x unpermuted)
     y = scatterAdd(y, 1, timesT(timesT(xs[1], a), sb)); // band 1, in place
     const pick = (m: string) => b.op('Gather', [m, 'lora_pick'], { axis: int(0) });
     y = scatterAdd(y, 0, timesT(timesT(xs[0], pick(a)), pick(sb)));
@@ -168,6 +178,7 @@ function loraShared(b: GraphBuilder, cfg: ModelConfig): LoraShared {
 // bodies (buildServedGraph) hold the same array and the export keeps it once.
 const transposed = new WeakMap<Float32Array, Float32Array>();
 const quantized = new WeakMap<Float32Array, Map<string, QuantizedMatrix>>();
+const permutations = new WeakMap<Int32Array, BigInt64Array>();
 
 // MatMulNBits' inputs for W [N, K] as stored (its B layout): x, then W quantized once per weight
 // array and scheme (the served graph's two bodies share it), its scales and zero points.
@@ -177,20 +188,34 @@ function quantizedInputs(b: GraphBuilder, quant: GraphQuant, name: string, w: Fl
   if (!byScheme) quantized.set(w, (byScheme = new Map()));
   let q = byScheme.get(key);
   if (!q) byScheme.set(key, (q = quantizeMatrix(w, n, k, quant)));
-  const blocks = blocksOf(k, quant.block);
+  return nbitsInputs(b, name, q, x);
+}
+
+function nbitsInputs(b: GraphBuilder, name: string, q: QuantizedMatrix, x: string): string[] {
+  const { bits, block } = q.scheme;
+  const blocks = blocksOf(q.k, block);
   return [
     x,
-    b.initializer(`${name}.q${quant.bits}`, q.packed, [n, blocks, (quant.block * quant.bits) / 8]),
-    b.initializer(`${name}.scales`, q.scales, [n * blocks]),
+    b.initializer(`${name}.q${bits}`, q.packed, [q.n, blocks, (block * bits) / 8]),
+    b.initializer(`${name}.scales`, q.scales, [q.n * blocks]),
     ...(q.zeroPoints ? [b.initializer(`${name}.zero_points`, q.zeroPoints, [q.zeroPoints.length])] : []),
   ];
 }
 
-const quantAttrs = (quant: GraphQuant, n: number, k: number) => ({ K: int(k), N: int(n), bits: int(quant.bits), block_size: int(quant.block), accuracy_level: int(quant.accuracyLevel) });
+const quantAttrs = (quant: QuantScheme & { accuracyLevel: number }, n: number, k: number) => ({ K: int(k), N: int(n), bits: int(quant.bits), block_size: int(quant.block), accuracy_level: int(quant.accuracyLevel) });
 
-function bakedMatMul(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: string, layer: number, target: Target, quant: GraphQuant | null = null): string {
+function bakedMatMul(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: string, layer: number, target: Target, quant: GraphQuant | null = null, pre: Prequantized | null = null): string {
   const name = `${targetPath(layer, target)}.weight`;
   const [out, inDim] = targetShape(cfg, target);
+  const stored = pre?.linears.get(name);
+  if (stored) {
+    // act-order: MatMulNBits reads K in the checkpoint's group order, x gathered to match
+    let perm = stored.perm && permutations.get(stored.perm);
+    if (stored.perm && !perm) permutations.set(stored.perm, (perm = BigInt64Array.from(stored.perm, BigInt)));
+    const input = perm ? b.op('Gather', [x, b.initializer(`${name}.perm`, perm, [inDim])], { axis: int(-1) }) : x;
+    const attrs = quantAttrs({ ...stored.matrix.scheme, accuracyLevel: pre!.accuracyLevel }, out, inDim);
+    return b.op('MatMulNBits', nbitsInputs(b, name, stored.matrix, input), attrs, { domain: 'com.microsoft' });
+  }
   const w = weights.get(name)!;
   if (quant) return b.op('MatMulNBits', quantizedInputs(b, quant, name, w, out, inDim, x), quantAttrs(quant, out, inDim), { domain: 'com.microsoft' });
   let wT = transposed.get(w);
@@ -208,7 +233,7 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
   const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: d, vocabSize: V } = cfg;
   const rep = H / Hkv;
   const kvDim = Hkv * d;
-  const linear = opts.linear ?? bakedLinear(cfg, weights, opts.quant ?? null);
+  const linear = opts.linear ?? bakedLinear(cfg, weights, opts.quant ?? null, opts.prequantized ?? null);
   const w = (name: string): Float32Array => {
     const t = weights.get(name);
     if (!t) throw new Error(`missing weight ${name}`);
@@ -308,7 +333,7 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
 // measured, RSS as for one body). The condition is read from the LoRA token feeds' shapes, so the
 // step runner feeds the same inputs either way.
 export function buildServedGraph(cfg: ModelConfig, weights: Weights, opts: Omit<LlamaGraphOptions, 'linear'>): Graph {
-  const lora = buildLlamaGraph(cfg, weights, { ...opts, linear: loraLinear(cfg, weights, opts.quant ?? null) });
+  const lora = buildLlamaGraph(cfg, weights, { ...opts, linear: loraLinear(cfg, weights, opts.quant ?? null, opts.prequantized ?? null) });
   const plain = buildLlamaGraph(cfg, weights, opts);
   // initializers: one per name where both bodies hold the same data (the weights, most
   // constants); a constant that differs keeps a copy per body, under the body's prefix

@@ -112,15 +112,40 @@ export function dequantizeMatrix(q: QuantizedMatrix): Float32Array {
   return out;
 }
 
-// Element `index` of a packed array of `bits`-bit values (low bits first).
-function setPacked(arr: Uint8Array, index: number, v: number, bits: QuantBits): void {
+// Element `index` of a packed array of `bits`-bit values (low bits first); gptq.ts packs with it too.
+export function setPacked(arr: Uint8Array, index: number, v: number, bits: QuantBits): void {
   if (bits === 8) { arr[index] = v; return; }
   const byte = index >> 1;
   arr[byte] = index & 1 ? (arr[byte] & 0x0f) | (v << 4) : (arr[byte] & 0xf0) | v;
 }
 
-function getPacked(arr: Uint8Array, index: number, bits: QuantBits): number {
+export function getPacked(arr: Uint8Array, index: number, bits: QuantBits): number {
   if (bits === 8) return arr[index];
   const byte = arr[index >> 1];
   return index & 1 ? byte >> 4 : byte & 0x0f;
+}
+
+// What serving an adapter merged costs in accuracy over a quantized base (issue 18). Unmerged, a
+// target serves `served` + ΔW (dequant(Q(W0)) under --quantize; a GPTQ checkpoint's own dequant(W0));
+// merged, dequant(Q(W0 + ΔW)), the sum re-quantized. Their difference, against ΔW:
+// errSq = ‖dequant(Q(W0 + ΔW)) − served − ΔW‖², deltaSq = ‖ΔW‖² (ΔW = merged − w0; all [N, K]
+// float32). A ΔW smaller than the quantization step is mostly rounded away or into whole steps, so
+// √(errSq / deltaSq) can pass 1 at int4. One row at a time: no copy of the whole matrix.
+export function requantizationError(w0: Float32Array, merged: Float32Array, served: Float32Array, n: number, k: number, scheme: QuantScheme): { errSq: number; deltaSq: number } {
+  if (w0.length !== n * k || merged.length !== n * k || served.length !== n * k) throw new Error(`requantizationError: ${w0.length}, ${merged.length} and ${served.length} values for [${n}, ${k}]`);
+  let errSq = 0;
+  let deltaSq = 0;
+  for (let r = 0; r < n; r++) {
+    const a = w0.subarray(r * k, (r + 1) * k);
+    const b = merged.subarray(r * k, (r + 1) * k);
+    const s = served.subarray(r * k, (r + 1) * k);
+    const qb = dequantizeMatrix(quantizeMatrix(b, 1, k, scheme));
+    for (let i = 0; i < k; i++) {
+      const delta = b[i] - a[i];
+      const e = qb[i] - s[i] - delta;
+      errSq += e * e;
+      deltaSq += delta * delta;
+    }
+  }
+  return { errSq, deltaSq };
 }

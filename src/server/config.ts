@@ -40,6 +40,7 @@ export interface ServerConfig {
   kvBudgetBytes: number;       // --kv-budget-mb
   hostCacheBytes: number;      // --host-cache-mb: decoded adapters kept in memory
   mergedCacheBytes: number;    // --merged-cache-mb: merged-weight sessions kept
+  mergedQuantError: number;    // --merged-quant-error: over a quantized base, auto merges only within this relative error of ΔW
   prefillChunk: number;        // --prefill-chunk: the most prompt tokens in one step
   itlTargetMs: number;         // --itl-target-ms: inter-token latency kept for running streams while prompts prefill
   scheduling: SchedulingMode;  // --scheduling goodput|strict
@@ -95,6 +96,7 @@ export const DEFAULT_CONFIG: ServerConfig = {
   kvBudgetBytes: 2048 * MB,
   hostCacheBytes: 1024 * MB,
   mergedCacheBytes: 2048 * MB,
+  mergedQuantError: 0.05,
   prefillChunk: 512,
   itlTargetMs: DEFAULT_ITL_TARGET_MS,
   scheduling: 'goodput',
@@ -130,7 +132,7 @@ const FLAGS: Record<string, Flag> = {
   'max-mixture': { type: 'string' }, 'route-threshold': { type: 'string' }, 'route-mix-k': { type: 'string' }, 'route-mix-temperature': { type: 'string' },
   'max-lora-rank': { type: 'string' }, 'lora-mode': { type: 'string' }, 'max-batch': { type: 'string' }, 'max-queue': { type: 'string' },
   'max-upload-mb': { type: 'string' }, 'max-context': { type: 'string' }, 'default-max-tokens': { type: 'string' },
-  'kv-budget-mb': { type: 'string' }, 'host-cache-mb': { type: 'string' }, 'merged-cache-mb': { type: 'string' },
+  'kv-budget-mb': { type: 'string' }, 'host-cache-mb': { type: 'string' }, 'merged-cache-mb': { type: 'string' }, 'merged-quant-error': { type: 'string' },
   'prefill-chunk': { type: 'string' }, 'itl-target-ms': { type: 'string' }, scheduling: { type: 'string' }, 'lora-arena-mb': { type: 'string' }, threads: { type: 'string' }, 'execution-provider': { type: 'string' },
   'unload-wait-ms': { type: 'string' }, 'store-sync-ms': { type: 'string' }, 'metrics-top-adapters': { type: 'string' }, 'log-level': { type: 'string' }, 'log-prompts': { type: 'boolean' },
   'metrics-compat': { type: 'string' }, 'drain-timeout': { type: 'string' },
@@ -218,6 +220,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     kvBudgetBytes: int('kv-budget-mb', d.kvBudgetBytes / MB, 1, 10_000_000) * MB,
     hostCacheBytes: int('host-cache-mb', d.hostCacheBytes / MB, 1, 10_000_000) * MB,
     mergedCacheBytes: int('merged-cache-mb', d.mergedCacheBytes / MB, 0, 10_000_000) * MB,
+    mergedQuantError: real('merged-quant-error', d.mergedQuantError, 0, 1000),
     prefillChunk: int('prefill-chunk', d.prefillChunk, 16, 65536),
     itlTargetMs: int('itl-target-ms', d.itlTargetMs, 10, 600_000),
     scheduling: scheduling as SchedulingMode,

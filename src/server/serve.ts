@@ -33,7 +33,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     faults: config.testFaults,
     runtime: { modelDir: config.model, modelName: files.name, maxContext: config.maxContext, executionProvider: config.executionProvider, intraOpThreads: config.threads, loraArenaBytes: config.loraArenaBytes, quantize: config.quantize },
     scheduler: { maxRunning: config.maxBatch, prefillChunk: config.prefillChunk, kvBudgetBytes: config.kvBudgetBytes, itlTargetMs: config.itlTargetMs, scheduling: config.scheduling },
-    adapters: { loraMode: config.loraMode, maxLoraRank: config.maxLoraRank, hostCacheBytes: config.hostCacheBytes, mergedCacheBytes: config.mergedCacheBytes },
+    adapters: { loraMode: config.loraMode, maxLoraRank: config.maxLoraRank, hostCacheBytes: config.hostCacheBytes, mergedCacheBytes: config.mergedCacheBytes, mergedQuantError: config.mergedQuantError },
   });
   let prompts: PromptWorker | null = null;
   try {

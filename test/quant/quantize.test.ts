@@ -8,33 +8,18 @@ import { readFileSync } from 'node:fs';
 import { dequantizeMatrix, quantizeMatrix, schemeProblem } from '../../src/runtime/quantize.ts';
 import type { QuantScheme } from '../../src/runtime/quantize.ts';
 import { loadModel } from '../../src/runtime/model-loader.ts';
+import { decodeAdapter } from '../../src/adapters/lora-adapter.ts';
+import { buildAdapter } from '../../scripts/make-test-adapters.ts';
+import { encodeSafetensors } from '../../src/runtime/safetensors.ts';
+import type { LoraAdapter } from '../../src/adapters/lora-adapter.ts';
 import { TARGETS, targetPath, targetShape } from '../../src/runtime/model-targets.ts';
 import { startEngine } from '../../src/start-engine.ts';
 import { DEFAULT_SAMPLING } from '../../src/runtime/sampler.ts';
 import { ReferenceLlama } from '../reference/llama-reference.ts';
+import { quantReference as reference } from '../reference/quant-reference.ts';
 import { STORIES_DIR, storiesExpected } from '../helpers/fixtures.ts';
 import { loadConfig } from '../../src/server/config.ts';
 const parseServeArgs = (argv: string[]) => loadConfig(argv, {});
-
-// The definition in float64: per block, the scale and zero point, q = clamp(round(w/s) + zp), w' = (q − zp)·s.
-function reference(w: Float32Array, n: number, k: number, s: QuantScheme): { deq: Float64Array; scales: Float64Array } {
-  const blocks = Math.ceil(k / s.block);
-  const levels = 2 ** s.bits - 1;
-  const half = 2 ** (s.bits - 1);
-  const deq = new Float64Array(n * k);
-  const scales = new Float64Array(n * blocks);
-  for (let r = 0; r < n; r++) for (let c = 0; c < blocks; c++) {
-    const vals = Array.from({ length: Math.min(s.block, k - c * s.block) }, (_, i) => w[r * k + c * s.block + i]);
-    const lo = Math.min(0, ...vals), hi = Math.max(0, ...vals), maxAbs = Math.max(...vals.map(Math.abs));
-    let scale = s.symmetric ? maxAbs / (half - 1) : (hi - lo) / levels;
-    const zp = s.symmetric ? half : scale > 0 ? Math.min(levels, Math.max(0, Math.round(-lo / scale))) : half;
-    if (scale === 0) scale = 1;
-    scale = Math.fround(scale);
-    scales[r * blocks + c] = scale;
-    vals.forEach((v, i) => { deq[r * k + c * s.block + i] = (Math.min(levels, Math.max(0, Math.round(v / scale) + zp)) - zp) * scale; });
-  }
-  return { deq, scales };
-}
 
 const scheme = fc.record({ bits: fc.constantFrom(4 as const, 8 as const), block: fc.constantFrom(16, 32, 64), symmetric: fc.boolean() });
 
@@ -79,13 +64,15 @@ describe('served with quantized W0', () => {
   const cfgJson = JSON.parse(readFileSync(`${STORIES_DIR}/config.json`, 'utf8'));
   const E = storiesExpected();
 
-  async function greedy(quantize: Parameters<typeof startEngine>[0]['runtime']['quantize'], logprobs = false) {
+  async function greedy(quantize: Parameters<typeof startEngine>[0]['runtime']['quantize'], logprobs = false, adapter: LoraAdapter | null = null) {
     const engine = await startEngine({ runtime: { modelDir: STORIES_DIR, intraOpThreads: 1, quantize } });
+    const ref = adapter && { name: 'a', version: adapter.version, dir: '/nonexistent' };
+    if (adapter) await engine.putAdapter(adapter);
     try {
       return await Promise.all(E.generation_cases.map(async (c) => {
         const ids: number[] = [];
         const lps: number[] = [];
-        for await (const ev of engine.generate({ promptTokens: c.prompt_ids, maxTokens: c.greedy_ids.length, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, seed: null, stop: [], stopTokenIds: [], ignoreEos: true, logprobs: logprobs ? 0 : null, adapter: null })) {
+        for await (const ev of engine.generate({ promptTokens: c.prompt_ids, maxTokens: c.greedy_ids.length, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, seed: null, stop: [], stopTokenIds: [], ignoreEos: true, logprobs: logprobs ? 0 : null, adapter: ref })) {
           if (ev.type === 'token') { ids.push(ev.id); if (ev.logprob !== undefined) lps.push(ev.logprob); }
           if (ev.type === 'error') throw new Error(ev.error.message);
         }
@@ -122,6 +109,50 @@ describe('served with quantized W0', () => {
       }
     });
     console.log(`int4 (block 16, asym, accuracy level 0) served vs the float64 reference over dequant(W0): max |Δ log-prob| ${worst.toExponential(2)}`);
+    expect(worst).toBeLessThan(1e-4);
+  }, 120_000);
+
+  it('DoRA over an int4 base: its norms are taken over dequant(W0), the weights served (float64 reference)', async () => {
+    const s: QuantScheme = { bits: 4, block: 16, symmetric: false };
+    const f = buildAdapter(model.config, { rank: 4, alpha: 8, seed: 77, dora: true, scaleB: 1 }, model.weights);
+    const files = { config: new TextEncoder().encode(JSON.stringify(f.config)), weights: encodeSafetensors(f.tensors) };
+    const decode = () => decodeAdapter({ config: files.config.slice(), weights: files.weights.slice() }, model.config, { maxRank: 64, modelName: 'stories260K' }).adapter!;
+    const adapter = decode();
+    // W_eff = m / ‖Wq + s·B·A‖_row ⊙ (Wq + s·B·A), Wq = dequant(Q(W0)); the reference adds W_eff − W0
+    const deltas = new Map<string, Float64Array>();
+    for (let l = 0; l < model.config.numLayers; l++) for (const t of TARGETS) {
+      const name = `${targetPath(l, t)}.weight`;
+      const [n, k] = targetShape(model.config, t);
+      const w0 = model.weights.get(name)!;
+      const wq = Float64Array.from(dequantizeMatrix(quantizeMatrix(w0, n, k, s)));
+      const lt = adapter.targets.find((x) => x.layer === l && x.target === t);
+      if (lt) {
+        for (let i = 0; i < n; i++) {
+          for (let j = 0; j < k; j++) { let d = 0; for (let r = 0; r < lt.rank; r++) d += lt.b[i * lt.rank + r] * lt.a[r * k + j]; wq[i * k + j] += lt.scale * d; }
+          let norm = 0;
+          for (let j = 0; j < k; j++) norm += wq[i * k + j] ** 2;
+          const g = lt.magnitude![i] / Math.sqrt(norm);
+          for (let j = 0; j < k; j++) wq[i * k + j] *= g;
+        }
+      }
+      deltas.set(name, Float64Array.from(wq, (v, i) => v - w0[i]));
+    }
+    const served = await greedy({ ...s, accuracyLevel: 0 }, true, decode());
+    let worst = 0;
+    E.generation_cases.forEach((c, i) => {
+      const ref = new ReferenceLlama(cfgJson, model.weights, deltas);
+      let logits = ref.forward(c.prompt_ids).at(-1)!;
+      for (let j = 0; j < served[i].ids.length; j++) {
+        const id = served[i].ids[j];
+        let max = -Infinity;
+        for (const x of logits) max = Math.max(max, x);
+        let sum = 0;
+        for (const x of logits) sum += Math.exp(x - max);
+        worst = Math.max(worst, Math.abs(served[i].lps[j] - (logits[id] - max - Math.log(sum))));
+        logits = ref.forward([id])[0];
+      }
+    });
+    console.log(`DoRA (rank 4) over int4 (block 16, asym, accuracy level 0) vs the float64 reference: max |Δ log-prob| ${worst.toExponential(2)}`);
     expect(worst).toBeLessThan(1e-4);
   }, 120_000);
 

@@ -1,4 +1,8 @@
 import { describe, expect, it } from 'vitest';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { readSafetensorsFile } from '../../src/runtime/safetensors.ts';
 import { encodeSafetensors, parseSafetensors } from '../../src/runtime/safetensors.ts';
 import { bytesToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../src/runtime/dtype.ts';
 
@@ -19,6 +23,22 @@ describe('safetensors', () => {
     expect([...bytesToF32(parsed.tensors.get('attn0')!.bytes, 'F32', 'attn0')]).toEqual([0, 1, 2, 3, 4, 5]);
     const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
     expect(n % 8).toBe(0);
+  });
+
+  it('reads tensors whose data is not aligned to their element size, from a file on disk (a Node Buffer)', () => {
+    // the data starts at a file offset ≡ 1 (mod 4), so both tensors start at odd offsets
+    const f32 = Float32Array.of(1.5, -2.25, 3e-3);
+    const f16 = [0x3c00, 0xc000]; // 1, -2
+    let header = '{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},"b":{"dtype":"F16","shape":[2],"data_offsets":[12,16]}}';
+    while ((8 + header.length) % 4 !== 1) header += ' ';
+    const data = [...new Uint8Array(f32.buffer), ...f16.flatMap((h) => [h & 0xff, h >> 8])];
+    const path = join(mkdtempSync(join(tmpdir(), 'loraserve-st-')), 'unaligned.safetensors');
+    writeFileSync(path, file(header, data));
+    const st = readSafetensorsFile(path);
+    expect(st.tensors.get('a')!.bytes.byteOffset % 2).toBe(1);
+    expect(st.tensors.get('b')!.bytes.byteOffset % 2).toBe(1);
+    expect([...bytesToF32(st.tensors.get('a')!.bytes, 'F32', 'a')]).toEqual([...f32]);
+    expect([...bytesToF32(st.tensors.get('b')!.bytes, 'F16', 'b')]).toEqual([1, -2]);
   });
 
   it('matches the reference serialisation of one F32 tensor', () => {

@@ -4,9 +4,9 @@
 // ratio within this one run: for F32, int8, int4 and int4 with the LM head quantized too
 // (--quantize-lm-head), served batch-1 decode (median inter-token gap of one stream, 16-token
 // prompt), prefill (tokens / TTFT of one 512-token prompt), batch-32 decode over 32 distinct rank-16
-// adapters (32 streams at once, 128 → 64: the tokens of the server's pure decode steps over their
-// time, from its own step histograms, and the clients' output tok/s overall), and the server's RSS
-// once loaded (process_resident_memory_bytes from /metrics).
+// adapters (32 streams at once, 128 → 192: the tokens all 32 streams received while every one of
+// them was decoding, over that window (serving-bench.ts allRunningDecodeRate), and the clients'
+// output tok/s overall), and the server's RSS once loaded (process_resident_memory_bytes).
 // The four servers run side by side, idle but for the one measured, and the measurements go round
 // them in turn, each figure the median of its rounds: this VM's speed drifts by a third over minutes,
 // and one server after another would fold that drift into the ratios.
@@ -20,7 +20,7 @@ import { startServer } from '../load-tests/harness.ts';
 import type { Server } from '../load-tests/harness.ts';
 import { llama110mDir } from './bench-models.ts';
 import { printTable } from './stats.ts';
-import { randomPrompts, runServing, specialIdsOf, streamRequest, uploadSyntheticAdapter, warmUp } from './serving-bench.ts';
+import { allRunningDecodeRate, randomPrompts, runServing, specialIdsOf, streamRequest, uploadSyntheticAdapter, warmUp } from './serving-bench.ts';
 import { check, checkFigure, checkTarget } from './checks.ts';
 import type { Check } from './checks.ts';
 import { quantProbe } from './quant-probe.ts';
@@ -35,7 +35,14 @@ export const QUANT_MODES: QuantMode[] = [
 
 export interface QuantRow { mode: string; flags: string; b1_step_ms: number; b1_tok_s: number; prefill_tok_s: number; b32_decode_tok_s: number; b32_out_tok_s: number; b32_ok: string; rss_mb: number }
 
-const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
+const SHORT_TURNS = 3; // batch-1 and prefill samples per server per round
+
+// The median of the finite samples (a batch-32 round whose window was empty gives NaN), NaN if none.
+const median = (xs: number[]): number => {
+  const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
 
 export async function quantBench(o: { quick: boolean }): Promise<Record<string, unknown>> {
   const dir = llama110mDir();
@@ -61,24 +68,31 @@ export async function quantBench(o: { quick: boolean }): Promise<Record<string, 
       console.log(`quant bench: ${mode.name} (${mode.flags.join(' ') || 'float32'}) up, RSS ${rss.at(-1)!.toFixed(0)} MB`);
     }
     for (let round = 0; round < rounds; round++) {
+      // batch-1 decode and prefill: short, so several turns round the servers each round
+      for (let turn = 0; turn < SHORT_TURNS; turn++) {
+        for (const [i, mode] of QUANT_MODES.entries()) {
+          const url = servers[i].url;
+          const seed = 40 + round * SHORT_TURNS + turn;
+          // batch-1 decode: the median gap between one stream's tokens
+          const [short] = randomPrompts(1, 16, cfg.vocabSize, special, seed);
+          const r1 = await streamRequest(url, { model: modelName, prompt: short, max_tokens: o.quick ? 24 : 48, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 }, { timeoutMs: 300_000 });
+          if (!r1.ok) throw new Error(`${mode.name} batch-1: ${r1.status} ${r1.error}`);
+          m[i].b1.push(median(r1.itlMs));
+          // prefill: one 512-token prompt, tokens over TTFT
+          const [long] = randomPrompts(1, 512, cfg.vocabSize, special, 100 + seed);
+          const rp = await streamRequest(url, { model: modelName, prompt: long, max_tokens: 1, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 }, { timeoutMs: 300_000 });
+          if (!rp.ok) throw new Error(`${mode.name} prefill: ${rp.status} ${rp.error}`);
+          m[i].prefill.push(rp.promptTokens / (rp.ttftMs / 1000));
+        }
+      }
       for (const [i, mode] of QUANT_MODES.entries()) {
-        const url = servers[i].url;
-        // batch-1 decode: the median gap between one stream's tokens
-        const [short] = randomPrompts(1, 16, cfg.vocabSize, special, 40 + round);
-        const r1 = await streamRequest(url, { model: modelName, prompt: short, max_tokens: o.quick ? 24 : 64, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 }, { timeoutMs: 300_000 });
-        if (!r1.ok) throw new Error(`${mode.name} batch-1: ${r1.status} ${r1.error}`);
-        m[i].b1.push(median(r1.itlMs));
-        // prefill: one 512-token prompt, tokens over TTFT
-        const [long] = randomPrompts(1, 512, cfg.vocabSize, special, 60 + round);
-        const rp = await streamRequest(url, { model: modelName, prompt: long, max_tokens: 1, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 }, { timeoutMs: 300_000 });
-        if (!rp.ok) throw new Error(`${mode.name} prefill: ${rp.status} ${rp.error}`);
-        m[i].prefill.push(rp.promptTokens / (rp.ttftMs / 1000));
         // batch-32 over distinct rank-16 adapters
-        const { metrics } = await runServing({ url, model: modelName, adapters: names, popularity: 'round-robin', inputLen: 128, outputLen: o.quick ? 32 : 64, numPrompts: streams, requestRate: Infinity, maxConcurrency: null, seed: 77 + round, vocab: cfg.vocabSize, specialIds: special, logprobs: true, timeoutMs: 900_000, label: `${mode.name} ${streams}× distinct adapters` });
-        m[i].decode.push(metrics.server?.decode_tok_s ?? NaN);
+        const { metrics, requests } = await runServing({ url: servers[i].url, model: modelName, adapters: names, popularity: 'round-robin', inputLen: 128, outputLen: o.quick ? 48 : 192, numPrompts: streams, requestRate: Infinity, maxConcurrency: null, seed: 77 + round, vocab: cfg.vocabSize, specialIds: special, logprobs: true, timeoutMs: 900_000, label: `${mode.name} ${streams}× distinct adapters` });
+        const all = allRunningDecodeRate(requests);
+        m[i].decode.push(all.tokS);
         m[i].out.push(metrics.output_throughput);
         m[i].ok.push(`${metrics.successful}/${metrics.num_prompts}`);
-        console.log(`  round ${round + 1}/${rounds} ${mode.name}: batch-1 ${m[i].b1.at(-1)!.toFixed(1)} ms a token, prefill ${m[i].prefill.at(-1)!.toFixed(0)} tok/s, ${streams}× adapters: decode ${m[i].decode.at(-1)!.toFixed(1)} tok/s (mean batch ${metrics.server?.mean_decode_batch.toFixed(1)}), ${metrics.output_throughput.toFixed(1)} out tok/s overall`);
+        console.log(`  round ${round + 1}/${rounds} ${mode.name}: batch-1 ${m[i].b1.slice(-SHORT_TURNS).map((x) => x.toFixed(1)).join(' ')} ms a token, prefill ${m[i].prefill.slice(-SHORT_TURNS).map((x) => x.toFixed(0)).join(' ')} tok/s, ${streams}× adapters: decode ${m[i].decode.at(-1)!.toFixed(1)} tok/s with all ${streams} running (${all.windowS.toFixed(1)} s), ${metrics.output_throughput.toFixed(1)} out tok/s overall`);
       }
     }
   } finally {
@@ -98,5 +112,6 @@ export async function quantBench(o: { quick: boolean }): Promise<Record<string, 
   ];
   printTable('quantized W0, llama-110m (through the server)', rows.map((r) => ({ ...r })));
   printTable('quantization targets', checks.map((c) => ({ check: c.id, measured: checkFigure(c), target: checkTarget(c), met: c.met ? 'yes' : 'NO', detail: c.detail })));
-  return { model: modelName, quick: o.quick, streams, rounds, probe, rows, checks };
+  const samples = Object.fromEntries(QUANT_MODES.map((mode, i) => [mode.name, m[i]]));
+  return { model: modelName, quick: o.quick, streams, rounds, probe, rows, checks, samples };
 }

@@ -32,7 +32,7 @@ if (existsSync(QUALITY)) {
 const LATEST = here('./results/latest.json');
 const KEPT = here('../docs/figures/quant.json');
 
-interface Run { date: string; cores: number; cpus: string; node: string; quant?: { model: string; quick: boolean; streams: number; probe?: ProbeRow[]; rows: QuantRow[]; checks: Check[] } }
+interface Run { date: string; cores: number; cpus: string; node: string; quant?: { model: string; quick: boolean; streams: number; rounds?: number; probe?: ProbeRow[]; rows: QuantRow[]; checks: Check[] } }
 const read = (file: string): Run => JSON.parse(readFileSync(file, 'utf8')) as Run;
 const src = existsSync(LATEST) && read(LATEST).quant ? LATEST : existsSync(KEPT) ? KEPT : null;
 if (!src) console.log('no quant figures yet: run `npm run bench -- --only quant`');
@@ -44,11 +44,11 @@ else {
   const x = (v: number, base: number) => `${(v / base).toFixed(2)}×`;
   const lines = [
     `Figures of ${run.date.slice(0, 10)} (${q.model}, ${run.cores}-core ${run.cpus}, Node ${run.node}; \`npm run bench -- --only quant${q.quick ? ' --quick' : ''}\`, written by \`npm run bench:report\`; JSON kept in docs/figures/quant.json). ` +
-      `Through the server over HTTP: batch-1 decode (median gap between one stream's tokens), prefill (one 512-token prompt, tokens / TTFT), ${q.streams} streams at once on ${q.streams} distinct rank-16 adapters (128 → 32), and the server's RSS once loaded.`,
+      `Through the server over HTTP, the four servers up side by side and measured in turn, each figure the median of ${q.rounds ?? 1} round(s): batch-1 decode (median gap between one stream's tokens, 16-token prompt), prefill (one 512-token prompt, tokens / TTFT), ${q.streams} streams at once on ${q.streams} distinct rank-16 adapters (128 → ${q.quick ? 48 : 192}): the tokens all of them received while every one was decoding, over that window, and the clients' output tok/s overall (prefill included), and the server's RSS once loaded (after the engine collects the loader's float32 copy).`,
     '',
-    '| mode | flags | batch-1 ms/token | batch-1 vs f32 | prefill tok/s | vs f32 | ' + `${q.streams}× adapters out tok/s | vs f32 | RSS MB |`,
-    '|---|---|---|---|---|---|---|---|---|',
-    ...q.rows.map((r) => `| ${r.mode} | \`${r.flags || '(none)'}\` | ${r.b1_step_ms.toFixed(1)} | ${x(r.b1_tok_s, f32.b1_tok_s)} | ${r.prefill_tok_s.toFixed(0)} | ${x(r.prefill_tok_s, f32.prefill_tok_s)} | ${r.b32_out_tok_s.toFixed(1)} (${r.b32_ok}) | ${x(r.b32_out_tok_s, f32.b32_out_tok_s)} | ${r.rss_mb.toFixed(0)} |`),
+    '| mode | flags | batch-1 ms/token | batch-1 vs f32 | prefill tok/s | vs f32 | ' + `${q.streams}× adapters decode tok/s | vs f32 | overall out tok/s | RSS MB | vs f32 |`,
+    '|---|---|---|---|---|---|---|---|---|---|---|',
+    ...q.rows.map((r) => `| ${r.mode} | \`${r.flags || '(none)'}\` | ${r.b1_step_ms.toFixed(1)} | ${x(r.b1_tok_s, f32.b1_tok_s)} | ${r.prefill_tok_s.toFixed(0)} | ${x(r.prefill_tok_s, f32.prefill_tok_s)} | ${(r.b32_decode_tok_s ?? NaN).toFixed(1)} | ${x(r.b32_decode_tok_s ?? NaN, f32.b32_decode_tok_s ?? NaN)} | ${r.b32_out_tok_s.toFixed(1)} (${r.b32_ok}) | ${r.rss_mb.toFixed(0)} | ${x(r.rss_mb, f32.rss_mb)} |`),
     '',
     '| target | measured | bound | met |',
     '|---|---|---|---|',

@@ -69,6 +69,7 @@ export interface RequestResult {
   ttftMs: number;
   latencyMs: number;             // to the last token chunk
   itlMs: number[];
+  tokenAt: number[];             // performance.now() of each token chunk (this process's clock)
 }
 
 interface Hist { sum: number; count: number }
@@ -137,7 +138,7 @@ export async function streamRequest(url: string, body: Record<string, unknown>, 
   const promptLen = Array.isArray(body.prompt) ? body.prompt.length : 0;
   const times: number[] = [];
   let usage: { prompt_tokens?: number; completion_tokens?: number } | null = null;
-  const fail = (status: number, error: string): RequestResult => ({ ok: false, status, error, model, promptTokens: promptLen, outputTokens: times.length, chunks: times.length, ttftMs: NaN, latencyMs: NaN, itlMs: [] });
+  const fail = (status: number, error: string): RequestResult => ({ ok: false, status, error, model, promptTokens: promptLen, outputTokens: times.length, chunks: times.length, ttftMs: NaN, latencyMs: NaN, itlMs: [], tokenAt: [] });
   const st = performance.now();
   try {
     const r = await fetch(`${url}/v1/completions`, { method: 'POST', signal: ac.signal, headers: { 'content-type': 'application/json', ...authHeaders(opts.apiKey) }, body: JSON.stringify(body) });
@@ -165,12 +166,27 @@ export async function streamRequest(url: string, body: Record<string, unknown>, 
       ttftMs: times[0] - st,
       latencyMs: times[times.length - 1] - st,
       itlMs: times.slice(1).map((t, k) => t - times[k]),
+      tokenAt: times,
     };
   } catch (e) {
     return fail(0, ac.signal.aborted ? `timed out after ${opts.timeoutMs} ms` : (e as Error).message);
   } finally {
     clearTimeout(timer);
   }
+}
+
+// Decode throughput while every one of these streams was decoding: the token chunks all of them
+// produced between the last stream's first token and the first stream's last, over that window.
+// NaN when the window is empty (a stream ended before another began).
+export function allRunningDecodeRate(rs: RequestResult[]): { tokS: number; windowS: number } {
+  const ok = rs.filter((r) => r.ok && r.tokenAt.length > 0);
+  if (ok.length === 0 || ok.length < rs.length) return { tokS: NaN, windowS: 0 };
+  const from = Math.max(...ok.map((r) => r.tokenAt[0]));
+  const to = Math.min(...ok.map((r) => r.tokenAt.at(-1)!));
+  if (!(to > from)) return { tokS: NaN, windowS: 0 };
+  // a token at `from` ends a gap that began before the window: count those after it, up to `to`
+  const tokens = ok.reduce((n, r) => n + r.tokenAt.filter((t) => t > from && t <= to).length, 0);
+  return { tokS: tokens / ((to - from) / 1000), windowS: (to - from) / 1000 };
 }
 
 // ---- the server's histograms from /metrics (Prometheus text), summed over label sets

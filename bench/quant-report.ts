@@ -4,7 +4,8 @@
 import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { before, writeBlock } from './markers.ts';
-import type { QuantRow } from './quant-bench.ts';
+import type { QuantRow, QuantSamples } from './quant-bench.ts';
+import { pairedRatio, quantChecks } from './quant-bench.ts';
 import type { ProbeRow } from './quant-probe.ts';
 import type { Check } from './checks.ts';
 import { checkFigure, checkTarget } from './checks.ts';
@@ -32,7 +33,7 @@ if (existsSync(QUALITY)) {
 const LATEST = here('./results/latest.json');
 const KEPT = here('../docs/figures/quant.json');
 
-interface Run { date: string; cores: number; cpus: string; node: string; quant?: { model: string; quick: boolean; streams: number; rounds?: number; probe?: ProbeRow[]; rows: QuantRow[]; checks: Check[] } }
+interface Run { date: string; cores: number; cpus: string; node: string; quant?: { model: string; quick: boolean; streams: number; rounds?: number; probe?: ProbeRow[]; rows: QuantRow[]; checks: Check[]; samples?: QuantSamples } }
 const read = (file: string): Run => JSON.parse(readFileSync(file, 'utf8')) as Run;
 const src = existsSync(LATEST) && read(LATEST).quant ? LATEST : existsSync(KEPT) ? KEPT : null;
 if (!src) console.log('no quant figures yet: run `npm run bench -- --only quant`');
@@ -41,18 +42,21 @@ else {
   const q = run.quant!;
   if (src === LATEST) copyFileSync(LATEST, KEPT);
   const f32 = q.rows[0];
-  const x = (v: number, base: number) => `${(v / base).toFixed(2)}×`;
+  // a mode against F32: the median of paired ratios when the run kept its samples, else of medians
+  const ratio = (r: QuantRow, key: 'b1' | 'prefill' | 'out', v: number, base: number): string =>
+    `${(q.samples ? pairedRatio(q.samples[r.mode][key], q.samples.f32[key], key !== 'b1') : v / base).toFixed(2)}×`;
+  const checks = q.samples ? quantChecks(q.samples, q.streams) : q.checks;
   const lines = [
     `Figures of ${run.date.slice(0, 10)} (${q.model}, ${run.cores}-core ${run.cpus}, Node ${run.node}; \`npm run bench -- --only quant${q.quick ? ' --quick' : ''}\`, written by \`npm run bench:report\`; JSON kept in docs/figures/quant.json). ` +
-      `Through the server over HTTP, the four servers up side by side and measured in turn, each figure the median of ${q.rounds ?? 1} round(s): batch-1 decode (median gap between one stream's tokens, 16-token prompt), prefill (one 512-token prompt, tokens / TTFT), ${q.streams} streams at once on ${q.streams} distinct rank-16 adapters (128 → ${q.quick ? 48 : 192}): the tokens all of them received while every one was decoding, over that window, and the clients' output tok/s overall (prefill included), and the server's RSS once loaded (after the engine collects the loader's float32 copy).`,
+      `Through the server over HTTP, the four servers up side by side and measured in turn, ${q.rounds ?? 1} round(s) (batch-1 and prefill: three turns a round); each figure the median of its samples, each ratio to f32 the median of the ratios of samples taken in the same turn (seconds apart, so the VM's drift over minutes cancels): batch-1 decode (median gap between one stream's tokens, 16-token prompt), prefill (one 512-token prompt, tokens / TTFT), ${q.streams} streams at once on ${q.streams} distinct rank-16 adapters (16 → ${q.quick ? 48 : 192}: 512 prompt tokens against ${q.streams * (q.quick ? 48 : 192)} generated, so the clients' output tok/s is decode's; beside it the rate while all of them were decoding, where the scheduler's admission left such a window, else n/a), and the server's RSS once loaded (after the engine collects the loader's float32 copy).`,
     '',
-    '| mode | flags | batch-1 ms/token | batch-1 vs f32 | prefill tok/s | vs f32 | ' + `${q.streams}× adapters decode tok/s | vs f32 | overall out tok/s | RSS MB | vs f32 |`,
+    '| mode | flags | batch-1 ms/token | batch-1 vs f32 | prefill tok/s | vs f32 | ' + `${q.streams}× adapters output tok/s | vs f32 | while all ${q.streams} decode | RSS MB | vs f32 |`,
     '|---|---|---|---|---|---|---|---|---|---|---|',
-    ...q.rows.map((r) => `| ${r.mode} | \`${r.flags || '(none)'}\` | ${r.b1_step_ms.toFixed(1)} | ${x(r.b1_tok_s, f32.b1_tok_s)} | ${r.prefill_tok_s.toFixed(0)} | ${x(r.prefill_tok_s, f32.prefill_tok_s)} | ${(r.b32_decode_tok_s ?? NaN).toFixed(1)} | ${x(r.b32_decode_tok_s ?? NaN, f32.b32_decode_tok_s ?? NaN)} | ${r.b32_out_tok_s.toFixed(1)} (${r.b32_ok}) | ${r.rss_mb.toFixed(0)} | ${x(r.rss_mb, f32.rss_mb)} |`),
+    ...q.rows.map((r) => `| ${r.mode} | \`${r.flags || '(none)'}\` | ${r.b1_step_ms.toFixed(1)} | ${ratio(r, 'b1', r.b1_tok_s, f32.b1_tok_s)} | ${r.prefill_tok_s.toFixed(0)} | ${ratio(r, 'prefill', r.prefill_tok_s, f32.prefill_tok_s)} | ${r.b32_out_tok_s.toFixed(1)} (${r.b32_ok}) | ${ratio(r, 'out', r.b32_out_tok_s, f32.b32_out_tok_s)} | ${Number.isFinite(r.b32_decode_tok_s) ? r.b32_decode_tok_s.toFixed(1) : 'n/a'} | ${r.rss_mb.toFixed(0)} | ${(r.rss_mb / f32.rss_mb).toFixed(2)}× |`),
     '',
     '| target | measured | bound | met |',
     '|---|---|---|---|',
-    ...q.checks.map((c) => `| ${c.claim} | ${checkFigure(c)} | ${checkTarget(c)} | ${c.met ? 'yes' : '**no**'} |`),
+    ...checks.map((c) => `| ${c.claim} | ${checkFigure(c)} | ${checkTarget(c)} | ${c.met ? 'yes' : '**no**'} |`),
   ];
   if (q.probe) {
     lines.push('', 'The kernels alone (bench/quant-probe.ts: one projection, W as an initializer, 2 threads, median ms of 20 runs; block 32, symmetric):', '',

@@ -6,20 +6,13 @@
 // rank-16 adapters (32 distinct), the same prompts and lengths, in this one run. Target: the
 // mixtures' output throughput ≥ 0.85× the single adapters'. Saved in bench/results/latest.json;
 // `npm run bench:report` writes docs/benchmarks.md's block from it (mixture-report.ts).
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { parseModelConfig } from '../src/runtime/model-config.ts';
 import { startServer } from '../load-tests/harness.ts';
-import { llama110mDir } from './bench-models.ts';
 import { printTable } from './stats.ts';
-import { runServing, specialIdsOf, tableRow, uploadSyntheticAdapter, warmUp } from './serving-bench.ts';
+import { runServing, benchModel110m, tableRow, uploadSyntheticAdapter, warmUp } from './serving-bench.ts';
 import { check, checkFigure, checkTarget } from './checks.ts';
 
 export async function mixtureBench(o: { quick: boolean }): Promise<Record<string, unknown>> {
-  const dir = llama110mDir();
-  const modelName = 'llama-110m';
-  const cfg = parseModelConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>);
-  const special = specialIdsOf(dir);
+  const { dir, modelName, cfg, special } = benchModel110m();
   const streams = 32;
   const inputLen = o.quick ? 128 : 512;
   const outputLen = o.quick ? 32 : 128;

@@ -14,14 +14,10 @@
 // Targets (issue 18): batch-1 int8 ≥ 1.6× and int4 ≥ 2.2× F32; batch-32 decode ≥ 1.3× F32; prefill at
 // int8 ≥ 0.9× F32. Saved in bench/results/latest.json; docs/quantization.md's block comes from it
 // (bench/quant-report.ts).
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { parseModelConfig } from '../src/runtime/model-config.ts';
 import { startServer } from '../load-tests/harness.ts';
 import type { Server } from '../load-tests/harness.ts';
-import { llama110mDir } from './bench-models.ts';
 import { printTable } from './stats.ts';
-import { allRunningDecodeRate, randomPrompts, runServing, specialIdsOf, streamRequest, uploadSyntheticAdapter, warmUp } from './serving-bench.ts';
+import { allRunningDecodeRate, randomPrompts, runServing, benchModel110m, streamRequest, uploadSyntheticAdapter, warmUp } from './serving-bench.ts';
 import { check, checkFigure, checkTarget } from './checks.ts';
 import type { Check } from './checks.ts';
 import { quantProbe } from './quant-probe.ts';
@@ -71,10 +67,7 @@ export const median = (xs: number[]): number => {
 };
 
 export async function quantBench(o: { quick: boolean }): Promise<Record<string, unknown>> {
-  const dir = llama110mDir();
-  const modelName = 'llama-110m';
-  const cfg = parseModelConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>);
-  const special = specialIdsOf(dir);
+  const { dir, modelName, cfg, special } = benchModel110m();
   const streams = o.quick ? 8 : 32;
   const rounds = o.quick ? 1 : 3;
   const probe = await quantProbe();

@@ -34,6 +34,8 @@ import { Rng } from '../src/runtime/random.ts';
 import { sseData, zipf } from '../load-tests/harness.ts';
 import { printTable } from './stats.ts';
 import type { ModelConfig } from '../src/runtime/model-config.ts';
+import { parseModelConfig } from '../src/runtime/model-config.ts';
+import { llama110mDir } from './bench-models.ts';
 import { buildAdapter } from '../scripts/make-test-adapters.ts';
 import { encodeSafetensors } from '../src/runtime/safetensors.ts';
 
@@ -360,6 +362,14 @@ export function printVllmStyle(m: ServingMetrics): void {
 }
 
 // Special ids of a local model: config.json's bos/eos/pad and tokenizer.json's special added tokens.
+// The synthetic 110M model the serving-type benches load (generated on first use), as they need it:
+// its directory, served name, config and the special token ids their random prompts avoid.
+export function benchModel110m(): { dir: string; modelName: string; cfg: ModelConfig; special: number[] } {
+  const dir = llama110mDir();
+  const cfg = parseModelConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>);
+  return { dir, modelName: 'llama-110m', cfg, special: specialIdsOf(dir) };
+}
+
 export function specialIdsOf(dir: string): number[] {
   const ids = new Set<number>();
   const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;

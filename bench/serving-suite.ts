@@ -14,14 +14,10 @@
 // It prints tables and a list of checks (measured, target, met or not) and returns the JSON that
 // run.ts saves in bench/results/latest.json; `npm run bench:report` writes the docs from it.
 // A benchmark: nothing here asserts or fails the run on a missed target.
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { parseModelConfig } from '../src/runtime/model-config.ts';
 import { startServer } from '../load-tests/harness.ts';
 import type { Server } from '../load-tests/harness.ts';
-import { llama110mDir } from './bench-models.ts';
 import { printTable } from './stats.ts';
-import { randomPrompts, runServing, specialIdsOf, streamRequest, tableRow, uploadSyntheticAdapter, warmUp } from './serving-bench.ts';
+import { randomPrompts, runServing, benchModel110m, streamRequest, tableRow, uploadSyntheticAdapter, warmUp } from './serving-bench.ts';
 import type { ServingMetrics } from './serving-bench.ts';
 import { rankAfterRank64, servedVsPlain } from './serving-probes.ts';
 import type { BaseOptions } from './serving-probes.ts';
@@ -60,10 +56,7 @@ export async function servingBench(o: ServingSuiteOptions): Promise<Record<strin
   let tPhase = performance.now();
   const phase = (name: string): void => { const now = performance.now(); phases[name] = (now - tPhase) / 1000; tPhase = now; };
 
-  const dir = llama110mDir();
-  const modelName = 'llama-110m';
-  const cfg = parseModelConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>);
-  const special = specialIdsOf(dir);
+  const { dir, modelName, cfg, special } = benchModel110m();
   const inputLen = o.quick ? 128 : 512;
   const outputLen = o.quick ? 32 : 128;
   const concurrencies = [1, 8, 32];

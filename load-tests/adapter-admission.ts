@@ -4,20 +4,14 @@
 // uploads N rank-16 adapters, and sends N streaming completions of 16 → 48 tokens at once, ROUNDS
 // times; prints each stream's first and last token, in seconds after the earliest first token.
 // Bounded: N ≤ 64 requests a round, ROUNDS ≤ 5, each with a 300 s timeout; 127.0.0.1 only.
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startServer } from './harness.ts';
-import { parseModelConfig } from '../src/runtime/model-config.ts';
-import { llama110mDir } from '../bench/bench-models.ts';
-import { runServing, specialIdsOf, uploadSyntheticAdapter, warmUp } from '../bench/serving-bench.ts';
+import { runServing, benchModel110m, uploadSyntheticAdapter, warmUp } from '../bench/serving-bench.ts';
 
 const { values } = parseArgs({ options: { streams: { type: 'string', default: '32' }, rounds: { type: 'string', default: '2' }, flags: { type: 'string', default: '' } } });
 const streams = Math.min(64, Math.max(1, Number(values.streams)));
 const rounds = Math.min(5, Math.max(1, Number(values.rounds)));
-const dir = llama110mDir();
-const cfg = parseModelConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>);
-const special = specialIdsOf(dir);
+const { dir, cfg, special } = benchModel110m();
 const server = await startServer(dir, ['--model-name', 'llama-110m', '--max-queue', '512', ...values.flags!.split(' ').filter(Boolean)]);
 try {
   const names = Array.from({ length: streams }, (_, i) => `a${i}`);

@@ -28,7 +28,7 @@ import type { ModelConfig } from './model-config.ts';
 import { TARGETS, targetPath, targetShape } from './model-targets.ts';
 import type { Target } from './model-targets.ts';
 import { ropeCaches, ropeInverseFrequencies } from './rope.ts';
-import { blocksOf, quantizeMatrix } from './quantize.ts';
+import { blocksOf, quantizeOnce } from './quantize.ts';
 import type { QuantizedMatrix, QuantScheme } from './quantize.ts';
 import type { PrequantizedLinear } from './gptq.ts';
 
@@ -177,18 +177,12 @@ function loraShared(b: GraphBuilder, cfg: ModelConfig): LoraShared {
 // W stored transposed; one transposed copy per weight array, so that the served graph's two
 // bodies (buildServedGraph) hold the same array and the export keeps it once.
 const transposed = new WeakMap<Float32Array, Float32Array>();
-const quantized = new WeakMap<Float32Array, Map<string, QuantizedMatrix>>();
 const permutations = new WeakMap<Int32Array, BigInt64Array>();
 
 // MatMulNBits' inputs for W [N, K] as stored (its B layout): x, then W quantized once per weight
-// array and scheme (the served graph's two bodies share it), its scales and zero points.
+// array and scheme (quantizeOnce: the served graph's two bodies share it), its scales and zero points.
 function quantizedInputs(b: GraphBuilder, quant: GraphQuant, name: string, w: Float32Array, n: number, k: number, x: string): string[] {
-  const key = `${quant.bits}.${quant.block}.${quant.symmetric}`;
-  let byScheme = quantized.get(w);
-  if (!byScheme) quantized.set(w, (byScheme = new Map()));
-  let q = byScheme.get(key);
-  if (!q) byScheme.set(key, (q = quantizeMatrix(w, n, k, quant)));
-  return nbitsInputs(b, name, q, x);
+  return nbitsInputs(b, name, quantizeOnce(w, n, k, quant), x);
 }
 
 function nbitsInputs(b: GraphBuilder, name: string, q: QuantizedMatrix, x: string): string[] {

@@ -92,24 +92,39 @@ export function quantizeMatrix(w: Float32Array, n: number, k: number, scheme: Qu
   return { n, k, scheme, packed, scales, zeroPoints };
 }
 
+// quantizeMatrix once per weight array and scheme: the served graph's two bodies and a merge's
+// error check (requantizationError) share the result. The array must not change afterwards.
+const quantized = new WeakMap<Float32Array, Map<string, QuantizedMatrix>>();
+export function quantizeOnce(w: Float32Array, n: number, k: number, scheme: QuantScheme): QuantizedMatrix {
+  const key = `${scheme.bits}.${scheme.block}.${scheme.symmetric}`;
+  let byScheme = quantized.get(w);
+  if (!byScheme) quantized.set(w, (byScheme = new Map()));
+  let q = byScheme.get(key);
+  if (!q) byScheme.set(key, (q = quantizeMatrix(w, n, k, scheme)));
+  return q;
+}
+
 // dequant(W) [N, K] in float32 (as the kernel computes it: (q − zp) · scale).
 export function dequantizeMatrix(q: QuantizedMatrix): Float32Array {
-  const { n, k, scheme } = q;
+  const out = new Float32Array(q.n * q.k);
+  for (let r = 0; r < q.n; r++) dequantizeRow(q, r, out.subarray(r * q.k, (r + 1) * q.k));
+  return out;
+}
+
+// Row r of dequant(W) into `out` [K].
+function dequantizeRow(q: QuantizedMatrix, r: number, out: Float32Array): void {
+  const { k, scheme } = q;
   const { bits, block } = scheme;
   const blocks = blocksOf(k, block);
   const half = 1 << (bits - 1);
   const zpRowBytes = Math.ceil((blocks * bits) / 8);
-  const out = new Float32Array(n * k);
-  for (let r = 0; r < n; r++) {
-    for (let c = 0; c < blocks; c++) {
-      const scale = q.scales[r * blocks + c];
-      const zp = q.zeroPoints ? getPacked(q.zeroPoints, r * zpRowBytes * (8 / bits) + c, bits) : half;
-      const at = (r * blocks + c) * block;
-      const width = Math.min(block, k - c * block);
-      for (let i = 0; i < width; i++) out[r * k + c * block + i] = (getPacked(q.packed, at + i, bits) - zp) * scale;
-    }
+  for (let c = 0; c < blocks; c++) {
+    const scale = q.scales[r * blocks + c];
+    const zp = q.zeroPoints ? getPacked(q.zeroPoints, r * zpRowBytes * (8 / bits) + c, bits) : half;
+    const at = (r * blocks + c) * block;
+    const width = Math.min(block, k - c * block);
+    for (let i = 0; i < width; i++) out[c * block + i] = (getPacked(q.packed, at + i, bits) - zp) * scale;
   }
-  return out;
 }
 
 // Element `index` of a packed array of `bits`-bit values (low bits first); gptq.ts packs with it too.
@@ -130,16 +145,19 @@ export function getPacked(arr: Uint8Array, index: number, bits: QuantBits): numb
 // merged, dequant(Q(W0 + ΔW)), the sum re-quantized. Their difference, against ΔW:
 // errSq = ‖dequant(Q(W0 + ΔW)) − served − ΔW‖², deltaSq = ‖ΔW‖² (ΔW = merged − w0; all [N, K]
 // float32). A ΔW smaller than the quantization step is mostly rounded away or into whole steps, so
-// √(errSq / deltaSq) can pass 1 at int4. One row at a time: no copy of the whole matrix.
+// √(errSq / deltaSq) can pass 1 at int4. Q(merged) is quantizeOnce's, which the merged session's
+// graph then reuses; it is dequantized one row at a time.
 export function requantizationError(w0: Float32Array, merged: Float32Array, served: Float32Array, n: number, k: number, scheme: QuantScheme): { errSq: number; deltaSq: number } {
   if (w0.length !== n * k || merged.length !== n * k || served.length !== n * k) throw new Error(`requantizationError: ${w0.length}, ${merged.length} and ${served.length} values for [${n}, ${k}]`);
+  const q = quantizeOnce(merged, n, k, scheme);
+  const qb = new Float32Array(k);
   let errSq = 0;
   let deltaSq = 0;
   for (let r = 0; r < n; r++) {
     const a = w0.subarray(r * k, (r + 1) * k);
     const b = merged.subarray(r * k, (r + 1) * k);
     const s = served.subarray(r * k, (r + 1) * k);
-    const qb = dequantizeMatrix(quantizeMatrix(b, 1, k, scheme));
+    dequantizeRow(q, r, qb);
     for (let i = 0; i < k; i++) {
       const delta = b[i] - a[i];
       const e = qb[i] - s[i] - delta;

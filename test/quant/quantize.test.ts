@@ -56,6 +56,9 @@ describe('block-wise quantization', () => {
     expect(() => parseServeArgs(['--quant-block', '32'])).toThrow(/need --quantize/);
     expect(() => parseServeArgs(['--quantize', 'int8', '--quant-scheme', 'odd'])).toThrow(/--quant-scheme/);
     expect(parseServeArgs(['--quantize', 'int4']).quantize).toMatchObject({ bits: 4, block: 32, symmetric: false });
+    for (const bad of ['-0.1', 'NaN', 'lots', '', '1e9']) expect(() => parseServeArgs(['--merged-quant-error', bad])).toThrow(/--merged-quant-error must be a number in \[0, 1000\]/);
+    expect(parseServeArgs([]).mergedQuantError).toBe(0.05);
+    expect(parseServeArgs(['--merged-quant-error', '0.2']).mergedQuantError).toBe(0.2);
   });
 });
 

@@ -10,7 +10,7 @@ import type { ModelConfig } from './model-config.ts';
 import { readSafetensorsFile } from './safetensors.ts';
 import type { Dtype } from './safetensors.ts';
 import { tensorToF32 } from './dtype.ts';
-import { TARGETS, targetHasBias, targetPath, targetShape } from './model-targets.ts';
+import { TARGETS, targetHasBias, targetOfPath, targetPath, targetShape } from './model-targets.ts';
 import type { Weights } from './llama-graph.ts';
 import { GPTQ_SUFFIXES, dequantizeGptq, gptqTensorProblems, gptqTensorsOf, parseGptqConfig, repackGptq } from './gptq.ts';
 import type { GptqConfig, PrequantizedLinear } from './gptq.ts';
@@ -125,7 +125,7 @@ function quantizedLinears(cfg: ModelConfig, quantized: Map<string, unknown>): st
 }
 
 function linearShape(cfg: ModelConfig, path: string): [number, number] {
-  return targetShape(cfg, TARGETS.find((t) => path.endsWith(`.${t}`))!);
+  return targetShape(cfg, targetOfPath(path)!);
 }
 
 // Every weight the config implies, with its shape; refuses missing, misshapen and unknown weights.

@@ -11,6 +11,11 @@ export function targetPath(layer: number, target: Target): string {
   return `model.layers.${layer}.${block}.${target}`;
 }
 
+// The target a projection's path (targetPath's form) names, or undefined.
+export function targetOfPath(path: string): Target | undefined {
+  return TARGETS.find((t) => path.endsWith(`.${t}`));
+}
+
 // [out, in] of each target, from the config.
 export function targetShape(cfg: ModelConfig, target: Target): [number, number] {
   const D = cfg.hiddenSize;

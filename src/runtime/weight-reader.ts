@@ -9,7 +9,7 @@ import { bytesToF32 } from './dtype.ts';
 import type { Dtype, TensorEntry } from './safetensors.ts';
 import { dequantizeGptq, gptqTensorsOf } from './gptq.ts';
 import type { GptqConfig } from './gptq.ts';
-import { TARGETS, targetShape } from './model-targets.ts';
+import { targetOfPath, targetShape } from './model-targets.ts';
 import type { ModelConfig } from './model-config.ts';
 
 interface Location { file: string; offset: number; length: number; dtype: Dtype; shape: number[] }
@@ -46,7 +46,7 @@ export class WeightReader {
     const path = name.endsWith('.weight') ? name.slice(0, -'.weight'.length) : null;
     if (this.gptq && path && !this.index.has(name) && this.index.has(`${path}.qweight`)) {
       const t = gptqTensorsOf(path, (n) => (this.index.has(n) ? this.entry(n) : undefined));
-      const [n, k] = targetShape(this.gptq.config, TARGETS.find((x) => path.endsWith(`.${x}`))!);
+      const [n, k] = targetShape(this.gptq.config, targetOfPath(path)!);
       return dequantizeGptq(this.gptq.quantization, t, n, k, path);
     }
     return bytesToF32(this.bytes(name), this.index.get(name)!.dtype, name);

@@ -11,7 +11,8 @@
 //            (P_g may exceed a row's length: the bias masks the rest)
 //            logit_rows [R] int64: flat token indices whose logits are wanted
 //            hidden_rows [H] int64: flat token indices whose final hidden states are wanted (embeddings)
-//   outputs  logits [R,V]; hidden [H,D] (after the final norm); new_key.l, new_value.l [N,Hkv·d]:
+//   outputs  logits [R,V]; logits_lse [R]: log Σ exp of each logits row (logprobs read it);
+//            hidden [H,D] (after the final norm); new_key.l, new_value.l [N,Hkv·d]:
 //            rotated keys and values of the new tokens
 // The KV cache stays in JS memory in the layouts MatMul reads directly, so a step reads it in place
 // with no concat or transpose; only the new rows come back (onnxruntime-node notes §2, pattern d).
@@ -54,6 +55,8 @@ export interface LlamaGraphOptions {
   linear?: LinearHook;           // default: baked-in weights (bakedLinear)
   quant?: GraphQuant | null;     // W0 of the seven projections quantized (MatMulNBits); null: float32
   prequantized?: Prequantized | null; // W0 quantized in the checkpoint (GPTQ): used as stored
+  groups?: readonly number[];    // the token groups it runs (default both); any other must be
+                                 // empty when it runs: buildServedGraph picks such a body per step
 }
 
 // W0 as a pre-quantized checkpoint stores it (gptq.ts, repacked losslessly): `<path>.weight` → its
@@ -242,7 +245,8 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
   }));
   const logitRows = b.input('logit_rows', 'int64', ['rows']);
   const hiddenRows = b.input('hidden_rows', 'int64', ['hidden_rows']);
-  const groups = tokenGroups(b, groupSizes, gs.map((g) => g.ids));
+  const active = opts.groups ?? Array.from({ length: GROUPS }, (_, g) => g);
+  const groups = tokenGroups(b, groupSizes, gs.map((g) => g.ids), active);
 
   const { cos, sin } = ropeCaches(opts.maxPositions, ropeInverseFrequencies(d, cfg.ropeTheta, cfg.ropeScaling));
   const cosCache = b.initializer('rope.cos', cos, [opts.maxPositions, d / 2]);
@@ -250,14 +254,14 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
   const embed = b.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight'), [V, D]);
   const scale = b.float32Scalar(1 / Math.sqrt(d));
   // positions of all N tokens as [1, N], for the rotary op
-  const positions = b.op('Concat', gs.map((g, i) => b.op('Reshape', [g.positions, groups.shape(b, i, [1, 'N'])], { allowzero: int(1) })), { axis: int(1) });
+  const positions = b.op('Concat', active.map((i) => b.op('Reshape', [gs[i].positions, groups.shape(b, i, [1, 'N'])], { allowzero: int(1) })), { axis: int(1) });
   // per group: [P_g, S_g], the widths of the past and the new part of its attention scores
-  const splitSizes = gs.map((g, i) => b.op('Concat', [
+  const splitSizes = gs.map((g, i) => !active.includes(i) ? '' : b.op('Concat', [
     b.op('Slice', [b.op('Shape', [`past_key.${i}.0`]), b.int64([3]), b.int64([4])]),
     b.op('Slice', [b.op('Shape', [g.ids]), b.int64([1]), b.int64([2])]),
   ], { axis: int(0) }));
 
-  let h = groups.join(b, gs.map((g, i) => groups.to2d(b, b.op('Gather', [embed, g.ids], { axis: int(0) }), i, D))); // [N,D]
+  let h = groups.join(b, active.map((i) => groups.to2d(b, b.op('Gather', [embed, gs[i].ids], { axis: int(0) }), i, D))); // [N,D]
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}`;
     // attention block: projections and rotary over all N tokens, attention per group
@@ -277,7 +281,8 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
     const kRot = groups.split(b, kFlat);
     const vs = groups.split(b, v);
 
-    const attnParts = gs.map((g, i) => {
+    const attnParts = active.map((i) => {
+      const g = gs[i];
       const pastKT = b.input(`past_key.${i}.${l}`, 'float32', [`batch_${i}`, Hkv, d, `past_${i}`]); // Kᵀ per kv head
       const pastV = b.input(`past_value.${i}.${l}`, 'float32', [`batch_${i}`, Hkv, `past_${i}`, d]);
       // Q: [B,S,H·d] → [B,Hkv,rep·S,d]; query head a = g·rep + r uses kv head g (repeat_kv)
@@ -317,7 +322,18 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
     b.op('Gemm', [rows, head], { transB: int(1) }, { out: 'logits' });
   }
   b.output('logits', 'float32', ['rows', V]);
+  logSumExpRows(b, 'logits', 'logits_lse');
+  b.output('logits_lse', 'float32', ['rows']);
   return b.build();
+}
+
+// out [R] = log Σ_j exp(x[r, j]) of x [R, V], stably (max-shifted), in float32. A logprob is
+// logits[id] − lse: in the graph this costs ~15 µs a row at vocab 32000, in JS (float64) ~300 µs.
+export function logSumExpRows(b: GraphBuilder, x: string, out: string): string {
+  const axis = b.int64([1]);
+  const max = b.op('ReduceMax', [x, axis], { keepdims: int(1) });
+  const sum = b.op('ReduceSum', [b.op('Exp', [b.op('Sub', [x, max])]), axis], { keepdims: int(1) });
+  return b.op('Squeeze', [b.op('Add', [b.op('Log', [sum]), max]), axis], {}, { out });
 }
 
 // The served graph: If(the step has adapter tokens, the LoRA body (loraLinear), the plain body).
@@ -377,7 +393,8 @@ function sameData(a: Float32Array | BigInt64Array | Int32Array | Uint8Array, b: 
 }
 
 // Reshapes between the flat token axis and the groups' [B_g, S_g] (allowzero: a group may be empty).
-function tokenGroups(b: GraphBuilder, groupSizes: string, ids: string[]): TokenGroups {
+// With one active group (the others empty), split and join are the identity.
+function tokenGroups(b: GraphBuilder, groupSizes: string, ids: string[], active: readonly number[]): TokenGroups {
   const n = ids.map((_, g) => b.op('Slice', [groupSizes, b.int64([g]), b.int64([g + 1])]));
   const idShape = ids.map((id) => b.op('Shape', [id]));
   const cache = new Map<string, string>();
@@ -397,10 +414,14 @@ function tokenGroups(b: GraphBuilder, groupSizes: string, ids: string[]): TokenG
     }), { axis: int(0) }));
   return {
     shape: dims,
-    split: (bb, flat) => bb.opN('Split', [flat, groupSizes], ids.length, { axis: int(0) }),
+    split: (bb, flat) => {
+      if (active.length === ids.length) return bb.opN('Split', [flat, groupSizes], ids.length, { axis: int(0) });
+      if (active.length !== 1) throw new Error('token groups: one group, or all of them');
+      return ids.map((_, g) => (g === active[0] ? flat : ''));
+    },
     to3d: (bb, part, g, c) => bb.op('Reshape', [part, shape(`3d.${g}.${c}`, () => bb.op('Concat', [idShape[g], bb.int64([c])], { axis: int(0) }))], { allowzero: int(1) }),
     to2d: (bb, part, g, c) => bb.op('Reshape', [part, shape(`2d.${g}.${c}`, () => bb.op('Concat', [n[g], bb.int64([c])], { axis: int(0) }))], { allowzero: int(1) }),
-    join: (bb, parts) => bb.op('Concat', parts, { axis: int(0) }),
+    join: (bb, parts) => (parts.length === 1 ? parts[0] : bb.op('Concat', parts, { axis: int(0) })),
   };
 }
 

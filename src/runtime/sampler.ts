@@ -1,6 +1,9 @@
 // Pure sampling over one logits row. Order (HF generation, shared/reference §5.6):
 // logit_bias → repetition/frequency/presence penalties → temperature → top-k → top-p → min-p → draw.
 // Greedy (temperature 0) is the argmax after bias and penalties.
+import { drawNucleus, drawUnfiltered, greedyToken } from './sampling-fast-paths.ts';
+
+export { greedyToken };
 
 export interface SamplingParams {
   temperature: number;        // 0 = greedy
@@ -109,10 +112,14 @@ export function drawFrom(dist: { ids: Int32Array; probs: Float64Array }, coin: n
 }
 
 export function sampleToken(logits: Float32Array, p: SamplingParams, coin: () => number): number {
+  if (p.temperature === 0) return greedyToken(logits);
   sanitize(logits);
-  if (p.temperature === 0) return argmax(logits);
+  // the common cases without a sort of the whole vocabulary (sampling-fast-paths.ts)
+  const topK = p.topK > 0 && p.topK < logits.length;
+  if (!topK && p.minP <= 0) return p.topP < 1 ? drawNucleus(logits, p.temperature, p.topP, coin()) : drawUnfiltered(logits, p.temperature, coin());
   return drawFrom(candidateDistribution(logits, p), coin());
 }
+
 
 // Extreme penalties or biases can push a logit to ±Infinity (or NaN from ∞ − ∞): NaN becomes
 // −∞ (never drawn), +∞ the largest float, so the distribution stays defined and some token wins.
@@ -150,13 +157,15 @@ export function logSumExp(logits: Float32Array): number {
 export function topK(values: ArrayLike<number>, k: number): { id: number; value: number }[] {
   const best: { id: number; value: number }[] = [];
   if (!(k > 0)) return best; // logprobs: 0 asks for the chosen token's logprob and no alternatives
+  let floor = -Infinity; // the k-th value once there are k (kept in a local: read for every entry)
   for (let i = 0; i < values.length; i++) {
     const v = values[i];
-    if (best.length < k || v > best[best.length - 1].value) {
+    if (best.length < k || v > floor) {
       let j = best.length < k ? best.length : best.length - 1;
       if (best.length < k) best.push({ id: i, value: v });
       while (j > 0 && best[j - 1].value < v) { best[j] = best[j - 1]; j--; }
       best[j] = { id: i, value: v };
+      if (best.length === k) floor = best[k - 1].value;
     }
   }
   return best;

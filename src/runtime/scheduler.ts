@@ -443,7 +443,7 @@ export class Scheduler {
         this.faults.beforeAdvance?.(s.state);
         const h = result.hiddenOffsets[i];
         const D = result.hiddenSize;
-        const events = s.advance(n, result.logits.subarray(off * V, (off + count) * V), V, h >= 0 ? result.hidden.subarray(h * D, (h + n) * D) : undefined);
+        const events = s.advance(n, result.logits.subarray(off * V, (off + count) * V), V, h >= 0 ? result.hidden.subarray(h * D, (h + n) * D) : undefined, result.lse?.subarray(off, off + count));
         if (events.length) this.emit(s.id, events);
       } catch (err) {
         this.fail(s, err); // sampling or detokenizing this sequence failed: it alone ends

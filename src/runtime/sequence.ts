@@ -99,11 +99,12 @@ export class Sequence {
 
   // After a step that consumed `n` tokens. `logits` holds the rows the step returned for this
   // sequence: every position's (wantsPromptLogits) or only the last one's. Returns the events.
-  // `hidden`: the step's hidden states of these n tokens [n, D] when wantsHidden.
-  advance(n: number, logits: Float32Array, vocab: number, hidden?: Float32Array): TokenEvent[] {
+  // `hidden`: the step's hidden states of these n tokens [n, D] when wantsHidden. `lse`: log Σ exp
+  // of each logits row as the graph computed it (float32); without it, computed here in float64.
+  advance(n: number, logits: Float32Array, vocab: number, hidden?: Float32Array, lse?: Float32Array): TokenEvent[] {
     const events: TokenEvent[] = [];
     if (this.state === 'prefill') {
-      if (this.wantsPromptLogits) events.push(this.promptLogprobs(n, logits, vocab));
+      if (this.wantsPromptLogits) events.push(this.promptLogprobs(n, logits, vocab, lse));
       if (this.wantsHidden) this.pool(n, hidden);
       this.prefilled += n;
       if (this.prefilled < this.prefillTokens.length) return events;
@@ -116,7 +117,8 @@ export class Sequence {
       if (this.recomputing) { this.recomputing = false; return events; } // its next token is known already
       if (this.req.maxTokens === 0) return this.finish(events, 'length', null);
     }
-    return [...events, ...this.sample(logits.subarray(logits.length - vocab))];
+    const rows = logits.length / vocab;
+    return [...events, ...this.sample(logits.subarray(logits.length - vocab), lse && lse.length === rows ? lse[rows - 1] : undefined)];
   }
 
   // Adds a chunk's hidden states to the running sum (mean pooling over the whole prompt).
@@ -128,7 +130,7 @@ export class Sequence {
   }
 
   // Row i of a prefill chunk predicts prompt token prefilled + i + 1.
-  private promptLogprobs(n: number, logits: Float32Array, vocab: number): TokenEvent {
+  private promptLogprobs(n: number, logits: Float32Array, vocab: number, rowLse?: Float32Array): TokenEvent {
     const k = this.req.promptLogprobs!;
     const entries: PromptLogprob[] = [];
     const prompt = this.req.promptTokens;
@@ -136,16 +138,16 @@ export class Sequence {
     for (let i = 0; i < n && this.prefilled + i + 1 < prompt.length; i++) {
       const id = prompt[this.prefilled + i + 1];
       const row = logits.subarray(i * vocab, (i + 1) * vocab);
-      const lse = logSumExp(row);
+      const lse = rowLse && rowLse.length === n ? rowLse[i] : logSumExp(row);
       entries.push({ id, tokenText: this.tok.tokenText(id), logprob: row[id] - lse, top: topK(row, k).map((t) => ({ id: t.id, text: this.tok.tokenText(t.id), logprob: t.value - lse })) });
     }
     return { type: 'prompt', logprobs: entries };
   }
 
-  private sample(raw: Float32Array): TokenEvent[] {
+  private sample(raw: Float32Array, rawLse?: number): TokenEvent[] {
     const { req } = this;
-    const lse = req.logprobs !== null ? logSumExp(raw) : null; // logprobs of the raw distribution
-    const work = Float32Array.from(raw);
+    const lse = req.logprobs !== null ? rawLse ?? logSumExp(raw) : null; // logprobs of the raw distribution
+    const work = raw.slice();
     applyBiasAndPenalties(work, req.sampling, this.penalty);
     const id = sampleToken(work, req.sampling, () => this.rng.next());
     this.output.push(id);

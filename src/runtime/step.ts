@@ -28,6 +28,7 @@ export interface StepGroup {
 
 export interface StepResult {
   logits: Float32Array;    // [rows, V]: group 0's rows then group 1's, each its last (or all) positions
+  lse: Float32Array | null; // [rows]: log Σ exp of each logits row (null: a graph without that output)
   rowOffsets: number[];    // first logits row of each StepRow, in the same order
   vocabSize: number;
   hidden: Float32Array;    // [H, D]: the hidden states of the rows that asked (StepRow.hidden), in order
@@ -115,7 +116,7 @@ export class StepRunner {
       }
       for (const r of group.rows) group.kv.lengths[r.row] += r.tokens.length;
     });
-    return { logits: out.logits.data as Float32Array, rowOffsets, vocabSize: this.cfg.vocabSize, hidden: (out.hidden?.data as Float32Array | undefined) ?? new Float32Array(0), hiddenOffsets, hiddenSize: this.cfg.hiddenSize };
+    return { logits: out.logits.data as Float32Array, lse: (out.logits_lse?.data as Float32Array | undefined) ?? null, rowOffsets, vocabSize: this.cfg.vocabSize, hidden: (out.hidden?.data as Float32Array | undefined) ?? new Float32Array(0), hiddenOffsets, hiddenSize: this.cfg.hiddenSize };
   }
 
   // Whether a session's graph has the hidden-state output (graphs built before it had none).

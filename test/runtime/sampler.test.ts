@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { DEFAULT_SAMPLING, applyBiasAndPenalties, argmax, candidateDistribution, drawFrom, logSoftmax, logSumExp, sampleToken, topK } from '../../src/runtime/sampler.ts';
+import { DEFAULT_SAMPLING, applyBiasAndPenalties, argmax, candidateDistribution, drawFrom, greedyToken, logSoftmax, logSumExp, sampleToken, sanitize, topK } from '../../src/runtime/sampler.ts';
 import type { SamplingParams } from '../../src/runtime/sampler.ts';
 import { Rng } from '../../src/runtime/random.ts';
 
@@ -124,5 +124,53 @@ describe('log-probabilities', () => {
         expect(Number.isInteger(id) && id >= 0 && id < vals.length).toBe(true);
       },
     ), { seed: 11, numRuns: 500 });
+  });
+
+  it('the fast paths choose what the general ones do: greedy = argmax(sanitize(x)) without writing x; unfiltered sampling = drawFrom(candidateDistribution) for the same coin (property)', () => {
+    const logit = fc.oneof(
+      { weight: 6, arbitrary: fc.integer({ min: -4000, max: 4000 }).map((v) => v / 100) },
+      { weight: 1, arbitrary: fc.constantFrom(Infinity, -Infinity, NaN, 3.4e38, -3.4e38, 0) },
+    );
+    fc.assert(fc.property(
+      fc.array(logit, { minLength: 1, maxLength: 200 }),
+      fc.double({ min: 1e-3, max: 3, noNaN: true }),
+      fc.double({ min: 0, max: 0.999999, noNaN: true }),
+      (vals, temperature, coin) => {
+        const x = Float32Array.from(vals);
+        const before = x.slice();
+        const ref = x.slice();
+        sanitize(ref);
+        expect(greedyToken(x)).toBe(argmax(ref));
+        expect(sampleToken(x.slice(), P({ temperature: 0 }), () => coin)).toBe(argmax(ref));
+        expect([...x]).toEqual([...before]);
+        const p = P({ temperature });
+        expect(sampleToken(x.slice(), p, () => coin)).toBe(drawFrom(candidateDistribution(ref, p), coin));
+      },
+    ), { seed: 21, numRuns: 1000 });
+  });
+
+  it('top-p alone draws what the general path (candidateDistribution, a full sort) draws for the same coin (property)', () => {
+    fc.assert(fc.property(
+      fc.array(fc.oneof(
+        { weight: 8, arbitrary: fc.integer({ min: -3000, max: 3000 }).map((v) => v / 100) },
+        { weight: 1, arbitrary: fc.constantFrom(Infinity, -Infinity, NaN, 0) },
+      ), { minLength: 1, maxLength: 300 }),
+      fc.double({ min: 0.05, max: 3, noNaN: true }),
+      fc.double({ min: 1e-6, max: 0.999, noNaN: true }),
+      fc.array(fc.double({ min: 0, max: 0.999999, noNaN: true }), { minLength: 1, maxLength: 8 }),
+      (vals, temperature, topP, coins) => {
+        const ref = Float32Array.from(vals);
+        sanitize(ref);
+        const p = P({ temperature, topP });
+        const d = candidateDistribution(ref, p);
+        for (const coin of coins) expect(sampleToken(Float32Array.from(vals), p, () => coin)).toBe(drawFrom(d, coin));
+      },
+    ), { seed: 23, numRuns: 500 });
+  });
+  it('top-p draws follow the renormalised nucleus (20k draws, each within 1.5% absolute)', () => {
+    const r = new Rng(5);
+    const counts = [0, 0, 0, 0];
+    for (let i = 0; i < 20000; i++) counts[sampleToken(Float32Array.from(logits4), P({ topP: 0.81 }), () => r.next())]++;
+    [0.5, 0.3, 0.15, 0].forEach((p, i) => expect(Math.abs(counts[i] / 20000 - p / 0.95)).toBeLessThan(0.015));
   });
 });

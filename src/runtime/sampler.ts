@@ -40,6 +40,16 @@ export function applyBiasAndPenalties(logits: Float32Array, p: SamplingParams, s
   }
 }
 
+// A copy of a logits row to bias, penalise and sanitize: one buffer per thread, reused until the
+// next call (a fresh 128–512 KB array per token costs 20–130 µs of allocation here).
+let workBuffer = new Float32Array(0);
+export function workingCopy(row: Float32Array): Float32Array {
+  if (workBuffer.length < row.length) workBuffer = new Float32Array(row.length);
+  const w = workBuffer.subarray(0, row.length);
+  w.set(row);
+  return w;
+}
+
 export function argmax(x: Float32Array): number {
   let best = 0;
   for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;

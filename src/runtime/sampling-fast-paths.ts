@@ -49,38 +49,50 @@ const NO_MASS = BUCKETS; // exp underflowed to 0: never a candidate
 // The tokens are bucketed by how far below the best they are (bucket order is probability order);
 // the nucleus takes whole buckets while its mass stays under top_p, and only the bucket that
 // crosses it is sorted; the draw skips whole buckets the same way and sorts the one the coin falls
-// in. The same candidates, probabilities and order as candidateDistribution, so the same token for
-// the same coin (seeded output reproduces), except where the coin lies within rounding (~1e-16) of
-// a boundary: sums over a bucket are added in id order, there in probability order.
+// in. Two passes over the vocabulary (probabilities and buckets; then the candidate buckets' ids,
+// grouped by a counting sort), the rest over the candidates. The same candidates, probabilities
+// and order as candidateDistribution, so the same token for the same coin (seeded output
+// reproduces), except where the coin lies within rounding (~1e-16) of a boundary: sums over a
+// bucket are added in id order, there in probability order.
 export function drawNucleus(logits: Float32Array, temperature: number, topP: number, coin: number): number {
   const V = logits.length;
   const max = maxOf(logits);
   const prob = scratch.floats(V);
   const bucket = scratch.buckets(V);
-  const mass = scratch.bucketMass();
+  const { mass, count } = scratch.perBucket();
   let total = 0;
+  let keptMass = 0; // at the first threshold, TAUS[0]
   for (let i = 0; i < V; i++) {
     const x = (logits[i] - max) / temperature; // ≤ 0
     const q = Math.exp(x);
     prob[i] = q;
     total += q;
-    const b = q > 0 ? Math.min(BUCKETS - 1, Math.floor(-x * PER_NAT)) : NO_MASS;
+    if (q >= TAUS[0]) keptMass += q;
+    const d = -x * PER_NAT; // ≥ 0: truncation is floor
+    const b = !(q > 0) ? NO_MASS : d < BUCKETS - 1 ? d | 0 : BUCKETS - 1;
     bucket[i] = b;
-    if (b !== NO_MASS) mass[b] += q;
+    if (b !== NO_MASS) { mass[b] += q; count[b]++; }
   }
   // candidateDistribution's normaliser: the mass of the tokens above the first threshold whose
-  // tokens hold top_p of the total
-  let keptMass = 0;
-  for (const tau of TAUS) {
+  // tokens hold top_p of the total (nearly always the first)
+  for (let t = 1; t < TAUS.length && keptMass < topP * total; t++) {
     keptMass = 0;
-    for (let i = 0; i < V; i++) if (prob[i] >= tau && prob[i] > 0) keptMass += prob[i];
-    if (keptMass >= topP * total || tau === 0) break;
+    for (let i = 0; i < V; i++) if (prob[i] >= TAUS[t] && prob[i] > 0) keptMass += prob[i];
   }
-  // the nucleus: the buckets before `cross`, and the first `n` tokens of `cross` in order
+  // the bucket the nucleus ends in
   let cum = 0;
   let cross = 0;
   while (cross < BUCKETS - 1 && cum + mass[cross] / keptMass < topP) cum += mass[cross++] / keptMass;
-  const crossing = bucketMembers(cross, bucket, prob, V);
+  // the ids of buckets 0..cross, grouped by bucket: bucket b's are ids[start[b] .. start[b + 1])
+  const start = new Int32Array(cross + 2);
+  for (let b = 0; b <= cross; b++) start[b + 1] = start[b] + count[b];
+  const ids = scratch.ids(start[cross + 1]);
+  const next = start.slice(0, cross + 1);
+  for (let i = 0; i < V; i++) { const b = bucket[i]; if (b <= cross) ids[next[b]++] = i; }
+  const byProb = (x: number, y: number): number => prob[y] - prob[x] || x - y;
+  const sorted = (b: number): Int32Array => ids.subarray(start[b], start[b + 1]).sort(byProb);
+  // the nucleus: the buckets before `cross`, and the first `n` of `cross` in order
+  const crossing = sorted(cross);
   let n = 0;
   while (n < crossing.length) {
     cum += prob[crossing[n++]] / keptMass;
@@ -91,27 +103,22 @@ export function drawNucleus(logits: Float32Array, temperature: number, topP: num
   for (let j = 0; j < n; j++) nucleus += prob[crossing[j]];
   // the draw, in probability order
   let at = 0;
-  for (let b = 0; b <= cross; b++) {
-    const members = b === cross ? crossing.slice(0, n) : null;
-    const bucketMass = members ? members.reduce((a, id) => a + prob[id], 0) : mass[b];
-    if (!(bucketMass > 0)) continue;
-    if (coin >= at + bucketMass / nucleus && b < cross) { at += bucketMass / nucleus; continue; }
-    for (const id of members ?? bucketMembers(b, bucket, prob, V)) {
+  for (let b = 0; b < cross; b++) {
+    if (!(mass[b] > 0)) continue;
+    if (coin >= at + mass[b] / nucleus) { at += mass[b] / nucleus; continue; }
+    for (const id of sorted(b)) {
       at += prob[id] / nucleus;
       if (coin < at) return id;
     }
+  }
+  for (let j = 0; j < n; j++) {
+    at += prob[crossing[j]] / nucleus;
+    if (coin < at) return crossing[j];
   }
   return n > 0 ? crossing[n - 1] : greedyToken(logits);
 }
 
 const TAUS = [1e-3, 1e-6, 1e-9, 1e-12, 0];
-
-// The tokens of one bucket by probability, descending (ties by id).
-function bucketMembers(b: number, bucket: Uint16Array, prob: Float64Array, V: number): number[] {
-  const members: number[] = [];
-  for (let i = 0; i < V; i++) if (bucket[i] === b) members.push(i);
-  return members.sort((x, y) => prob[y] - prob[x] || x - y);
-}
 
 function maxOf(x: Float32Array): number {
   let max = -Infinity;
@@ -125,6 +132,8 @@ const scratch = {
   floatBuffer: new Float64Array(0),
   bucketBuffer: new Uint16Array(0),
   massBuffer: new Float64Array(BUCKETS),
+  countBuffer: new Int32Array(BUCKETS),
+  idBuffer: new Int32Array(0),
   floats(n: number): Float64Array {
     if (this.floatBuffer.length < n) this.floatBuffer = new Float64Array(n);
     return this.floatBuffer;
@@ -133,7 +142,11 @@ const scratch = {
     if (this.bucketBuffer.length < n) this.bucketBuffer = new Uint16Array(n);
     return this.bucketBuffer;
   },
-  bucketMass(): Float64Array {
-    return this.massBuffer.fill(0);
+  perBucket(): { mass: Float64Array; count: Int32Array } {
+    return { mass: this.massBuffer.fill(0), count: this.countBuffer.fill(0) };
+  },
+  ids(n: number): Int32Array {
+    if (this.idBuffer.length < n) this.idBuffer = new Int32Array(Math.max(n, this.idBuffer.length * 2));
+    return this.idBuffer;
   },
 };

@@ -3,7 +3,7 @@
 // preempted (its row and KV given up while its client is not reading): it waits again, and when
 // admitted recomputes the KV of its prompt and output so far (no events), then decodes on.
 import { Rng, randomSeed } from './random.ts';
-import { applyBiasAndPenalties, logSumExp, sampleToken, topK } from './sampler.ts';
+import { applyBiasAndPenalties, logSumExp, sampleToken, topK, workingCopy } from './sampler.ts';
 import type { PenaltyState } from './sampler.ts';
 import { StopMatcher } from './stop-matcher.ts';
 import { StreamDecoder } from './tokenizer.ts';
@@ -147,7 +147,7 @@ export class Sequence {
   private sample(raw: Float32Array, rawLse?: number): TokenEvent[] {
     const { req } = this;
     const lse = req.logprobs !== null ? rawLse ?? logSumExp(raw) : null; // logprobs of the raw distribution
-    const work = raw.slice();
+    const work = workingCopy(raw);
     applyBiasAndPenalties(work, req.sampling, this.penalty);
     const id = sampleToken(work, req.sampling, () => this.rng.next());
     this.output.push(id);

@@ -60,6 +60,8 @@ export function drawNucleus(logits: Float32Array, temperature: number, topP: num
   const prob = scratch.floats(V);
   const bucket = scratch.buckets(V);
   const { mass, count } = scratch.perBucket();
+  const strong = scratch.strong(V); // the ids with q ≥ TAUS[0], ascending
+  let strongCount = 0;
   let total = 0;
   let keptMass = 0; // at the first threshold, TAUS[0]
   for (let i = 0; i < V; i++) {
@@ -67,7 +69,7 @@ export function drawNucleus(logits: Float32Array, temperature: number, topP: num
     const q = Math.exp(x);
     prob[i] = q;
     total += q;
-    if (q >= TAUS[0]) keptMass += q;
+    if (q >= TAUS[0]) { keptMass += q; strong[strongCount++] = i; }
     const d = -x * PER_NAT; // ≥ 0: truncation is floor
     const b = !(q > 0) ? NO_MASS : d < BUCKETS - 1 ? d | 0 : BUCKETS - 1;
     bucket[i] = b;
@@ -88,7 +90,11 @@ export function drawNucleus(logits: Float32Array, temperature: number, topP: num
   for (let b = 0; b <= cross; b++) start[b + 1] = start[b] + count[b];
   const ids = scratch.ids(start[cross + 1]);
   const next = start.slice(0, cross + 1);
-  for (let i = 0; i < V; i++) { const b = bucket[i]; if (b <= cross) ids[next[b]++] = i; }
+  if (cross < STRONG_BUCKETS) { // every token of these buckets is a strong one: no pass over V
+    for (let j = 0; j < strongCount; j++) { const i = strong[j]; const b = bucket[i]; if (b <= cross) ids[next[b]++] = i; }
+  } else {
+    for (let i = 0; i < V; i++) { const b = bucket[i]; if (b <= cross) ids[next[b]++] = i; }
+  }
   const byProb = (x: number, y: number): number => prob[y] - prob[x] || x - y;
   const sorted = (b: number): Int32Array => ids.subarray(start[b], start[b + 1]).sort(byProb);
   // the nucleus: the buckets before `cross`, and the first `n` of `cross` in order
@@ -119,6 +125,8 @@ export function drawNucleus(logits: Float32Array, temperature: number, topP: num
 }
 
 const TAUS = [1e-3, 1e-6, 1e-9, 1e-12, 0];
+// Buckets whose tokens all have q ≥ TAUS[0]: d < 442/64 = 6.906 nats, under ln(1000) = 6.908
+const STRONG_BUCKETS = Math.floor(Math.log(1 / TAUS[0]) * PER_NAT);
 
 function maxOf(x: Float32Array): number {
   let max = -Infinity;
@@ -134,6 +142,7 @@ const scratch = {
   massBuffer: new Float64Array(BUCKETS),
   countBuffer: new Int32Array(BUCKETS),
   idBuffer: new Int32Array(0),
+  strongBuffer: new Int32Array(0),
   floats(n: number): Float64Array {
     if (this.floatBuffer.length < n) this.floatBuffer = new Float64Array(n);
     return this.floatBuffer;
@@ -144,6 +153,10 @@ const scratch = {
   },
   perBucket(): { mass: Float64Array; count: Int32Array } {
     return { mass: this.massBuffer.fill(0), count: this.countBuffer.fill(0) };
+  },
+  strong(n: number): Int32Array {
+    if (this.strongBuffer.length < n) this.strongBuffer = new Int32Array(n);
+    return this.strongBuffer;
   },
   ids(n: number): Int32Array {
     if (this.idBuffer.length < n) this.idBuffer = new Int32Array(Math.max(n, this.idBuffer.length * 2));

@@ -19,7 +19,7 @@
 //
 // Each of the seven target projections is one call to `linear`, the hook that multi-adapter LoRA
 // replaces to add its delta (loraLinear: per adapter slot, in two bands, with inputs shared by both
-// groups: lora_a/lora_b per target, lora_g per layer, lora_x/lora_y per band, lora_pick,
+// groups: lora_a/lora_b per target, lora_g per layer, lora_x per band, lora_src, lora_pick,
 // lora_g_index). Every such node costs ~4 µs in a 110M-model step on this VM even when no token has
 // an adapter (~1000 of them: ~10% of a decode step), so the served graph (buildServedGraph) runs
 // them only in steps that have adapter tokens.
@@ -90,9 +90,12 @@ export function bakedLinear(cfg: ModelConfig, weights: Weights, quant: GraphQuan
 //           their factors, for rows whose many tokens (a prompt chunk among decode tokens) would
 //           otherwise pad every band-1 entry to their width (lora-feeds.ts pickBand)
 // Per band, lora_x.g [E_g, m_g] lists each entry's flat token indices (N, a zero row, pads the
-// rest) and lora_y.g [E_g, m_g, 1] where its deltas go: ScatterND adds them into y (a pad adds the
-// exact 0 that a zero row gives). Rows without an adapter are in no entry: y stays x·W0ᵀ. A step
-// with no adapter feeds E = 0 and R = 0. DoRA: lora_g.l [G, Σout] holds each slot's multipliers
+// rest). The deltas of both bands, flattened, stand one above the other with a zero row under
+// them ([E_1·m_1 + E_0·m_0 + 1, out]); lora_src [N] gives each token its delta's row there (a
+// token without an adapter: the zero row, so y + 0 = x·W0ᵀ exactly), and one Gather and one Add
+// put them into y. (ScatterND with reduction add did the same ~0.7 ms slower per [512, 2048]
+// output on this VM: it adds element by element on one thread, ~40 ms of a 512-token prefill.)
+// A step with no adapter feeds E = 0 and R = 0. DoRA: lora_g.l [G, Σout] holds each slot's multipliers
 // for the layer's targets side by side (row 0: ones), lora_g_index [N] picks a row per token; a step
 // without DoRA feeds one row of ones and index [0], a broadcast multiply by 1.
 // Every LoRA input is shared by both token groups: a step feeds 2 per target plus one per layer.
@@ -106,12 +109,16 @@ export function loraLinear(cfg: ModelConfig, weights: Weights, quant: GraphQuant
     const a = b.input(names.a, 'float32', ['lora_entries', 'lora_rank', inDim]);
     const sb = b.input(names.b, 'float32', ['lora_entries', out, 'lora_rank']);
     const timesT = (x3: string, m: string) => b.op('FusedMatMul', [x3, m], { transB: int(1) }, { domain: 'com.microsoft' });
-    const scatterAdd = (y: string, band: number, delta: string) => b.op('ScatterND', [y, `lora_y.${band}`, delta], { reduction: { kind: 'string', value: 'add' } });
+    const flat = (delta: string) => b.op('Flatten', [delta], { axis: int(2) }); // [E, m, out] → [E·m, out]
     const xs = shared.tokens(x, inDim);
-    let y = bakedMatMul(b, cfg, weights, x, layer, target, quant, pre); // the adapters' deltas stay float32 (and read x unpermuted)
-    y = scatterAdd(y, 1, timesT(timesT(xs[1], a), sb)); // band 1, in place
+    const base = bakedMatMul(b, cfg, weights, x, layer, target, quant, pre); // the adapters' deltas stay float32 (and read x unpermuted)
     const pick = (m: string) => b.op('Gather', [m, 'lora_pick'], { axis: int(0) });
-    y = scatterAdd(y, 0, timesT(timesT(xs[0], pick(a)), pick(sb)));
+    const deltas = b.op('Concat', [
+      flat(timesT(timesT(xs[1], a), sb)), // band 1: the slots in place
+      flat(timesT(timesT(xs[0], pick(a)), pick(sb))), // band 0: picked slots
+      shared.zeroRow(out),
+    ], { axis: int(0) });
+    let y = b.op('Add', [base, b.op('Gather', [deltas, 'lora_src'], { axis: int(0) })]);
     y = b.op('Mul', [y, shared.dora(layer, target)]);
     return addBias(b, weights, layer, target, y);
   };
@@ -137,29 +144,32 @@ export function doraColumns(cfg: ModelConfig): { offsets: Map<Target, number>; w
 
 interface LoraShared {
   tokens(x: string, inDim: number): string[]; // per band: x's rows of each entry, [E_g, m_g, in]
+  zeroRow(width: number): string;             // [1, width] of zeros
   dora(layer: number, target: Target): string; // [N | 1, out] multipliers
 }
 
 // What the projections of one graph share: the token gathers of each distinct x (q/k/v and
 // gate/up read the same x) and the DoRA rows of each layer.
 function loraShared(b: GraphBuilder, cfg: ModelConfig): LoraShared {
-  for (let g = 0; g < GROUPS; g++) {
-    b.input(`lora_x.${g}`, 'int64', [`lora_entries_${g}`, `lora_width_${g}`]);
-    b.input(`lora_y.${g}`, 'int64', [`lora_entries_${g}`, `lora_width_${g}`, 1]);
-  }
+  for (let g = 0; g < GROUPS; g++) b.input(`lora_x.${g}`, 'int64', [`lora_entries_${g}`, `lora_width_${g}`]);
+  b.input('lora_src', 'int64', ['lora_tokens']);
   b.input('lora_pick', 'int64', ['lora_entries_0']);
   b.input('lora_g_index', 'int64', ['dora_tokens']);
   const { offsets, width } = doraColumns(cfg);
   const gathered = new Map<string, string[]>();
   const zeroRows = new Map<number, string>();
   const layers = new Map<number, string>();
+  const zeroRow = (width: number): string => {
+    let zero = zeroRows.get(width);
+    if (!zero) zeroRows.set(width, (zero = b.initializer(`lora.zero_row.${width}`, new Float32Array(width), [1, width])));
+    return zero;
+  };
   return {
+    zeroRow,
     tokens(x, inDim) {
       let xs = gathered.get(x);
       if (!xs) {
-        let zero = zeroRows.get(inDim);
-        if (!zero) zeroRows.set(inDim, (zero = b.initializer(`lora.zero_row.${inDim}`, new Float32Array(inDim), [1, inDim])));
-        const padded = b.op('Concat', [x, zero], { axis: int(0) }); // [N + 1, in]: row N is the pad
+        const padded = b.op('Concat', [x, zeroRow(inDim)], { axis: int(0) }); // [N + 1, in]: row N is the pad
         xs = Array.from({ length: GROUPS }, (_, g) => b.op('Gather', [padded, `lora_x.${g}`], { axis: int(0) }));
         gathered.set(x, xs);
       }

@@ -284,7 +284,7 @@ export class LoraArena {
   // every other entry to their width (a prompt chunk among decode tokens) go to band 0 (pickBand).
   feeds(rows: LoraTokens[], tokens: number): Record<string, ort.Tensor> {
     const withSlot = rows.map((r) => ({ r, slot: this.rowSlot[r.row] ?? -1 })).filter((x) => x.slot >= 0);
-    if (withSlot.length === 0) return emptyLoraFeeds(this.cfg);
+    if (withSlot.length === 0) return emptyLoraFeeds(this.cfg, tokens);
     const lo = Math.min(...withSlot.map((x) => x.slot));
     const hi = Math.max(...withSlot.map((x) => x.slot)) + 1;
     const picked = pickBand(withSlot, hi - lo);
@@ -300,7 +300,7 @@ export class LoraArena {
     const feeds = { ...this.viewFeeds(lo, hi, rank, dora) };
     const inPlace = Array.from({ length: hi - lo }, (_, e) => lo + e);
     const chosen = [...bands[0].keys()].sort((x, y) => x - y);
-    Object.assign(feeds, tokenFeeds(1, inPlace, bands[1], tokens), tokenFeeds(0, chosen, bands[0], tokens));
+    Object.assign(feeds, tokenFeeds({ entries: inPlace, bySlot: bands[1] }, { entries: chosen, bySlot: bands[0] }, tokens));
     feeds.lora_pick = new ort.Tensor('int64', BigInt64Array.from(chosen, (s) => BigInt(s - lo)), [chosen.length]);
     if (dora) {
       const index = new BigInt64Array(tokens);
@@ -326,7 +326,7 @@ export class LoraArena {
       feeds[names.a] = new ort.Tensor('float32', a, [n, R, inDim]);
       feeds[names.b] = new ort.Tensor('float32', b, [n, out, R]);
     });
-    const ones = emptyLoraFeeds(this.cfg);
+    const ones = emptyLoraFeeds(this.cfg, 0);
     for (let l = 0; l < this.cfg.numLayers; l++) {
       const name = doraInputName(l);
       feeds[name] = dora ? new ort.Tensor('float32', this.g[l].data, [1 + this.cap, this.doraWidth]) : ones[name];

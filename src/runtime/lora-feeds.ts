@@ -65,26 +65,52 @@ export function moveColumns(b: Float32Array, rows: number, oldR: number, R: numb
   }
 }
 
-// Band g's token feeds: entry e holds the flat token indices of the rows on slot entries[e], padded
-// to the widest entry with the zero row N (x) and index 0 (y, where a pad adds exactly 0).
-export function tokenFeeds(g: number, entries: number[], bySlot: Map<number, LoraTokens[]>, tokens: number): Record<string, ort.Tensor> {
-  const width = Math.max(1, ...entries.map((s) => (bySlot.get(s) ?? []).reduce((n, r) => n + r.count, 0)));
-  const x = new BigInt64Array(entries.length * width).fill(BigInt(tokens));
-  const y = new BigInt64Array(entries.length * width);
-  entries.forEach((s, e) => {
-    let i = e * width;
-    for (const r of bySlot.get(s) ?? []) for (let t = 0; t < r.count; t++, i++) x[i] = y[i] = BigInt(r.first + t);
-  });
-  return {
-    [`lora_x.${g}`]: new ort.Tensor('int64', x, [entries.length, width]),
-    [`lora_y.${g}`]: new ort.Tensor('int64', y, [entries.length, width, 1]),
+// The token feeds of both bands. Band g's entry e holds the flat token indices of the rows on slot
+// bands[g].entries[e], padded to the band's widest entry with N (x's zero row): lora_x.g
+// [E_g, m_g]. lora_src [N] gives each token the row of its delta among the bands' deltas stacked
+// band 1 first, then band 0, then a zero row (llama-graph.ts loraLinear); a token in no entry gets
+// the zero row.
+export interface BandTokens {
+  entries: number[];                  // slots, in entry order
+  bySlot: Map<number, LoraTokens[]>;  // the rows on each slot
+}
+
+export function tokenFeeds(band1: BandTokens, band0: BandTokens, tokens: number): Record<string, ort.Tensor> {
+  const feeds: Record<string, ort.Tensor> = {};
+  const widthOf = ({ entries, bySlot }: BandTokens): number =>
+    Math.max(1, ...entries.map((s) => (bySlot.get(s) ?? []).reduce((n, r) => n + r.count, 0)));
+  const w1 = widthOf(band1);
+  const w0 = widthOf(band0);
+  const zeroRow = band1.entries.length * w1 + band0.entries.length * w0;
+  const src = new BigInt64Array(tokens).fill(BigInt(zeroRow));
+  const fill = (g: number, { entries, bySlot }: BandTokens, width: number, offset: number): void => {
+    const x = new BigInt64Array(entries.length * width).fill(BigInt(tokens));
+    entries.forEach((s, e) => {
+      let i = e * width;
+      for (const r of bySlot.get(s) ?? []) {
+        for (let t = 0; t < r.count; t++, i++) {
+          x[i] = BigInt(r.first + t);
+          src[r.first + t] = BigInt(offset + i);
+        }
+      }
+    });
+    feeds[`lora_x.${g}`] = new ort.Tensor('int64', x, [entries.length, width]);
   };
+  fill(1, band1, w1, 0);
+  fill(0, band0, w0, band1.entries.length * w1);
+  feeds.lora_src = new ort.Tensor('int64', src, [tokens]);
+  return feeds;
 }
 
 const EMPTY = new Map<string, Record<string, ort.Tensor>>();
 
-// The LoRA feeds of a step without adapters: no entries, rank 0, DoRA multipliers of one (shared).
-export function emptyLoraFeeds(cfg: ModelConfig): Record<string, ort.Tensor> {
+// The LoRA feeds of a step of `tokens` tokens without adapters: no entries, rank 0, DoRA
+// multipliers of one (shared), every token's delta the zero row.
+export function emptyLoraFeeds(cfg: ModelConfig, tokens: number): Record<string, ort.Tensor> {
+  return { ...emptyFactorFeeds(cfg), lora_src: new ort.Tensor('int64', new BigInt64Array(tokens), [tokens]) };
+}
+
+function emptyFactorFeeds(cfg: ModelConfig): Record<string, ort.Tensor> {
   const key = `${cfg.numLayers}:${cfg.hiddenSize}:${cfg.intermediateSize}:${cfg.numHeads}:${cfg.numKvHeads}:${cfg.headDim}`;
   let feeds = EMPTY.get(key);
   if (!feeds) {
@@ -100,10 +126,7 @@ export function emptyLoraFeeds(cfg: ModelConfig): Record<string, ort.Tensor> {
       }
       feeds[doraInputName(l)] = ones;
     }
-    for (let g = 0; g < 2; g++) {
-      feeds[`lora_x.${g}`] = new ort.Tensor('int64', new BigInt64Array(0), [0, 1]);
-      feeds[`lora_y.${g}`] = new ort.Tensor('int64', new BigInt64Array(0), [0, 1, 1]);
-    }
+    for (let g = 0; g < 2; g++) feeds[`lora_x.${g}`] = new ort.Tensor('int64', new BigInt64Array(0), [0, 1]);
     feeds.lora_pick = new ort.Tensor('int64', new BigInt64Array(0), [0]);
     feeds.lora_g_index = new ort.Tensor('int64', new BigInt64Array(1), [1]);
     EMPTY.set(key, feeds);

@@ -49,7 +49,7 @@ export interface TrainArgs {
   evalEvery: number | null;     // steps; null: evaluate at the end only
   saveEvery: number | null;     // steps; null: no intermediate checkpoints
   resume: string | null;        // a checkpoint-<step> directory
-  threads: number | null;       // onnxruntime intra-op threads; null: its default
+  threads: number | null;       // onnxruntime intra-op threads; null: all cores (session.ts intraOpThreadCount)
 }
 
 const OPTIONS = {

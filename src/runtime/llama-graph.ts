@@ -29,7 +29,7 @@ import type { ModelConfig } from './model-config.ts';
 import { TARGETS, targetPath, targetShape } from './model-targets.ts';
 import type { Target } from './model-targets.ts';
 import { ropeCaches, ropeInverseFrequencies } from './rope.ts';
-import { blocksOf, quantizeOnce } from './quantize.ts';
+import { blocksOf, quantizeOnce, stackRows } from './quantize.ts';
 import type { QuantizedMatrix, QuantScheme } from './quantize.ts';
 import type { PrequantizedLinear } from './gptq.ts';
 
@@ -211,6 +211,32 @@ function nbitsInputs(b: GraphBuilder, name: string, q: QuantizedMatrix, x: strin
 
 const quantAttrs = (quant: QuantScheme & { accuracyLevel: number }, n: number, k: number) => ({ K: int(k), N: int(n), bits: int(quant.bits), block_size: int(quant.block), accuracy_level: int(quant.accuracyLevel) });
 
+// Quantized projections that read the same x run as one MatMulNBits over their stacked rows, then a
+// Split: q/k/v and gate/up. On this VM a MatMulNBits call costs ~60–70 µs at M = 1 whatever its size
+// (bench/quant-probe.ts: 768→768 and 768→2048 within 15 µs of each other), which was ~5 ms of an
+// int4 decode step's 84 calls; stacked, a layer makes 4 calls instead of 7. The float32 path keeps one
+// MatMul per target (its calls cost what their weights take to read).
+const FUSED: readonly (readonly Target[])[] = [['q_proj', 'k_proj', 'v_proj'], ['gate_proj', 'up_proj']];
+const fusedOutputs = new WeakMap<GraphBuilder, Map<string, string[]>>();
+
+function fusedNBits(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: string, layer: number, group: readonly Target[], quant: GraphQuant): string[] {
+  let cache = fusedOutputs.get(b);
+  if (!cache) fusedOutputs.set(b, (cache = new Map()));
+  const key = `${layer}|${group.join(',')}|${x}`;
+  let outs = cache.get(key);
+  if (!outs) {
+    const inDim = targetShape(cfg, group[0])[1];
+    const sizes = group.map((t) => targetShape(cfg, t)[0]);
+    const parts = group.map((t, i) => quantizeOnce(weights.get(`${targetPath(layer, t)}.weight`)!, sizes[i], inDim, quant));
+    const stackedQ = stackRows(parts);
+    const name = `${targetPath(layer, group[0])}.stacked${group.length}.weight`;
+    const y = b.op('MatMulNBits', nbitsInputs(b, name, stackedQ, x), quantAttrs(quant, stackedQ.n, inDim), { domain: 'com.microsoft' });
+    outs = b.opN('Split', [y, b.int64(sizes)], group.length, { axis: int(-1) });
+    cache.set(key, outs);
+  }
+  return outs;
+}
+
 function bakedMatMul(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: string, layer: number, target: Target, quant: GraphQuant | null = null, pre: Prequantized | null = null): string {
   const name = `${targetPath(layer, target)}.weight`;
   const [out, inDim] = targetShape(cfg, target);
@@ -224,7 +250,11 @@ function bakedMatMul(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: str
     return b.op('MatMulNBits', nbitsInputs(b, name, stored.matrix, input), attrs, { domain: 'com.microsoft' });
   }
   const w = weights.get(name)!;
-  if (quant) return b.op('MatMulNBits', quantizedInputs(b, quant, name, w, out, inDim, x), quantAttrs(quant, out, inDim), { domain: 'com.microsoft' });
+  if (quant) {
+    const group = FUSED.find((g) => g.includes(target));
+    return group ? fusedNBits(b, cfg, weights, x, layer, group, quant)[group.indexOf(target)] :
+      b.op('MatMulNBits', quantizedInputs(b, quant, name, w, out, inDim, x), quantAttrs(quant, out, inDim), { domain: 'com.microsoft' });
+  }
   let wT = transposed.get(w);
   if (!wT) transposed.set(w, (wT = transpose(w, out, inDim)));
   return b.op('MatMul', [x, b.initializer(`${name}.T`, wT, [inDim, out])]);

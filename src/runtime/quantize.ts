@@ -104,6 +104,39 @@ export function quantizeOnce(w: Float32Array, n: number, k: number, scheme: Quan
   return q;
 }
 
+// The matrices stacked by rows ([ΣN, K]; same K and scheme): rows are quantized on their own
+// (blocks run along K, zero points are padded to whole bytes per row), so this is what quantizing
+// the stacked float matrix would give. Once per list of matrices (keyed by the first), so the
+// served graph's two bodies share one array.
+const stacked = new WeakMap<QuantizedMatrix, QuantizedMatrix>();
+
+export function stackRows(qs: QuantizedMatrix[]): QuantizedMatrix {
+  const hit = stacked.get(qs[0]);
+  if (hit && hit.n === qs.reduce((a, q) => a + q.n, 0)) return hit;
+  const { k, scheme } = qs[0];
+  for (const q of qs) {
+    if (q.k !== k || q.scheme.bits !== scheme.bits || q.scheme.block !== scheme.block || q.scheme.symmetric !== scheme.symmetric) {
+      throw new Error('stackRows: the matrices differ in K or scheme');
+    }
+  }
+  const cat = <T extends Uint8Array | Float32Array>(parts: T[], make: (n: number) => T): T => {
+    const out = make(parts.reduce((a, p) => a + p.length, 0));
+    let at = 0;
+    for (const p of parts) { out.set(p, at); at += p.length; }
+    return out;
+  };
+  const q: QuantizedMatrix = {
+    n: qs.reduce((a, m) => a + m.n, 0),
+    k,
+    scheme,
+    packed: cat(qs.map((m) => m.packed), (n) => new Uint8Array(n)),
+    scales: cat(qs.map((m) => m.scales), (n) => new Float32Array(n)),
+    zeroPoints: scheme.symmetric ? null : cat(qs.map((m) => m.zeroPoints!), (n) => new Uint8Array(n)),
+  };
+  stacked.set(qs[0], q);
+  return q;
+}
+
 // dequant(W) [N, K] in float32 (as the kernel computes it: (q − zp) · scale).
 export function dequantizeMatrix(q: QuantizedMatrix): Float32Array {
   const out = new Float32Array(q.n * q.k);

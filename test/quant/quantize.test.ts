@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { readFileSync } from 'node:fs';
-import { dequantizeMatrix, quantizeMatrix, schemeProblem } from '../../src/runtime/quantize.ts';
+import { dequantizeMatrix, quantizeMatrix, schemeProblem, stackRows } from '../../src/runtime/quantize.ts';
 import type { QuantScheme } from '../../src/runtime/quantize.ts';
 import { loadModel } from '../../src/runtime/model-loader.ts';
 import { decodeAdapter } from '../../src/adapters/lora-adapter.ts';
@@ -39,6 +39,24 @@ describe('block-wise quantization', () => {
         expect(Math.abs(got[j] - ref.deq[j])).toBeLessThanOrEqual(1e-6 * Math.max(1, Math.abs(ref.deq[j])));
         expect(Math.abs(got[j] - w[j])).toBeLessThanOrEqual((s.symmetric ? 0.5 : 1) * scale * (1 + 1e-6));
       }
+    }), { numRuns: 200 });
+  });
+
+  it('matrices stacked by rows (the fused q/k/v and gate/up projections) equal the stacked float matrix quantized', () => {
+    fc.assert(fc.property(scheme, fc.array(fc.integer({ min: 1, max: 4 }), { minLength: 1, maxLength: 3 }), fc.integer({ min: 1, max: 70 }), fc.integer({ min: 0, max: 2 ** 31 }), (s, ns, extra, seed) => {
+      const k = s.block + extra;
+      let x = seed;
+      const mats = ns.map((n) => Float32Array.from({ length: n * k }, () => { x = (x * 1103515245 + 12345) % 2 ** 31; return (x / 2 ** 31) - 0.5; }));
+      const all = new Float32Array(mats.reduce((a, m) => a + m.length, 0));
+      let at = 0;
+      for (const m of mats) { all.set(m, at); at += m.length; }
+      const N = ns.reduce((a, n) => a + n, 0);
+      const whole = quantizeMatrix(all, N, k, s);
+      const got = stackRows(mats.map((m, i) => quantizeMatrix(m, ns[i], k, s)));
+      expect(got.n).toBe(N);
+      expect(got.packed).toEqual(whole.packed);
+      expect(got.scales).toEqual(whole.scales);
+      expect(got.zeroPoints).toEqual(whole.zeroPoints);
     }), { numRuns: 200 });
   });
 

@@ -12,6 +12,7 @@ import { resolveTarget, runJob } from './generation.ts';
 import type { ChoiceEvent, GenerationDeps, Target } from './generation.ts';
 import { ResponseBuilder } from './openai-response.ts';
 import { writeSse } from './sse.ts';
+import { abortOnClose } from './client-abort.ts';
 import type { PromptPreparer } from './prompt-preparer.ts';
 import type { inferenceSchemas } from './request-schemas.ts';
 import { deserializeError, LoraserveError } from '../runtime/errors.ts';
@@ -70,13 +71,6 @@ async function* streamFrames(job: GenerationJob, events: AsyncIterable<ChoiceEve
   if (job.includeUsage) yield b.chunk([], b.totals());
 }
 
-// The client going away (socket closed before the response ended) cancels the generation.
-function abortOnClose(req: FastifyRequest, reply: FastifyReply): AbortSignal {
-  const ac = new AbortController();
-  reply.raw.on('close', () => { if (!reply.raw.writableFinished) ac.abort(); });
-  req.raw.on('aborted', () => ac.abort());
-  return ac.signal;
-}
 
 async function* prepend<T>(first: IteratorResult<T>, rest: AsyncGenerator<T>): AsyncGenerator<T> {
   try {

@@ -8,6 +8,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { invalidField } from '../runtime/errors.ts';
 import { embedTokens } from './embedder.ts';
+import { abortOnClose } from './client-abort.ts';
 import type { EmbedDeps } from './embedder.ts';
 import type { PromptPreparer } from './prompt-preparer.ts';
 import type { SemanticRouter } from './semantic-routing.ts';
@@ -27,12 +28,12 @@ type RouteBody = { model?: string | null; prompt?: string | null; messages?: { r
 export function registerRoutingRoutes(app: FastifyInstance, deps: RoutingRouteDeps, guard: (req: FastifyRequest) => Promise<void>): void {
   const schemas = routingSchemas(deps.modelName, deps.limits);
 
-  app.post('/v1/embeddings', { preValidation: guard, schema: schemas.embeddings }, async (req) => {
+  app.post('/v1/embeddings', { preValidation: guard, schema: schemas.embeddings }, async (req, reply) => {
     const b = req.body as EmbeddingsBody;
     if (b.model !== deps.modelName) throw invalidField('model', `embeddings come from the base model: 'model' must be ${JSON.stringify(deps.modelName)}, got ${JSON.stringify(b.model)}`);
     if (b.dimensions != null) throw invalidField('dimensions', `'dimensions' is not supported: embeddings have the model's hidden size`);
     const inputs = await tokenizedInputs(b.input, deps);
-    const vectors = await embedTokens(deps, inputs);
+    const vectors = await embedTokens(deps, inputs, abortOnClose(req, reply)); // a client that leaves cancels the rest
     const tokens = inputs.reduce((s, x) => s + x.length, 0);
     const base64 = b.encoding_format === 'base64';
     return {
@@ -43,14 +44,14 @@ export function registerRoutingRoutes(app: FastifyInstance, deps: RoutingRouteDe
     };
   });
 
-  app.post('/v1/route', { preValidation: guard, schema: schemas.route }, async (req) => {
+  app.post('/v1/route', { preValidation: guard, schema: schemas.route }, async (req, reply) => {
     const b = req.body as RouteBody;
     if (!deps.router) throw invalidField('model', 'semantic routing is off on this server');
     if ((b.prompt == null) === (b.messages == null)) throw invalidField(b.prompt == null ? 'prompt' : 'messages', `send either 'prompt' or 'messages'`);
     const text = b.prompt ?? b.messages!.filter((m) => m.role === 'user').map((m) => m.content ?? '').join('\n');
     if (text.trim() === '') throw invalidField(b.prompt != null ? 'prompt' : 'messages', 'there is no text to route by');
     const [ids] = await deps.prompts.encode([text], true, b.prompt != null ? 'prompt' : 'messages');
-    const [query] = await embedTokens(deps, [ids]);
+    const [query] = await embedTokens(deps, [ids], abortOnClose(req, reply));
     const scores = await deps.router.scores(query);
     const o = deps.router.options;
     return {

@@ -79,6 +79,36 @@ describe('backpressure and disconnects', () => {
     }
   });
 
+  it('a client that leaves /v1/embeddings cancels the texts not embedded yet and frees their places', async () => {
+    // one sequence at a time: 64 texts of 480 tokens take 128 prefill steps, unless cancelled
+    const server = await startTestServer({ maxQueue: 64, maxBatch: 1 });
+    try {
+      const input = Array.from({ length: 64 }, (_, i) => Array.from({ length: 480 }, (_, j) => 1 + ((i * 31 + j * 7) % 500)));
+      const ac = new AbortController();
+      const pending = fetch(`${server.url}/v1/embeddings`, { method: 'POST', signal: ac.signal, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stories260K', input }) }).catch(() => null);
+      const health = async (): Promise<{ running: number; waiting: number }> => (await fetch(`${server.url}/health`)).json();
+      for (let i = 0; i < 400 && (await health()).running === 0; i++) await new Promise((res) => setTimeout(res, 5));
+      ac.abort();
+      expect(await pending).toBeNull();
+      let freed = false;
+      for (let i = 0; i < 200 && !freed; i++) {
+        const h = await health();
+        freed = h.running === 0 && h.waiting === 0;
+        if (!freed) await new Promise((res) => setTimeout(res, 10));
+      }
+      expect(freed).toBe(true);
+      const steps = metric(await (await fetch(`${server.url}/metrics`)).text(), 'loraserve_step_duration_seconds_count');
+      expect(steps).toBeGreaterThan(0);
+      expect(steps).toBeLessThan(64); // the rest never ran (all 64 texts: 128 steps)
+      // all 64 queue places are free again
+      const again = await fetch(`${server.url}/v1/embeddings`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stories260K', input: Array.from({ length: 64 }, () => [1, 2]) }) });
+      expect(again.status).toBe(200);
+      expect((await again.json()).data).toHaveLength(64);
+    } finally {
+      await server.close();
+    }
+  });
+
   it('a client that disconnects mid-stream cancels its generation and frees its place', async () => {
     const server = await startTestServer({ maxQueue: 1 });
     try {

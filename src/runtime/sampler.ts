@@ -85,6 +85,13 @@ export function candidateDistribution(logits: Float32Array, p: SamplingParams): 
     for (let i = 0; i < V; i++) if (prob[i] > 0) ids.push(i);
     if (p.minP > 0) ids.sort(byProb);
   }
+  return finishCandidates(ids, prob, p, logits);
+}
+
+// The rest of candidateDistribution once the candidates are in order: top-p's prefix, min-p's
+// floor, renormalised. `prob[id]` is exp((logit − max) / temperature); sampling-fast-paths.ts
+// topKDistribution calls it over its own k candidates, so both do the same arithmetic.
+export function finishCandidates(ids: number[], prob: Float64Array, p: SamplingParams, logits: Float32Array): { ids: Int32Array; probs: Float64Array } {
   let keptMass = 0;
   for (const id of ids) keptMass += prob[id];
   if (p.topP < 1) {
@@ -111,6 +118,24 @@ export function candidateDistribution(logits: Float32Array, p: SamplingParams): 
   return { ids: Int32Array.from(ids), probs };
 }
 
+// top_k's candidates without a pass of exp over the vocabulary: the k best logits (one pass of
+// comparisons, topK), their probabilities, then finishCandidates: the same ids, probabilities and
+// order as candidateDistribution (a property test). Where the order by logit could differ from
+// the order by probability (an underflow to 0, or two logits whose probabilities round equal),
+// it returns null and the caller takes the general path. Call on a sanitized row, top_k < V.
+export function topKDistribution(logits: Float32Array, p: SamplingParams): { ids: Int32Array; probs: Float64Array } | null {
+  const best = topK(logits, p.topK + 1); // one more: the first token left out
+  const max = best[0].value;
+  const k = Math.min(p.topK, best.length);
+  const prob = new Float64Array(best.length);
+  for (let i = 0; i < best.length; i++) prob[i] = Math.exp((best[i].value - max) / p.temperature);
+  for (let i = 1; i < best.length; i++) {
+    if (!(prob[i] > 0) || (prob[i] === prob[i - 1] && best[i].value !== best[i - 1].value)) return null;
+  }
+  const local = finishCandidates(Array.from({ length: k }, (_, i) => i), prob, p, logits);
+  return { ids: Int32Array.from(local.ids, (i) => best[i].id), probs: local.probs };
+}
+
 // Draw from a candidate distribution with a uniform coin in [0, 1).
 export function drawFrom(dist: { ids: Int32Array; probs: Float64Array }, coin: number): number {
   let cum = 0;
@@ -127,7 +152,8 @@ export function sampleToken(logits: Float32Array, p: SamplingParams, coin: () =>
   // the common cases without a sort of the whole vocabulary (sampling-fast-paths.ts)
   const topK = p.topK > 0 && p.topK < logits.length;
   if (!topK && p.minP <= 0) return p.topP < 1 ? drawNucleus(logits, p.temperature, p.topP, coin()) : drawUnfiltered(logits, p.temperature, coin());
-  return drawFrom(candidateDistribution(logits, p), coin());
+  const dist = (topK && topKDistribution(logits, p)) || candidateDistribution(logits, p);
+  return drawFrom(dist, coin());
 }
 
 

@@ -1,5 +1,5 @@
 // The common sampling cases without sorting the vocabulary (sampler.ts keeps the general path,
-// candidateDistribution, for top-k and min-p). On a 32000-token row (measured, this VM): greedy
+// candidateDistribution, for min-p, and topKDistribution for top-k). On a 32000-token row (measured, this VM): greedy
 // ~0.1 ms; temperature alone ~0.35 ms instead of ~3 ms; top-p ~0.5 ms instead of 2.5–6 ms, which
 // at a batch of 32 was 80–200 ms of JS per step. Each draws what the general path draws. All take a sanitized row (sampler.ts sanitize),
 // except greedyToken, which reads any row and writes nothing.

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { DEFAULT_SAMPLING, applyBiasAndPenalties, argmax, candidateDistribution, drawFrom, greedyToken, logSoftmax, logSumExp, sampleToken, sanitize, topK } from '../../src/runtime/sampler.ts';
+import { DEFAULT_SAMPLING, applyBiasAndPenalties, argmax, candidateDistribution, drawFrom, greedyToken, logSoftmax, logSumExp, sampleToken, sanitize, topK, topKDistribution } from '../../src/runtime/sampler.ts';
 import type { SamplingParams } from '../../src/runtime/sampler.ts';
 import { Rng } from '../../src/runtime/random.ts';
 
@@ -167,6 +167,36 @@ describe('log-probabilities', () => {
       },
     ), { seed: 23, numRuns: 500 });
   });
+  it('top-k (with top-p and min-p) gives the general path\'s candidates and probabilities exactly, and the same draw (property)', () => {
+    let fast = 0;
+    fc.assert(fc.property(
+      fc.array(fc.oneof(
+        { weight: 8, arbitrary: fc.integer({ min: -3000, max: 3000 }).map((v) => v / 100) },
+        { weight: 2, arbitrary: fc.integer({ min: -3, max: 3 }) }, // ties
+        { weight: 1, arbitrary: fc.constantFrom(Infinity, -Infinity, NaN, 0, -1e30) },
+      ), { minLength: 2, maxLength: 300 }),
+      fc.integer({ min: 1, max: 40 }),
+      fc.double({ min: 0.05, max: 3, noNaN: true }),
+      fc.oneof(fc.constant(1), fc.double({ min: 1e-6, max: 0.999, noNaN: true })),
+      fc.oneof(fc.constant(0), fc.double({ min: 1e-4, max: 0.9, noNaN: true })),
+      fc.array(fc.double({ min: 0, max: 0.999999, noNaN: true }), { minLength: 1, maxLength: 8 }),
+      (vals, k, temperature, topP, minP, coins) => {
+        const ref = Float32Array.from(vals);
+        sanitize(ref);
+        const p = P({ temperature, topK: Math.min(k, vals.length - 1), topP, minP });
+        const d = candidateDistribution(ref, p);
+        const got = topKDistribution(ref, p);
+        if (got) {
+          fast++;
+          expect([...got.ids]).toEqual([...d.ids]);
+          expect([...got.probs]).toEqual([...d.probs]);
+        }
+        for (const coin of coins) expect(sampleToken(Float32Array.from(vals), p, () => coin)).toBe(drawFrom(d, coin));
+      },
+    ), { seed: 29, numRuns: 600 });
+    expect(fast).toBeGreaterThan(300); // the fast path is what ran, mostly
+  });
+
   it('top-p draws follow the renormalised nucleus (20k draws, each within 1.5% absolute)', () => {
     const r = new Rng(5);
     const counts = [0, 0, 0, 0];

@@ -92,8 +92,8 @@ export function bakedLinear(cfg: ModelConfig, weights: Weights, quant: GraphQuan
 // Per band, lora_x.g [E_g, m_g] lists each entry's flat token indices (N, a zero row, pads the
 // rest). The deltas of both bands, flattened, stand one above the other with a zero row under
 // them ([E_1·m_1 + E_0·m_0 + 1, out]); lora_src [N] gives each token its delta's row there (a
-// token without an adapter: the zero row, so y + 0 = x·W0ᵀ exactly), and one Gather and one Add
-// put them into y. (ScatterND with reduction add did the same ~0.7 ms slower per [512, 2048]
+// token without an adapter: the zero row, so y + 0 = x·W0ᵀ exactly; a step without adapters feeds
+// [1], the zero row broadcast), and one Gather and one Add put them into y. (ScatterND with reduction add did the same ~0.7 ms slower per [512, 2048]
 // output on this VM: it adds element by element on one thread, ~40 ms of a 512-token prefill.)
 // A step with no adapter feeds E = 0 and R = 0. DoRA: lora_g.l [G, Σout] holds each slot's multipliers
 // for the layer's targets side by side (row 0: ones), lora_g_index [N] picks a row per token; a step
@@ -218,8 +218,15 @@ const quantAttrs = (quant: QuantScheme & { accuracyLevel: number }, n: number, k
 // have its own act-order permutation).
 const FUSED: readonly (readonly Target[])[] = [['q_proj', 'k_proj', 'v_proj'], ['gate_proj', 'up_proj']];
 const fusedOutputs = new WeakMap<GraphBuilder, Map<string, string[]>>();
+const stackedT = new WeakMap<Float32Array, Float32Array>(); // float32: Wᵀ side by side, per first weight
 
-function fusedNBits(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: string, layer: number, group: readonly Target[], quant: GraphQuant): string[] {
+// The group's outputs for x: one call over the stacked weights (MatMulNBits over the stacked
+// quantized rows, or MatMul over [in, Σout]), then a Split; built once per graph and x. Float32,
+// interleaved in one process (plain graph, 110M model, 160 decode steps each, three runs): decode
+// 12.3 / 12.8 / 14.1 ms against 14.1 / 13.1 / 16.0 with one MatMul per target; 512-token prefill
+// the same within the noise. The stacked arrays are built once per weight array, so both served
+// bodies share them.
+function fusedProjection(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: string, layer: number, group: readonly Target[], quant: GraphQuant | null): string[] {
   let cache = fusedOutputs.get(b);
   if (!cache) fusedOutputs.set(b, (cache = new Map()));
   const key = `${layer}|${group.join(',')}|${x}`;
@@ -227,49 +234,30 @@ function fusedNBits(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: stri
   if (!outs) {
     const inDim = targetShape(cfg, group[0])[1];
     const sizes = group.map((t) => targetShape(cfg, t)[0]);
-    const parts = group.map((t, i) => quantizeOnce(weights.get(`${targetPath(layer, t)}.weight`)!, sizes[i], inDim, quant));
-    const stackedQ = stackRows(parts);
-    const name = `${targetPath(layer, group[0])}.stacked${group.length}.weight`;
-    const y = b.op('MatMulNBits', nbitsInputs(b, name, stackedQ, x), quantAttrs(quant, stackedQ.n, inDim), { domain: 'com.microsoft' });
-    outs = b.opN('Split', [y, b.int64(sizes)], group.length, { axis: int(-1) });
-    cache.set(key, outs);
-  }
-  return outs;
-}
-
-// The float32 counterpart: the group's Wᵀ side by side, [in, Σout], one MatMul, then a Split.
-// Interleaved in one process (plain graph, 110M model, 160 decode steps each, three runs): decode
-// 12.3 / 12.8 / 14.1 ms against 14.1 / 13.1 / 16.0 one MatMul per target; 512-token prefill the
-// same within the noise. Built once per weight array, so both served bodies share it.
-const stackedT = new WeakMap<Float32Array, Float32Array>();
-
-function fusedF32(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: string, layer: number, group: readonly Target[]): string[] {
-  let cache = fusedOutputs.get(b);
-  if (!cache) fusedOutputs.set(b, (cache = new Map()));
-  const key = `f32|${layer}|${group.join(',')}|${x}`;
-  let outs = cache.get(key);
-  if (!outs) {
-    const inDim = targetShape(cfg, group[0])[1];
-    const sizes = group.map((t) => targetShape(cfg, t)[0]);
+    const total = sizes.reduce((a, n) => a + n, 0);
     const ws = group.map((t) => weights.get(`${targetPath(layer, t)}.weight`)!);
-    let wT = stackedT.get(ws[0]);
-    if (!wT) {
-      const total = sizes.reduce((a, n) => a + n, 0);
-      wT = new Float32Array(inDim * total);
-      let col = 0;
-      ws.forEach((w, i) => {
-        for (let o = 0; o < sizes[i]; o++) for (let k = 0; k < inDim; k++) wT![k * total + col + o] = w[o * inDim + k];
-        col += sizes[i];
-      });
-      stackedT.set(ws[0], wT);
+    const name = `${targetPath(layer, group[0])}.stacked${group.length}`;
+    let y: string;
+    if (quant) {
+      const stacked = stackRows(ws.map((w, i) => quantizeOnce(w, sizes[i], inDim, quant)));
+      y = b.op('MatMulNBits', nbitsInputs(b, `${name}.weight`, stacked, x), quantAttrs(quant, total, inDim), { domain: 'com.microsoft' });
+    } else {
+      let wT = stackedT.get(ws[0]);
+      if (!wT) stackedT.set(ws[0], (wT = transpose(concatRows(ws), total, inDim)));
+      y = b.op('MatMul', [x, b.initializer(`${name}.T`, wT, [inDim, total])]);
     }
-    const name = `${targetPath(layer, group[0])}.stacked${group.length}.T`;
-    const y = b.op('MatMul', [x, b.initializer(name, wT, [inDim, sizes.reduce((a, n) => a + n, 0)])]);
     outs = b.opN('Split', [y, b.int64(sizes)], group.length, { axis: int(-1) });
     cache.set(key, outs);
   }
   return outs;
 }
+
+const concatRows = (parts: Float32Array[]): Float32Array => {
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+};
 
 function bakedMatMul(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: string, layer: number, target: Target, quant: GraphQuant | null = null, pre: Prequantized | null = null): string {
   const name = `${targetPath(layer, target)}.weight`;
@@ -283,14 +271,10 @@ function bakedMatMul(b: GraphBuilder, cfg: ModelConfig, weights: Weights, x: str
     const attrs = quantAttrs({ ...stored.matrix.scheme, accuracyLevel: pre!.accuracyLevel }, out, inDim);
     return b.op('MatMulNBits', nbitsInputs(b, name, stored.matrix, input), attrs, { domain: 'com.microsoft' });
   }
-  const w = weights.get(name)!;
-  if (quant) {
-    const group = FUSED.find((g) => g.includes(target));
-    return group ? fusedNBits(b, cfg, weights, x, layer, group, quant)[group.indexOf(target)] :
-      b.op('MatMulNBits', quantizedInputs(b, quant, name, w, out, inDim, x), quantAttrs(quant, out, inDim), { domain: 'com.microsoft' });
-  }
   const group = pre ? undefined : FUSED.find((g) => g.includes(target)); // a GPTQ base keeps one call per target
-  if (group) return fusedF32(b, cfg, weights, x, layer, group)[group.indexOf(target)];
+  if (group) return fusedProjection(b, cfg, weights, x, layer, group, quant)[group.indexOf(target)];
+  const w = weights.get(name)!;
+  if (quant) return b.op('MatMulNBits', quantizedInputs(b, quant, name, w, out, inDim, x), quantAttrs(quant, out, inDim), { domain: 'com.microsoft' });
   let wT = transposed.get(w);
   if (!wT) transposed.set(w, (wT = transpose(w, out, inDim)));
   return b.op('MatMul', [x, b.initializer(`${name}.T`, wT, [inDim, out])]);

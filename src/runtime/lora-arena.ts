@@ -284,7 +284,7 @@ export class LoraArena {
   // every other entry to their width (a prompt chunk among decode tokens) go to band 0 (pickBand).
   feeds(rows: LoraTokens[], tokens: number): Record<string, ort.Tensor> {
     const withSlot = rows.map((r) => ({ r, slot: this.rowSlot[r.row] ?? -1 })).filter((x) => x.slot >= 0);
-    if (withSlot.length === 0) return emptyLoraFeeds(this.cfg, tokens);
+    if (withSlot.length === 0) return emptyLoraFeeds(this.cfg);
     const lo = Math.min(...withSlot.map((x) => x.slot));
     const hi = Math.max(...withSlot.map((x) => x.slot)) + 1;
     const picked = pickBand(withSlot, hi - lo);
@@ -326,7 +326,7 @@ export class LoraArena {
       feeds[names.a] = new ort.Tensor('float32', a, [n, R, inDim]);
       feeds[names.b] = new ort.Tensor('float32', b, [n, out, R]);
     });
-    const ones = emptyLoraFeeds(this.cfg, 0);
+    const ones = emptyLoraFeeds(this.cfg);
     for (let l = 0; l < this.cfg.numLayers; l++) {
       const name = doraInputName(l);
       feeds[name] = dora ? new ort.Tensor('float32', this.g[l].data, [1 + this.cap, this.doraWidth]) : ones[name];

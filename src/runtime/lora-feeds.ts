@@ -104,13 +104,9 @@ export function tokenFeeds(band1: BandTokens, band0: BandTokens, tokens: number)
 
 const EMPTY = new Map<string, Record<string, ort.Tensor>>();
 
-// The LoRA feeds of a step of `tokens` tokens without adapters: no entries, rank 0, DoRA
-// multipliers of one (shared), every token's delta the zero row.
-export function emptyLoraFeeds(cfg: ModelConfig, tokens: number): Record<string, ort.Tensor> {
-  return { ...emptyFactorFeeds(cfg), lora_src: new ort.Tensor('int64', new BigInt64Array(tokens), [tokens]) };
-}
-
-function emptyFactorFeeds(cfg: ModelConfig): Record<string, ort.Tensor> {
+// The LoRA feeds of a step without adapters: no entries, rank 0, DoRA multipliers of one, and one
+// lora_src index [0] (the zero row, broadcast over every token, as lora_g_index is). Shared.
+export function emptyLoraFeeds(cfg: ModelConfig): Record<string, ort.Tensor> {
   const key = `${cfg.numLayers}:${cfg.hiddenSize}:${cfg.intermediateSize}:${cfg.numHeads}:${cfg.numKvHeads}:${cfg.headDim}`;
   let feeds = EMPTY.get(key);
   if (!feeds) {
@@ -127,6 +123,7 @@ function emptyFactorFeeds(cfg: ModelConfig): Record<string, ort.Tensor> {
       feeds[doraInputName(l)] = ones;
     }
     for (let g = 0; g < 2; g++) feeds[`lora_x.${g}`] = new ort.Tensor('int64', new BigInt64Array(0), [0, 1]);
+    feeds.lora_src = new ort.Tensor('int64', new BigInt64Array(1), [1]);
     feeds.lora_pick = new ort.Tensor('int64', new BigInt64Array(0), [0]);
     feeds.lora_g_index = new ort.Tensor('int64', new BigInt64Array(1), [1]);
     EMPTY.set(key, feeds);

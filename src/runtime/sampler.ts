@@ -85,13 +85,14 @@ export function candidateDistribution(logits: Float32Array, p: SamplingParams): 
     for (let i = 0; i < V; i++) if (prob[i] > 0) ids.push(i);
     if (p.minP > 0) ids.sort(byProb);
   }
-  return finishCandidates(ids, prob, p, logits);
+  if (ids.length === 0) ids = [argmax(logits)]; // no mass anywhere (cannot follow sanitize): the best logit
+  return finishCandidates(ids, prob, p);
 }
 
 // The rest of candidateDistribution once the candidates are in order: top-p's prefix, min-p's
-// floor, renormalised. `prob[id]` is exp((logit − max) / temperature); sampling-fast-paths.ts
-// topKDistribution calls it over its own k candidates, so both do the same arithmetic.
-export function finishCandidates(ids: number[], prob: Float64Array, p: SamplingParams, logits: Float32Array): { ids: Int32Array; probs: Float64Array } {
+// floor, renormalised. `prob[id]` is exp((logit − max) / temperature); topKDistribution calls it
+// over its own k candidates, so both do the same arithmetic. `ids` is not empty.
+export function finishCandidates(ids: number[], prob: Float64Array, p: SamplingParams): { ids: Int32Array; probs: Float64Array } {
   let keptMass = 0;
   for (const id of ids) keptMass += prob[id];
   if (p.topP < 1) {
@@ -109,7 +110,6 @@ export function finishCandidates(ids: number[], prob: Float64Array, p: SamplingP
     const threshold = p.minP * prob[ids[0]];
     ids = ids.filter((id, i) => i === 0 || prob[id] >= threshold);
   }
-  if (ids.length === 0) ids = [argmax(logits)]; // no mass anywhere (cannot follow sanitize): the best logit
   let mass = 0;
   for (const id of ids) mass += prob[id];
   if (!(mass > 0)) { mass = 1; prob[ids[0]] = 1; }
@@ -132,7 +132,7 @@ export function topKDistribution(logits: Float32Array, p: SamplingParams): { ids
   for (let i = 1; i < best.length; i++) {
     if (!(prob[i] > 0) || (prob[i] === prob[i - 1] && best[i].value !== best[i - 1].value)) return null;
   }
-  const local = finishCandidates(Array.from({ length: k }, (_, i) => i), prob, p, logits);
+  const local = finishCandidates(Array.from({ length: k }, (_, i) => i), prob, p);
   return { ids: Int32Array.from(local.ids, (i) => best[i].id), probs: local.probs };
 }
 

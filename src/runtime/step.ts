@@ -139,7 +139,7 @@ export class StepRunner {
       arena = group.lora;
       for (const r of group.rows) rows.push({ row: r.row, first: layout.offset + (r.row - layout.lo) * layout.S, count: r.tokens.length });
     }
-    return arena ? arena.feeds(rows, tokens) : emptyLoraFeeds(this.cfg, tokens);
+    return arena ? arena.feeds(rows, tokens) : emptyLoraFeeds(this.cfg);
   }
 
   private groupFeeds(g: number, group: StepGroup, offset: number, feeds: Record<string, ort.Tensor>, logitRows: number[], rowOffsets: number[], hiddenRows: number[], hiddenOffsets: number[]): GroupLayout {

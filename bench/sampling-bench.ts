@@ -5,7 +5,7 @@
 // on the path before them (a fresh copy, then candidateDistribution and a sort), which drew the
 // same tokens; a logprob's log Σ exp in JS (float64) against reading the
 // graph's logits_lse. Interleaved in one run; µs per token, median of the rounds.
-import { DEFAULT_SAMPLING, argmax, candidateDistribution, drawFrom, logSumExp, sampleToken, sanitize, workingCopy } from '../src/runtime/sampler.ts';
+import { DEFAULT_SAMPLING, argmax, candidateDistribution, drawFrom, finishCandidates, logSumExp, sampleToken, sanitize, workingCopy } from '../src/runtime/sampler.ts';
 import type { SamplingParams } from '../src/runtime/sampler.ts';
 import { Rng } from '../src/runtime/random.ts';
 import { median, printTable } from './stats.ts';
@@ -17,7 +17,20 @@ const CASES: Case[] = [
   { name: 'temperature 1, top_p 0.9', params: { temperature: 1, topP: 0.9 } },
   { name: 'temperature 0.7, top_p 0.95', params: { temperature: 0.7, topP: 0.95 } },
   { name: 'temperature 1, top_k 40', params: { temperature: 1, topK: 40 } },
+  { name: 'temperature 1, min_p 0.05', params: { temperature: 1, minP: 0.05 } },
 ];
+
+// min-p alone as candidateDistribution ran it before it filtered by min-p's floor first: every
+// token with mass, sorted, then finishCandidates (the same candidates and probabilities)
+function sortAllDistribution(logits: Float32Array, p: SamplingParams): { ids: Int32Array; probs: Float64Array } {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  const prob = new Float64Array(logits.length);
+  const ids: number[] = [];
+  for (let i = 0; i < logits.length; i++) if ((prob[i] = Math.exp((logits[i] - max) / p.temperature)) > 0) ids.push(i);
+  ids.sort((a, b) => prob[b] - prob[a] || a - b);
+  return finishCandidates(ids, prob, p);
+}
 
 // A row shaped like a language model's: a few strong candidates over a broad tail (normal-ish
 // logits, sd 2.5, plus 20 tokens 6–10 above).
@@ -54,7 +67,8 @@ export async function samplingBench(opts: { quick: boolean }): Promise<unknown> 
       const general = (): number => {
         const w = raw.slice();
         sanitize(w);
-        return p.temperature === 0 ? argmax(w) : drawFrom(candidateDistribution(w, p), coin.next());
+        if (p.temperature === 0) return argmax(w);
+        return drawFrom(p.minP > 0 && !p.topK && p.topP >= 1 ? sortAllDistribution(w, p) : candidateDistribution(w, p), coin.next());
       };
       const served = (): number => sampleToken(workingCopy(raw), p, () => coin.next());
       timeUs(3, [general, served]); // warm-up (JIT)
@@ -64,6 +78,6 @@ export async function samplingBench(opts: { quick: boolean }): Promise<unknown> 
     const [lseJs] = timeUs(rounds, [() => logSumExp(raw)]);
     rows.push({ vocab, case: 'a logprob\'s log Σ exp (JS, float64; the graph returns it)', general_path_us: lseJs, served_path_us: 0, speedup: Infinity });
   }
-  printTable('sampling: µs per token on the engine thread (served path: what sampleToken runs; general path: candidateDistribution and a sort, which drew the same tokens before)', rows.map((r) => ({ ...r, speedup: Number.isFinite(r.speedup as number) ? `${(r.speedup as number).toFixed(1)}×` : '—' })));
+  printTable('sampling: µs per token on the engine thread (served path: what sampleToken runs; general path: candidateDistribution and a sort, which drew the same tokens before; for min-p alone, a sort of the whole row)', rows.map((r) => ({ ...r, speedup: Number.isFinite(r.speedup as number) ? `${(r.speedup as number).toFixed(1)}×` : '—' })));
   return { rounds, rows };
 }

@@ -27,7 +27,7 @@ if (!src) {
     `Figures of ${run.date.slice(0, 10)} (${run.cores}-core ${run.cpus}, Node ${run.node}; \`npm run bench -- --only sampling${run.quick ? ' --quick' : ''}\`, written by \`npm run bench:report\` from docs/figures/sampling.json). ` +
       `The engine thread's time to choose one token from a row of logits shaped like a language model's (a broad tail and 20 strong candidates), ` +
       `µs per token, median of ${m.rounds} rounds that time the two paths in turn. Served: what a sequence runs (a reused working copy of the row, then sampleToken, with the fast paths of ` +
-      `src/runtime/sampling-fast-paths.ts where they apply). General: what ran before them (a fresh copy, then candidateDistribution and a sort), which draws the same tokens for the same coin. ` +
+      `src/runtime/sampling-fast-paths.ts where they apply). General: what ran before them (a fresh copy, then candidateDistribution and a sort), which draws the same tokens for the same coin; for min-p alone, a sort of the whole row, as candidateDistribution did before it kept only the tokens at or above min-p's floor. ` +
       `A logprob's log Σ exp now comes from the graph (\`logits_lse\`); its JS cost is what each logprob request paid per token before. At a batch of 32 the engine thread pays a row's figure 32 times a step.`,
     '',
     '| vocabulary | sampling | general path µs | served path µs | speed-up |',

@@ -59,8 +59,8 @@ export function splitStories(fitted: string[], count: number): { train: string[]
   return { train: kept.filter(({ i }) => i < count).map(({ s }) => s), eval: kept.filter(({ i }) => i >= count).map(({ s }) => s) };
 }
 
-// The model's own stories, untranslated: story i from opening i mod 16, sampled (temperature 0.8,
-// top-p 0.95) with seed seed + i. `threads` fixes onnxruntime's thread count (results can depend on it).
+// The model's own stories, untranslated: story i from opening i mod 16, sampled (temperature 0.7,
+// top-p 0.9) with seed seed + i. `threads` fixes onnxruntime's thread count (results can depend on it).
 export async function generateStories(opts: { modelDir: string; count: number; evalCount: number; seed: number; maxTokens: number; threads?: number }): Promise<string[]> {
   const files = loadModelFiles(opts.modelDir);
   const tokenizer = new TextTokenizer(files.tokenizerJson, files.tokenizerConfig);
@@ -70,7 +70,7 @@ export async function generateStories(opts: { modelDir: string; count: number; e
       const opening = OPENINGS[i % OPENINGS.length];
       let text = opening;
       for await (const ev of engine.generate({
-        promptTokens: tokenizer.encode(opening), maxTokens: opts.maxTokens, sampling: { ...DEFAULT_SAMPLING, temperature: 0.8, topP: 0.95 },
+        promptTokens: tokenizer.encode(opening), maxTokens: opts.maxTokens, sampling: { ...DEFAULT_SAMPLING, temperature: 0.7, topP: 0.9 },
         seed: opts.seed + i, stop: [], stopTokenIds: [], ignoreEos: false, logprobs: null, adapter: null,
       })) {
         if (ev.type === 'token') text += ev.text;

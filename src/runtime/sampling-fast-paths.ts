@@ -60,31 +60,24 @@ export function drawNucleus(logits: Float32Array, temperature: number, topP: num
   const prob = scratch.floats(V);
   const bucket = scratch.buckets(V);
   const { mass, count } = scratch.perBucket();
-  const strong = scratch.strong(V); // the ids with q ≥ TAUS[0], ascending
+  const strong = scratch.strong(V); // the ids with q ≥ STRONG, ascending
   let strongCount = 0;
   let total = 0;
-  let keptMass = 0; // at the first threshold, TAUS[0]
   for (let i = 0; i < V; i++) {
     const x = (logits[i] - max) / temperature; // ≤ 0
     const q = Math.exp(x);
     prob[i] = q;
     total += q;
-    if (q >= TAUS[0]) { keptMass += q; strong[strongCount++] = i; }
+    if (q >= STRONG) strong[strongCount++] = i;
     const d = -x * PER_NAT; // ≥ 0: truncation is floor
     const b = !(q > 0) ? NO_MASS : d < BUCKETS - 1 ? d | 0 : BUCKETS - 1;
     bucket[i] = b;
     if (b !== NO_MASS) { mass[b] += q; count[b]++; }
   }
-  // candidateDistribution's normaliser: the mass of the tokens above the first threshold whose
-  // tokens hold top_p of the total (nearly always the first)
-  for (let t = 1; t < TAUS.length && keptMass < topP * total; t++) {
-    keptMass = 0;
-    for (let i = 0; i < V; i++) if (prob[i] >= TAUS[t] && prob[i] > 0) keptMass += prob[i];
-  }
-  // the bucket the nucleus ends in
+  // the bucket the nucleus ends in: top_p is a fraction of the whole distribution's mass
   let cum = 0;
   let cross = 0;
-  while (cross < BUCKETS - 1 && cum + mass[cross] / keptMass < topP) cum += mass[cross++] / keptMass;
+  while (cross < BUCKETS - 1 && cum + mass[cross] / total < topP) cum += mass[cross++] / total;
   // the ids of buckets 0..cross, grouped by bucket: bucket b's are ids[start[b] .. start[b + 1])
   const start = new Int32Array(cross + 2);
   for (let b = 0; b <= cross; b++) start[b + 1] = start[b] + count[b];
@@ -101,7 +94,7 @@ export function drawNucleus(logits: Float32Array, temperature: number, topP: num
   const crossing = sorted(cross);
   let n = 0;
   while (n < crossing.length) {
-    cum += prob[crossing[n++]] / keptMass;
+    cum += prob[crossing[n++]] / total;
     if (cum >= topP) break;
   }
   let nucleus = 0;
@@ -124,9 +117,10 @@ export function drawNucleus(logits: Float32Array, temperature: number, topP: num
   return n > 0 ? crossing[n - 1] : greedyToken(logits);
 }
 
-const TAUS = [1e-3, 1e-6, 1e-9, 1e-12, 0];
-// Buckets whose tokens all have q ≥ TAUS[0]: d < 442/64 = 6.906 nats, under ln(1000) = 6.908
-const STRONG_BUCKETS = Math.floor(Math.log(1 / TAUS[0]) * PER_NAT);
+// The strong tokens: q ≥ STRONG. Buckets whose tokens all are: d < 442/64 = 6.906 nats, under
+// ln(1000) = 6.908
+const STRONG = 1e-3;
+const STRONG_BUCKETS = Math.floor(Math.log(1 / STRONG) * PER_NAT);
 
 function maxOf(x: Float32Array): number {
   let max = -Infinity;

@@ -197,6 +197,62 @@ describe('log-probabilities', () => {
     expect(fast).toBeGreaterThan(300); // the fast path is what ran, mostly
   });
 
+  // Hugging Face's and vLLM's order, written out plainly (float64, a full sort): softmax at the
+  // temperature; top-k's k best, renormalised; top-p's smallest prefix reaching top_p of that
+  // distribution; min-p's floor of min_p × the best probability; renormalised.
+  function referenceCandidates(logits: Float32Array, p: SamplingParams): { ids: number[]; probs: number[] } {
+    const max = Math.max(...logits);
+    let ids = [...logits.keys()];
+    const q = ids.map((i) => Math.exp((logits[i] - max) / p.temperature));
+    ids.sort((a, b) => q[b] - q[a] || a - b);
+    if (p.topK > 0) ids = ids.slice(0, p.topK);
+    const whole = ids.reduce((s, i) => s + q[i], 0);
+    if (p.topP < 1) {
+      let cum = 0;
+      const kept: number[] = [];
+      for (const i of ids) { kept.push(i); cum += q[i] / whole; if (cum >= p.topP) break; }
+      ids = kept;
+    }
+    if (p.minP > 0) ids = ids.filter((i) => q[i] >= p.minP * q[ids[0]]);
+    const mass = ids.reduce((s, i) => s + q[i], 0);
+    return { ids, probs: ids.map((i) => q[i] / mass) };
+  }
+
+  it('top-p is a fraction of the whole distribution, however much of it lies in the tail: a long tail of unlikely tokens widens the nucleus', () => {
+    // p = [1, 0.5, 1000 × 0.0009] / 2.4: the best token alone holds 0.42 < 0.6, so top_p 0.6 keeps two
+    const x = new Float32Array(1002).fill(Math.log(0.0009));
+    x[0] = 0;
+    x[1] = Math.log(0.5);
+    const p = P({ topP: 0.6 });
+    expect([...candidateDistribution(x, p).ids]).toEqual([0, 1]);
+    const r = new Rng(3);
+    let second = 0;
+    for (let i = 0; i < 4000; i++) if (sampleToken(x.slice(), p, () => r.next()) === 1) second++;
+    expect(Math.abs(second / 4000 - 1 / 3)).toBeLessThan(0.03);
+  });
+
+  it('top-k, top-p and min-p keep the reference\'s candidates with its probabilities, on heavy-tailed rows (property)', () => {
+    fc.assert(fc.property(
+      fc.array(fc.integer({ min: 0, max: 300 }).map((v) => v / 100), { minLength: 1, maxLength: 12 }), // the head
+      fc.integer({ min: 0, max: 3000 }),                                                                // the tail's size
+      fc.double({ min: -12, max: -5, noNaN: true }),                                                     // … and level
+      fc.double({ min: 0.3, max: 2, noNaN: true }),
+      fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 50 })),
+      fc.oneof(fc.constant(1), fc.double({ min: 0.05, max: 0.99, noNaN: true })),
+      fc.oneof(fc.constant(0), fc.double({ min: 1e-3, max: 0.5, noNaN: true })),
+      (head, tail, level, temperature, topK, topP, minP) => {
+        const x = Float32Array.from([...head, ...Array.from({ length: tail }, (_, i) => level + (i % 7) * 0.1)]);
+        const p = P({ temperature, topK: topK < x.length ? topK : 0, topP, minP });
+        // the same candidates with the same probabilities (their order is the draw's, not the distribution's)
+        const byId = (d: { ids: ArrayLike<number>; probs: ArrayLike<number> }) => [...Array.from(d.ids).entries()].map(([i, id]) => [id, d.probs[i]]).sort((a, b) => a[0] - b[0]);
+        const want = byId(referenceCandidates(x, p));
+        const got = byId(candidateDistribution(x, p));
+        expect(got.map(([id]) => id)).toEqual(want.map(([id]) => id));
+        got.forEach(([, v], i) => expect(Math.abs(v - want[i][1])).toBeLessThan(1e-12));
+      },
+    ), { seed: 31, numRuns: 300 });
+  });
+
   it('top-p draws follow the renormalised nucleus (20k draws, each within 1.5% absolute)', () => {
     const r = new Rng(5);
     const counts = [0, 0, 0, 0];

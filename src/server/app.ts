@@ -164,12 +164,15 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   registerTokenizeRoutes(app, completionDeps, inference);
   registerRoutingRoutes(app, { ...embedDeps, modelName, prompts: deps.prompts, router: completionDeps.router, limits: { vocabSize: engine.info.vocabSize, maxContext: engine.info.maxContext, maxInputs: MAX_PROMPTS } }, inference);
   const card = (id: string, parent: string | null, extra: Record<string, unknown> = {}) => ({ id, object: 'model', created: Math.floor(Date.now() / 1000), owned_by: 'loraserve', root: parent ? id : modelName, parent, max_model_len: engine.info.maxContext, ...extra });
+  // the base model's line, as an adapter's description reads: what it is, from its config
+  const baseDescription = `The base model, without an adapter: ${engine.info.numLayers} layers, hidden size ${engine.info.hiddenSize}, vocabulary ${engine.info.vocabSize}`;
+  const baseCard = () => card(modelName, null, { status: engine.state, description: baseDescription });
   app.get('/v1/models', { preValidation: inference, schema: modelSchemas.list }, async () => ({
     object: 'list',
-    data: [card(modelName, null, { status: engine.state }), ...registry.list().map((a) => card(a.name, modelName, adapterFields(a)))],
+    data: [baseCard(), ...registry.list().map((a) => card(a.name, modelName, adapterFields(a)))],
   }));
   app.get<{ Params: { id: string } }>('/v1/models/:id', { preValidation: inference, schema: modelSchemas.one }, async (req) => {
-    if (req.params.id === modelName) return card(modelName, null, { status: engine.state });
+    if (req.params.id === modelName) return baseCard();
     const a = registry.get(req.params.id);
     if (!a) throw new LoraserveError('model_not_found', `The model \`${req.params.id}\` does not exist.`, { param: 'model' });
     return card(a.name, modelName, adapterFields(a));

@@ -85,6 +85,11 @@ describe('npm start with no arguments', () => {
       expect(card.parent).toBe('default');
       expect(card.description).toBe(s.description);
     }
+    // the base model's line comes from its config (stories260K: 5 layers, dim 64, vocab 512)
+    const base = models.data.find((m) => m.id === 'default')!;
+    expect(base.parent).toBe(null);
+    expect(base.description).toBe('The base model, without an adapter: 5 layers, hidden size 64, vocabulary 512');
+    expect(((await (await fetch(`${url}/v1/models/default`)).json()) as { description: string }).description).toBe(base.description);
   });
 
   it('the same greedy request: four different continuations, each adapter in its style, the base model in English', async () => {

@@ -152,6 +152,10 @@ export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: A
     if (!['F32', 'F16', 'BF16'].includes(t.dtype)) { problems.push(`tensor ${name}: dtype ${t.dtype} is not supported (F32, F16, BF16)`); continue; }
     let entry = modules.get(key);
     if (!entry) modules.set(key, (entry = { layer, target: proj as Target, parts: new Map() }));
+    // with and without the base_model.model. prefix, two names are one module's: refuse rather
+    // than let the later one win (PEFT would read the prefixed one and ignore the other)
+    const twin = entry.parts.get(kind);
+    if (twin) { problems.push(`tensors ${twin.name} and ${name} are both module ${key}'s ${kind}: keep one`); continue; }
     entry.parts.set(kind, t);
   }
 

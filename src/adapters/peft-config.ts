@@ -93,8 +93,10 @@ export function parsePeftConfig(raw: unknown): ConfigResult {
     if (!layersToTransform) problems.push(`${field('layers_pattern')} is given without layers_to_transform`);
     for (const p of layersPattern ?? []) regex(p, 'layers', `${field('layers_pattern')} ${show(p)}`, problems);
   }
-  if (targetModules?.kind === 'regex' && (layersToTransform || layersPattern)) {
-    problems.push(`${field('layers_to_transform')}/layers_pattern cannot be used with a regex string target_modules`);
+  // PEFT (LoraConfig.__post_init__) refuses either beside a string target_modules, a regex or
+  // "all-linear", whenever it is not None: an empty list too
+  if (typeof c.target_modules === 'string' && ((ltt ?? null) !== null || (lp ?? null) !== null)) {
+    problems.push(`${field('layers_to_transform')}/layers_pattern cannot be used with a string target_modules (a regex or "all-linear"), as in PEFT`);
   }
   const baseModel = typeof c.base_model_name_or_path === 'string' ? c.base_model_name_or_path : null;
   const useRslora = c.use_rslora === true;
@@ -185,7 +187,8 @@ function targetModulesField(c: Record<string, unknown>, problems: string[]): Tar
   }
   if (Array.isArray(v) && v.every((s) => typeof s === 'string')) {
     if (v.length === 0) { problems.push('adapter_config.json: "target_modules" is an empty list'); return null; }
-    if (v.length === 1 && v[0].toLowerCase() === 'all-linear') return { kind: 'all-linear' };
+    // PEFT expands only the string "all-linear"; in a list it is a module name that matches nothing
+    if (v.some((s) => s.toLowerCase() === 'all-linear')) { problems.push('adapter_config.json: "target_modules" lists "all-linear", which PEFT reads as a module name that matches no module: write "target_modules": "all-linear" (a string) for every linear layer'); return null; }
     return { kind: 'list', names: v as string[] };
   }
   problems.push('adapter_config.json: "target_modules" must be a list of module names, a regex string, or "all-linear"');

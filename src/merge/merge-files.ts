@@ -110,7 +110,11 @@ function configFacts(input: MergeInputFiles): ConfigFacts {
     throw new LoraserveError('invalid_adapter', `adapter ${JSON.stringify(input.name)}: adapter_config.json is not valid JSON`, { param: 'adapters' });
   }
   const str = (v: unknown): string | null => (typeof v === 'string' && v.trim() !== '' ? v.trim() : null);
-  return { r: typeof c.r === 'number' ? c.r : NaN, base: str(c.base_model_name_or_path), revision: str(c.revision) };
+  // PEFT's rank of an input (_check_add_weighted_adapter): r, or the largest of r and the
+  // rank_pattern values when there are any
+  const pattern = c.rank_pattern && typeof c.rank_pattern === 'object' && !Array.isArray(c.rank_pattern) ? Object.values(c.rank_pattern).filter((v): v is number => typeof v === 'number') : [];
+  const r = typeof c.r === 'number' ? Math.max(c.r, ...pattern) : NaN;
+  return { r, base: str(c.base_model_name_or_path), revision: str(c.revision) };
 }
 
 // Before any tensor is decoded: the inputs share a base model (where their configs name one: an

@@ -266,6 +266,18 @@ describe("PEFT's real-world patterns", () => {
     expect(targeted({ target_modules: ['q_proj'], layers_to_transform: [2], layers_pattern: ['h', '(?:lay|h)ers'] })).toEqual(['model.layers.2.self_attn.q_proj']);
     expect(targeted({ target_modules: ['q_proj'], layers_to_transform: [2], layers_pattern: 'blocks' })).toEqual([]);
   });
+
+  it('a string target_modules (a regex or "all-linear") refuses layers_to_transform and layers_pattern, even empty, as PEFT does; "all-linear" in a list is refused, not expanded', () => {
+    for (const target_modules of ['all-linear', '.*q_proj']) {
+      expect(problems({ target_modules, layers_to_transform: [0] })).toMatch(/"layers_to_transform"\/layers_pattern cannot be used with a string target_modules/);
+      expect(problems({ target_modules, layers_to_transform: [] })).toMatch(/cannot be used with a string target_modules/);
+      expect(problems({ target_modules, layers_to_transform: [0], layers_pattern: 'layers' })).toMatch(/cannot be used with a string target_modules/);
+      expect(problems({ target_modules })).toBe('');
+    }
+    expect(problems({ target_modules: ['q_proj'], layers_to_transform: [] })).toBe(''); // a list: [] means every layer (PEFT)
+    expect(problems({ target_modules: ['all-linear'] })).toMatch(/lists "all-linear", which PEFT reads as a module name .* write "target_modules": "all-linear"/);
+    expect(problems({ target_modules: ['q_proj', 'ALL-LINEAR'] })).toMatch(/lists "all-linear"/);
+  });
 });
 
 // A safe subset of regex syntax where JS RegExp ^(?:p)$ means what Python's re.fullmatch(p) means

@@ -5,6 +5,11 @@ import { LoraserveError } from '../../src/runtime/errors.ts';
 import { mergeTarget, planMerge } from '../../src/merge/index.ts';
 import type { MergeOptions } from '../../src/merge/index.ts';
 import { randomFactors } from './merge-helpers.ts';
+import { mergeFiles, parseMergeRequest } from '../../src/merge/merge-files.ts';
+import { loadModelFiles } from '../../src/runtime/model-loader.ts';
+import { encodeSafetensors } from '../../src/runtime/safetensors.ts';
+import { buildAdapter } from '../../scripts/make-test-adapters.ts';
+import { STORIES_DIR } from '../helpers/fixtures.ts';
 
 function refused(f: () => unknown, param: string): void {
   try {
@@ -52,5 +57,23 @@ describe('merge options', () => {
   it('mismatched target shapes', () => {
     const rng = new Rng(2);
     refused(() => mergeTarget([randomFactors(rng, 2, 5, 4, 1), randomFactors(rng, 2, 5, 3, 1)], [1, 1], planMerge([2, 2], [1, 1], { combination_type: 'cat' })), 'adapters');
+  });
+});
+
+// PEFT sizes a merge by each input's rank as _check_add_weighted_adapter reads it: r, or the
+// largest of r and its rank_pattern values.
+describe('merge ranks follow rank_pattern, as PEFT', () => {
+  const cfg = loadModelFiles(STORIES_DIR).config;
+  const input = (seed: number) => {
+    const a = buildAdapter(cfg, { rank: 4, alpha: 8, targets: ['q_proj', 'v_proj'], rankPattern: { q_proj: 8 }, seed });
+    return { name: `a${seed}`, version: `v${seed}`, files: { config: new TextEncoder().encode(JSON.stringify(a.config)), weights: encodeSafetensors(a.tensors) } };
+  };
+  const merge = (combination_type: string) => mergeFiles([input(1), input(2)], parseMergeRequest({ name: 'm', adapters: ['a1', 'a2'], weights: [1, 1], combination_type }), cfg, { maxRank: 64, modelName: 'stories260K' });
+  it('cat: the sum of max(r, rank_pattern) over the inputs (8 + 8), exactly', () => {
+    const out = merge('cat');
+    expect(out.recipe.rank).toBe(16);
+  });
+  it('svd without svd_rank: the largest input rank, 8, not r = 4', () => {
+    expect(merge('svd').recipe.rank).toBe(8);
   });
 });

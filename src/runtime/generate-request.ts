@@ -6,7 +6,7 @@ export interface GenerateRequest {
   promptTokens: number[];
   maxTokens: number;
   sampling: SamplingParams;
-  seed: number | null;          // null: a random seed
+  seed: number | bigint | null; // null: a random seed (a bigint where seed + choice is past 2^53)
   stop: string[];               // stop strings; never part of the output
   stopTokenIds: number[];       // extra stop ids besides EOS
   ignoreEos: boolean;

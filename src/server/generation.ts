@@ -135,7 +135,7 @@ export async function* runJob(job: GenerationJob, deps: GenerationDeps, signal: 
           adapter = deps.registry.acquire(adapterName);
           refs.push(adapter);
         }
-        const req: GenerateRequest = { ...job.request, promptTokens: prompt, adapter, seed: job.request.seed === null ? null : job.request.seed + j, group };
+        const req: GenerateRequest = { ...job.request, promptTokens: prompt, adapter, seed: choiceSeed(job.request.seed, j), group };
         active++;
         void pump(deps, req, p * job.n + j, p, label, t0, abort.signal, push, job.kind).finally(() => { active--; wake?.(); });
       }
@@ -194,4 +194,12 @@ async function pump(deps: GenerationDeps, req: GenerateRequest, index: number, p
       if (tokenTimes.length) m.generationTokens.inc({ adapter: label }, tokenTimes.length);
     }
   }
+}
+
+// Choice j of n uses seed + j (vLLM's rule). Near |seed| = 2^53 a float sum would round two choices
+// onto one seed, so such a sum is made exactly, as a bigint (Rng takes either).
+export function choiceSeed(seed: number | bigint | null, j: number): number | bigint | null {
+  if (seed === null) return null;
+  const sum = Number(seed) + j;
+  return typeof seed === 'number' && Number.isSafeInteger(sum) ? sum : BigInt(seed) + BigInt(j);
 }

@@ -53,7 +53,14 @@ export class ResponseBuilder {
       const keys = e.top.map((t) => this.tokenString(t.id, t.text));
       const mine = e.top.findIndex((t) => t.id === e.id);
       if (mine !== -1 && own !== '' && !keys.some((k, j) => j !== mine && k === own)) keys[mine] = own;
-      out.top_logprobs.push(Object.fromEntries(e.top.map((t, j) => [keys[j], t.logprob])));
+      const top: [string, number][] = e.top.map((t, j) => [keys[j], t.logprob]);
+      // OpenAI: "the API will always return the logprob of the sampled token, so there may be up to
+      // logprobs+1 elements" (vLLM too): the chosen token after the alternatives when not among them
+      if (mine === -1) {
+        const key = own !== '' && !keys.includes(own) ? own : this.tokenString(e.id, e.tokenText);
+        if (!keys.includes(key)) top.push([key, e.logprob]);
+      }
+      out.top_logprobs.push(Object.fromEntries(top));
     });
     return out;
   }

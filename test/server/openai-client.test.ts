@@ -2,6 +2,8 @@
 // not, base model and adapters, n > 1, logprobs, stop, echo, usage, errors.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import OpenAI from 'openai';
+import { choiceSeed } from '../../src/server/generation.ts';
+import { Rng } from '../../src/runtime/random.ts';
 import type { RunningServer } from '../../src/server/serve.ts';
 import { adapterFiles, startTestServer, upload } from '../helpers/server.ts';
 import { storiesExpected } from '../helpers/fixtures.ts';
@@ -51,6 +53,17 @@ describe('completions', () => {
     expect(new Set(a.choices.map((c) => c.text)).size).toBeGreaterThan(1);
     expect(b.choices.map((c) => c.text)).toEqual(a.choices.map((c) => c.text));
     expect(a.usage?.completion_tokens).toBe(36);
+    // at the top of the seed range too: seed + j is exact, so the four choices draw four streams
+    const top = await client.completions.create({ ...req, n: 4, max_tokens: 16, temperature: 1.5, seed: Number.MAX_SAFE_INTEGER });
+    expect(new Set(top.choices.map((c) => c.text)).size).toBe(4);
+  });
+
+  it('choiceSeed: seed + j exactly, a bigint past 2^53', () => {
+    expect(choiceSeed(42, 2)).toBe(44);
+    expect(choiceSeed(null, 1)).toBe(null);
+    const top = [0, 1, 2, 3].map((j) => choiceSeed(Number.MAX_SAFE_INTEGER, j));
+    expect(top.map(String)).toEqual(['9007199254740991', '9007199254740992', '9007199254740993', '9007199254740994']);
+    expect(new Rng(top[1]!).nextU32()).not.toBe(new Rng(top[2]!).nextU32());
   });
 
   it('a list of prompts, token-id prompts, and choice indices prompt·n + j', async () => {
@@ -69,6 +82,18 @@ describe('completions', () => {
     const first = c.prompt_ids.length; // first generated token
     expect(lp.token_logprobs![first]).toBeCloseTo(c.last_position_top5[0].logprob, 4);
     expect(Object.values(lp.top_logprobs![first]!)).toHaveLength(2);
+    // sampled (hot, seeded) tokens are often outside the top 1: each position still lists the chosen
+    // token with its logprob, after the alternatives (OpenAI: "up to logprobs+1 elements")
+    const hot = await client.completions.create({ model: MODEL, prompt: c.prompt, max_tokens: 24, temperature: 2, seed: 4, logprobs: 1 });
+    const hl = hot.choices[0].logprobs!;
+    let outside = 0;
+    hl.tokens!.forEach((t, i) => {
+      const top = hl.top_logprobs![i]!;
+      expect(top[t]).toBe(hl.token_logprobs![i]);
+      expect(Object.keys(top).length).toBeLessThanOrEqual(2);
+      if (Object.keys(top).length === 2) outside++;
+    });
+    expect(outside).toBeGreaterThan(0);
     // offsets index the returned text: BOS adds no text, and the first word starts it
     expect(lp.tokens![0]).toBe('');
     expect(lp.text_offset!.slice(0, 2)).toEqual([0, 0]);

@@ -78,6 +78,10 @@ describe('/tokenize and /detokenize', () => {
       { role: 'assistant' as const, content: 'Once upon a time there was a cat.' },
       { role: 'user' as const, content: [{ type: 'text' as const, text: 'And then?' }] },
     ];
+    // text parts are one text joined by newlines, as vLLM joins them
+    const parts = await tokenize({ model: MODEL, messages: [{ role: 'user', content: [{ type: 'text', text: 'Hello' }, { type: 'text', text: 'world' }] }] });
+    const joined = await tokenize({ model: MODEL, messages: [{ role: 'user', content: 'Hello\nworld' }] });
+    expect(parts.body.tokens).toEqual(joined.body.tokens);
     for (const addGen of [true, false]) {
       const t = await tokenize({ model: MODEL, messages, add_generation_prompt: addGen });
       const c = await client.chat.completions.create({ model: MODEL, messages, max_tokens: 1, temperature: 0, add_generation_prompt: addGen } as never) as OpenAI.ChatCompletion;

@@ -93,7 +93,11 @@ export class ResponseBuilder {
       let logprobs: Record<string, unknown> | null = null;
       if (job.logprobs !== null) {
         const promptLp = job.echo ? mine.filter((e): e is Extract<TokenEvent, { type: 'prompt' }> => e.type === 'prompt').flatMap((e) => e.logprobs) : [];
-        logprobs = this.completionLogprobs(index, (job.echo ? job.promptTexts[prompt] : '') + text, [...promptLp, ...tokens.map((t) => ({ id: t.id, tokenText: t.tokenText, logprob: t.logprob!, top: t.top ?? [] }))]);
+        // the prompt's tokens against the prompt's text, then the completion's against its own, as a
+        // stream aligns them: no prompt token can take completion text
+        const promptPart = job.echo ? this.completionLogprobs(index, job.promptTexts[prompt], promptLp) : null;
+        const completionPart = this.completionLogprobs(index, text, tokens.map((t) => ({ id: t.id, tokenText: t.tokenText, logprob: t.logprob!, top: t.top ?? [] })));
+        logprobs = promptPart ? concatLogprobs(promptPart, completionPart) : completionPart;
       }
       return { index, text: (job.echo ? job.promptTexts[prompt] : '') + text, logprobs, finish_reason: done.finishReason, stop_reason: done.stopReason };
     });
@@ -146,6 +150,11 @@ export class ResponseBuilder {
   }
 }
 
+// Two completions logprobs objects in order, as one.
+function concatLogprobs(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(a).map(([k, v]) => [k, [...(v as unknown[]), ...(b[k] as unknown[])]]));
+}
+
 // ---- completions: which text each logprobs token stands for, and where (text_offset)
 //
 // The rule (as vLLM's incremental detokenization gives it, and as OpenAI's legacy completions, whose
@@ -157,7 +166,8 @@ export class ResponseBuilder {
 //  - a token whose own text (tokenText) comes next in the text keeps it;
 //  - a token whose leading space the detokenizer drops ("▁Once" at the start of a text, or after a
 //    special token) is the text without that space: "Once upon" over <s>, ▁Once, ▁upon gives tokens
-//    "", "Once", " upon" at offsets 0, 0, 4;
+//    "", "Once", " upon" at offsets 0, 0, 4; a lone "▁" at the start (the tokenizer's prefix space,
+//    split from a digit or a sign: "1. Once" is <s>, ▁, 1, ., ▁Once) is "" there;
 //  - a token whose text is not in the returned text gets "" at the current offset: BOS and other special
 //    tokens (decoding skips them), the bytes of a character split over byte tokens, text a stop string
 //    cut, or text a stream still holds back (it comes with a later token's chunk). After such a token,
@@ -178,6 +188,7 @@ export function alignTokens(state: TextAlignment, tokens: string[]): { strings: 
     if (s === '') return null;
     if (text.startsWith(s, at)) return s;
     if (s.length > 1 && s[0] === ' ' && text.startsWith(s.slice(1), at)) return s.slice(1);
+    if (s === ' ' && at === 0) return ''; // the dropped space alone: "▁" before "1" in "1. Once"
     return null;
   };
   tokens.forEach((s, i) => {

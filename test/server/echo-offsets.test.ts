@@ -75,6 +75,22 @@ describe('echo + logprobs: text_offset and tokens match the returned text', () =
     checkInvariant(c, 3 + 4);
   });
 
+  it('a prompt that starts with a digit or a sign: the lone prefix "▁" is "" and keeps no text (streamed or not)', async () => {
+    for (const [prompt, tokens, offsets] of [
+      ['1. Once', ['', '', '1', '.', ' Once'], [0, 0, 0, 1, 2]],
+      ['(Once)', ['', '', '(', 'O', 'n', 'ce', ')'], [0, 0, 0, 1, 2, 3, 5]],
+    ] as const) {
+      const body = { prompt, max_tokens: 4, logprobs: 0, echo: true };
+      for (const [c] of [await complete(body), await completeStreamed(body)]) {
+        expect(c.logprobs!.tokens.slice(0, tokens.length), prompt).toEqual(tokens);
+        expect(c.logprobs!.text_offset.slice(0, offsets.length), prompt).toEqual(offsets);
+        // the completion's first token starts at the end of the prompt with its own text
+        expect(c.logprobs!.text_offset[tokens.length]).toBe(prompt.length);
+        checkInvariant(c, tokens.length + 4);
+      }
+    }
+  });
+
   for (const k of cases) {
     it(`${k.name}: not streamed and streamed agree and hold the invariant`, async () => {
       const body = { prompt: k.prompt, max_tokens: 6, logprobs: 2, echo: true, n: 2 };

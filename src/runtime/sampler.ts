@@ -72,7 +72,13 @@ export function candidateDistribution(logits: Float32Array, p: SamplingParams): 
   let ids: number[];
   let nucleusOf: number | undefined; // top-p's whole: the k best's mass with top-k, else the total
   if (p.topK > 0 && p.topK < V) {
-    ids = topK(prob, p.topK).map((t) => t.id);
+    // the k best, and every token tied with the k-th (HF's `scores < kth` mask, vLLM's too)
+    const best = topK(prob, p.topK);
+    const kth = best[best.length - 1].value;
+    ids = best.map((t) => t.id);
+    const taken = new Set(ids);
+    for (let i = 0; i < V; i++) if (prob[i] === kth && !taken.has(i)) ids.push(i);
+    if (ids.length > best.length) ids.sort(byProb);
   } else if (p.topP < 1) {
     nucleusOf = total;
     ids = [];
@@ -143,6 +149,8 @@ export function topKDistribution(logits: Float32Array, p: SamplingParams): { ids
   for (let i = 1; i < best.length; i++) {
     if (!(prob[i] > 0) || (prob[i] === prob[i - 1] && best[i].value !== best[i - 1].value)) return null;
   }
+  // a tie at the k-th place keeps every tied token: the general path gathers them
+  if (best.length > k && prob[k] === prob[k - 1]) return null;
   const local = finishCandidates(Array.from({ length: k }, (_, i) => i), prob, p);
   return { ids: Int32Array.from(local.ids, (i) => best[i].id), probs: local.probs };
 }

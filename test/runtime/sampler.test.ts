@@ -205,7 +205,7 @@ describe('log-probabilities', () => {
     let ids = [...logits.keys()];
     const q = ids.map((i) => Math.exp((logits[i] - max) / p.temperature));
     ids.sort((a, b) => q[b] - q[a] || a - b);
-    if (p.topK > 0) ids = ids.slice(0, p.topK);
+    if (p.topK > 0) ids = ids.filter((i) => q[i] >= q[ids[Math.min(p.topK, ids.length) - 1]]); // the k best and any tied with the k-th
     const whole = ids.reduce((s, i) => s + q[i], 0);
     if (p.topP < 1) {
       let cum = 0;
@@ -229,6 +229,17 @@ describe('log-probabilities', () => {
     let second = 0;
     for (let i = 0; i < 4000; i++) if (sampleToken(x.slice(), p, () => r.next()) === 1) second++;
     expect(Math.abs(second / 4000 - 1 / 3)).toBeLessThan(0.03);
+  });
+
+  it('top-k keeps every token tied with the k-th, as Hugging Face and vLLM do', () => {
+    expect([...candidateDistribution(Float32Array.from([2, 2, 2, 0]), P({ topK: 1 })).ids]).toEqual([0, 1, 2]);
+    const d = candidateDistribution(Float32Array.from([3, 2, 2, 0]), P({ topK: 2 }));
+    expect([...d.ids]).toEqual([0, 1, 2]);
+    expect(d.probs[1]).toBeCloseTo(d.probs[2], 15);
+    const r = new Rng(9);
+    const seen = new Set<number>();
+    for (let i = 0; i < 300; i++) seen.add(sampleToken(Float32Array.from([2, 2, 2, 0]), P({ topK: 1 }), () => r.next()));
+    expect([...seen].sort()).toEqual([0, 1, 2]);
   });
 
   it('top-k, top-p and min-p keep the reference\'s candidates with its probabilities, on heavy-tailed rows (property)', () => {

@@ -104,6 +104,7 @@ export interface ServingMetrics {
     decode_steps: number; mixed_steps: number; prefill_steps: number;
     mean_decode_step_ms: number;
     decode_tok_s: number;        // batch sum / decode step time: tokens/s of the decode steps
+    step_s: number;              // the engine's time in steps of every kind over the case (wall minus it: between steps)
     merged_builds: number;       // merged-weight copies built meanwhile (a build blocks the engine)
   };
 }
@@ -237,6 +238,7 @@ function snapshotDelta(a: ServerSnapshot | null, b: ServerSnapshot | null): Serv
     prefill_steps: b.steps.prefill.count - a.steps.prefill.count,
     mean_decode_step_ms: dec.count ? (dec.sum * 1000) / dec.count : NaN,
     decode_tok_s: dec.sum > 0 ? batch.sum / dec.sum : NaN,
+    step_s: dec.sum + d(a.steps.prefill, b.steps.prefill).sum + d(a.steps.mixed, b.steps.mixed).sum,
     merged_builds: b.mergedBuilds - a.mergedBuilds,
   };
 }

@@ -32,6 +32,7 @@ export interface TopLogprob {
   id: number;
   text: string;
   logprob: number;
+  bytes?: number[]; // the token's own bytes (a byte-fallback token's one byte): chat logprobs' `bytes`
 }
 
 export interface PromptLogprob {
@@ -43,7 +44,7 @@ export interface PromptLogprob {
 
 export type TokenEvent =
   | { type: 'prompt'; logprobs: PromptLogprob[] }
-  | { type: 'token'; id: number; text: string; tokenText: string; logprob?: number; top?: TopLogprob[] }
+  | { type: 'token'; id: number; text: string; tokenText: string; logprob?: number; top?: TopLogprob[]; bytes?: number[] }
   | { type: 'embedding'; vector: number[] }
   | { type: 'done'; finishReason: 'stop' | 'length'; stopReason: string | number | null; promptTokens: number; completionTokens: number; text: string; path: 'base' | 'merged' | 'unmerged' }
   | { type: 'error'; error: SerializedError };

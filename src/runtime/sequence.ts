@@ -158,7 +158,8 @@ export class Sequence {
     const token: TokenEvent & { type: 'token' } = { type: 'token', id, text: '', tokenText: this.tok.tokenText(id) };
     if (lse !== null) {
       token.logprob = raw[id] - lse;
-      token.top = topK(raw, req.logprobs!).map((t) => ({ id: t.id, text: this.tok.tokenText(t.id), logprob: t.value - lse }));
+      token.bytes = this.tok.tokenBytes(id);
+      token.top = topK(raw, req.logprobs!).map((t) => ({ id: t.id, text: this.tok.tokenText(t.id), logprob: t.value - lse, bytes: this.tok.tokenBytes(t.id) }));
     }
     events.push(token);
 

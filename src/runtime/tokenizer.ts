@@ -11,9 +11,15 @@ export class TextTokenizer {
   private readonly bosId: number | null;
   private readonly specialIds: Set<number>;
   private readonly pieceText = new Map<number, string>();
+  private readonly pieceBytes = new Map<number, number[]>();
+  private readonly byteFallback: boolean; // SentencePiece-style <0xNN> pieces are single bytes
+  private readonly byteLevel: boolean;    // GPT-2-style pieces spell bytes as characters
 
   constructor(tokenizerJson: Record<string, unknown>, tokenizerConfig: Record<string, unknown>) {
     this.tok = new Tokenizer(tokenizerJson, tokenizerConfig);
+    const model = tokenizerJson.model as { byte_fallback?: unknown } | undefined;
+    this.byteFallback = model?.byte_fallback === true;
+    this.byteLevel = JSON.stringify(tokenizerJson.decoder ?? null).includes('"ByteLevel"');
     this.bosToken = tokenString(tokenizerConfig.bos_token);
     this.eosToken = tokenString(tokenizerConfig.eos_token);
     this.chatTemplate = typeof tokenizerConfig.chat_template === 'string' ? tokenizerConfig.chat_template : null;
@@ -57,9 +63,44 @@ export class TextTokenizer {
     return text;
   }
 
+  // The bytes one token stands for, as OpenAI's chat logprobs report them (`bytes`, so that a
+  // character split over tokens can be rebuilt): a byte-fallback piece <0xNN> is that one byte, a
+  // byte-level piece its characters mapped back to bytes; otherwise the UTF-8 of its text. Decoding
+  // such a token alone gives U+FFFD, whose bytes say nothing.
+  tokenBytes(id: number): number[] {
+    const cached = this.pieceBytes.get(id);
+    if (cached !== undefined) return cached;
+    const piece = this.tok.id_to_token(id) ?? '';
+    const byte = this.byteFallback ? /^<0x([0-9A-Fa-f]{2})>$/.exec(piece) : null;
+    const bytes = byte ? [parseInt(byte[1], 16)]
+      : (this.byteLevel && !this.specialIds.has(id) && byteLevelBytes(piece)) || [...Buffer.from(this.tokenText(id), 'utf8')];
+    this.pieceBytes.set(id, bytes);
+    return bytes;
+  }
+
   get vocabSize(): number {
     return this.tok.get_vocab(true).size;
   }
+}
+
+// GPT-2's byte-level alphabet (bytes_to_unicode): each byte is one printable character; a piece
+// spelled in it maps back to its bytes. null if a character is outside the alphabet.
+const BYTE_OF_CHAR: Map<string, number> = (() => {
+  const printable = (b: number) => (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+  const m = new Map<string, number>();
+  let n = 0;
+  for (let b = 0; b < 256; b++) m.set(String.fromCharCode(printable(b) ? b : 256 + n++), b);
+  return m;
+})();
+
+export function byteLevelBytes(piece: string): number[] | null {
+  const out: number[] = [];
+  for (const ch of piece) {
+    const b = BYTE_OF_CHAR.get(ch);
+    if (b === undefined) return null;
+    out.push(b);
+  }
+  return out;
 }
 
 function tokenString(v: unknown): string | null {

@@ -67,8 +67,9 @@ export class ResponseBuilder {
 
   // ---- chat: logprobs {content: [{token, logprob, bytes, top_logprobs}]}
   chatLogprobs(tokens: TokenEv[]): Record<string, unknown> {
-    const entry = (id: number, text: string, logprob: number) => ({ token: this.tokenString(id, text), logprob, bytes: [...Buffer.from(text, 'utf8')] });
-    return { content: tokens.map((t) => ({ ...entry(t.id, t.tokenText, t.logprob!), top_logprobs: (t.top ?? []).map((x) => entry(x.id, x.text, x.logprob)) })), refusal: null };
+    // bytes: the token's own (a byte token's one byte), which the engine sends with logprobs
+    const entry = (id: number, text: string, logprob: number, bytes?: number[]) => ({ token: this.tokenString(id, text), logprob, bytes: bytes ?? [...Buffer.from(text, 'utf8')] });
+    return { content: tokens.map((t) => ({ ...entry(t.id, t.tokenText, t.logprob!, t.bytes), top_logprobs: (t.top ?? []).map((x) => entry(x.id, x.text, x.logprob, x.bytes)) })), refusal: null };
   }
 
   // A whole (non-streamed) response from all events.

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { StopMatcher } from '../../src/runtime/stop-matcher.ts';
-import { StreamDecoder, TextTokenizer } from '../../src/runtime/tokenizer.ts';
+import { StreamDecoder, TextTokenizer, byteLevelBytes } from '../../src/runtime/tokenizer.ts';
 import { loadModel } from '../../src/runtime/model-loader.ts';
 import { STORIES_DIR } from '../helpers/fixtures.ts';
 
@@ -59,5 +59,28 @@ describe('tokenizer_config.json add_bos_token', () => {
     expect(on.encode('Hello world', false)).toEqual([346, 306, 414, 263, 304, 341]);
     const noPost = { ...model.tokenizerJson, post_processor: null };
     expect(new TextTokenizer(noPost, model.tokenizerConfig).encode('Hello world')).toEqual([1, 346, 306, 414, 263, 304, 341]);
+  });
+});
+
+describe('tokenBytes: the bytes a token stands for (chat logprobs `bytes`)', () => {
+  const files = loadModel(STORIES_DIR);
+  const tok = new TextTokenizer(files.tokenizerJson, files.tokenizerConfig);
+  it('a character over byte-fallback tokens: each token is its own byte, and they rebuild the character', () => {
+    const ids = tok.encode('☃', false).filter((id) => tok.tokenText(id) !== ' ' && tok.tokenText(id) !== '');
+    expect(ids.map((id) => tok.tokenBytes(id))).toEqual([[0xe2], [0x98], [0x83]]);
+    expect(Buffer.from(ids.flatMap((id) => tok.tokenBytes(id))).toString('utf8')).toBe('☃');
+  });
+  it('an ordinary piece: the UTF-8 of its text, leading space included', () => {
+    const [, once] = tok.encode('Once', true);
+    expect(tok.tokenText(once)).toBe(' Once');
+    expect(tok.tokenBytes(once)).toEqual([...Buffer.from(' Once')]);
+  });
+  it('the byte-level alphabet (GPT-2 bytes_to_unicode) maps each of the 256 characters back to its byte', () => {
+    const printable = (b: number) => (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+    expect(byteLevelBytes('Ġhello')).toEqual([...Buffer.from(' hello')]);
+    expect(byteLevelBytes('Ċ')).toEqual([10]);
+    expect(byteLevelBytes('ĉ')).toEqual([9]); // \t: the 10th non-printable byte, 256 + 9
+    for (let b = 0x21; b < 256; b++) if (printable(b)) expect(byteLevelBytes(String.fromCharCode(b))).toEqual([b]);
+    expect(byteLevelBytes('a\u4e00')).toBe(null);
   });
 });

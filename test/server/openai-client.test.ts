@@ -148,6 +148,16 @@ describe('chat', () => {
     expect(lp[0].top_logprobs).toHaveLength(2);
     expect(lp[0].bytes).toEqual([...Buffer.from(lp[0].token)]);
   });
+
+  it('bytes of a byte-fallback token are its one byte (decoded alone it is U+FFFD)', async () => {
+    // id 243 is <0xF0> in stories260K's vocabulary, forced; the alternatives (of the raw model
+    // output) are ordinary tokens: their text's UTF-8
+    const r = await client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 1, temperature: 0, logprobs: true, top_logprobs: 2, logit_bias: { 243: 100 } });
+    const [first] = r.choices[0].logprobs!.content!;
+    expect(first.token).toBe('\ufffd');
+    expect(first.bytes).toEqual([0xf0]);
+    for (const t of first.top_logprobs) expect(t.bytes).toEqual([...Buffer.from(t.token)]);
+  });
 });
 
 describe('errors', () => {

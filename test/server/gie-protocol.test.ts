@@ -77,16 +77,26 @@ describe('GIE model-server protocol metrics (--metrics-compat vllm, the default)
       expect(i0).toMatchObject({ running: [], waiting: [], max: String(expectedMax) });
       expect(Math.abs(i0.value - Date.now() / 1000)).toBeLessThan(60); // a Unix timestamp in seconds
 
-      // load: four long streams on alpha fill the batch of 2 and its queue, then beta and gamma queue behind them
-      const streams = Array.from({ length: 4 }, () => stream(server.url, 'alpha', 400));
-      let m = await scrape(server.url);
-      for (let i = 0; i < 200 && gauge(m, 'vllm:num_requests_running') < 2; i++) m = await scrape(server.url);
-      streams.push(stream(server.url, 'beta', 8), stream(server.url, 'gamma', 8));
+      // load: four long streams on alpha fill the batch of 2 and its queue, then beta and gamma queue
+      // behind them. The state looked for is a snapshot with beta and gamma waiting while alpha runs;
+      // on a busy machine alpha's streams may all end before beta's and gamma's requests arrive (they
+      // then wait alone, for their adapters to load), so a round that never shows it is run again.
+      const streams: Promise<string>[] = [];
+      let m = idle;
       let seen: ReturnType<typeof loraInfo> | null = null;
-      for (let i = 0; i < 200 && !seen; i++) {
+      for (let round = 0; round < 5 && !seen; round++) {
+        await Promise.all(streams);
         m = await scrape(server.url);
-        const info = loraInfo(m);
-        if (info.waiting.includes('beta') && info.waiting.includes('gamma')) seen = info;
+        const alpha = Array.from({ length: 4 }, () => stream(server.url, 'alpha', 500));
+        streams.push(...alpha);
+        for (let i = 0; i < 200 && gauge(m, 'vllm:num_requests_running') < 2; i++) m = await scrape(server.url);
+        streams.push(stream(server.url, 'beta', 8), stream(server.url, 'gamma', 8));
+        for (let i = 0; i < 200 && !seen; i++) {
+          m = await scrape(server.url);
+          const info = loraInfo(m);
+          if (info.waiting.includes('beta') && info.waiting.includes('gamma') && info.running.length > 0) seen = info;
+          if (gauge(m, 'vllm:num_requests_running') === 0 && gauge(m, 'vllm:num_requests_waiting') === 0) break;
+        }
       }
       expect(seen, 'beta and gamma listed as waiting').not.toBeNull();
       expect(seen!.running).toEqual(['alpha']);                 // the batch holds alpha's sequences only

@@ -313,8 +313,10 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
   const sinCache = b.initializer('rope.sin', sin, [opts.maxPositions, d / 2]);
   const embed = b.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight'), [V, D]);
   const scale = b.float32Scalar(1 / Math.sqrt(d));
-  // positions of all N tokens as [1, N], for the rotary op
-  const positions = b.op('Concat', active.map((i) => b.op('Reshape', [gs[i].positions, groups.shape(b, i, [1, 'N'])], { allowzero: int(1) })), { axis: int(1) });
+  // positions of all N tokens as [N, 1], for the rotary op: N sequences of one token each. As one
+  // sequence of N ([1, N]) the op refuses N above its caches' rows (maxPositions), which a step's
+  // prompt chunk plus its decode rows can exceed ("Updating cos_cache and sin_cache … not supported")
+  const positions = b.op('Concat', active.map((i) => b.op('Reshape', [gs[i].positions, groups.shape(b, i, ['N', 1])], { allowzero: int(1) })), { axis: int(0) });
   // per group: [P_g, S_g], the widths of the past and the new part of its attention scores
   const splitSizes = gs.map((g, i) => !active.includes(i) ? '' : b.op('Concat', [
     b.op('Slice', [b.op('Shape', [`past_key.${i}.0`]), b.int64([3]), b.int64([4])]),
@@ -330,8 +332,8 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
     const k = linear(b, x, l, 'k_proj', groups);
     const v = linear(b, x, l, 'v_proj', groups);
     const rotary = (t: string, heads: number, out?: string): string => {
-      const r = b.op('RotaryEmbedding', [b.op('Unsqueeze', [t, b.int64([0])]), positions, cosCache, sinCache], { interleaved: int(0), num_heads: int(heads) }, { domain: 'com.microsoft' });
-      return b.op('Squeeze', [r, b.int64([0])], {}, { out });
+      const r = b.op('RotaryEmbedding', [b.op('Unsqueeze', [t, b.int64([1])]), positions, cosCache, sinCache], { interleaved: int(0), num_heads: int(heads) }, { domain: 'com.microsoft' });
+      return b.op('Squeeze', [r, b.int64([1])], {}, { out });
     };
     const qRot = groups.split(b, b.op('Mul', [rotary(q, H), scale]));
     const kFlat = rotary(k, Hkv, `new_key.${l}`);

@@ -117,3 +117,36 @@ describe('continuous batching', () => {
     expect(ids).toEqual(slowAlone);
   });
 });
+
+// A step runs all its tokens (prompt chunks and decode rows) through the rotary op at once; on a
+// model whose context is as long as the prefill chunk, a full chunk plus decode rows is more tokens
+// than the context. Such a step once failed every request in it (the op took the step's tokens for
+// one sequence longer than its cos/sin caches).
+describe('a step with more tokens than the context', () => {
+  it('a 505-token prompt chunk riding with 10 decode rows (515 tokens, context 512): every request gets the tokens it gets alone', async () => {
+    const engine = await startEngine({ runtime: { modelDir: STORIES_DIR, intraOpThreads: 1, maxContext: 512 }, adapters: { loraMode: 'unmerged' }, scheduler: { maxRunning: 16, prefillChunk: 512, itlTargetMs: 60_000 } });
+    const steps: StepStats[] = [];
+    engine.onStep = (s) => steps.push(s);
+    try {
+      const run = async (prompt: number[], maxTokens: number): Promise<number[]> => {
+        const ids: number[] = [];
+        for await (const ev of engine.generate({ promptTokens: prompt, maxTokens, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, seed: null, stop: [], stopTokenIds: [], ignoreEos: true, logprobs: null, adapter: null })) {
+          if (ev.type === 'token') ids.push(ev.id);
+          if (ev.type === 'error') throw new Error(ev.error.message);
+        }
+        return ids;
+      };
+      const short = Array.from({ length: 10 }, (_, i) => [1, 3 + i, 40 + i]);
+      const long = Array.from({ length: 2 }, (_, i) => [1, ...Array.from({ length: 504 }, (_, k) => 3 + ((k * 7 + i) % 500))]);
+      const alone = [...(await Promise.all(short.map((p) => run(p, 200)))), ...(await Promise.all(long.map((p) => run(p, 5))))];
+      steps.length = 0;
+      const decoding = short.map((p) => run(p, 200));
+      while (!steps.some((s) => s.kind === 'decode' && s.batch === 10)) await new Promise((r) => setTimeout(r, 1));
+      const together = await Promise.all([...decoding, ...long.map((p) => run(p, 5))]);
+      together.forEach((ids, i) => expect(ids, `request ${i}`).toEqual(alone[i]));
+      expect(Math.max(...steps.map((s) => s.tokens)), 'a step carried more tokens than the context').toBeGreaterThan(512);
+    } finally {
+      await engine.close();
+    }
+  }, 60_000);
+});

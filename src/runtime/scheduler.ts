@@ -391,7 +391,11 @@ export class Scheduler {
   }
 
   // One step: prompt chunks (group 0) and decode tokens (group 1), each group within one lane.
-  private async step(prefill: Sequence[], decode: Sequence[], chunks: Map<Sequence, number>, sessions: ReadonlyMap<string, ort.InferenceSession>): Promise<void> {
+  private async step(prefillPlanned: Sequence[], decodePlanned: Sequence[], chunks: Map<Sequence, number>, sessions: ReadonlyMap<string, ort.InferenceSession>): Promise<void> {
+    // a sequence cancelled while an earlier step of this tick ran has given its row back: left out
+    const live = (g: Sequence[]): Sequence[] => g.filter((s) => s.state !== 'done');
+    const prefill = live(prefillPlanned);
+    const decode = live(decodePlanned);
     const all = [...prefill, ...decode];
     const tokensOf = new Map(all.map((s) => [s, s.nextTokens(chunks.get(s) ?? 1)]));
     // a sequence that outgrows its lane moves up first
@@ -401,10 +405,12 @@ export class Scheduler {
     }
     // each group must sit in one lane; a sequence that just moved steps on its own
     const split = (g: Sequence[]): [Sequence[], Sequence[]] => [g.filter((s) => s.lane === g[0]?.lane), g.filter((s) => s.lane !== g[0]?.lane)];
-    const [pre, preMoved] = split(prefill);
-    const [dec, decMoved] = split(decode);
+    const [preStaying, preMoved] = split(prefill);
+    const [decStaying, decMoved] = split(decode);
     for (const s of preMoved) await this.step([s], [], chunks, sessions);
     for (const s of decMoved) await this.step([], [s], chunks, sessions);
+    const pre = live(preStaying);
+    const dec = live(decStaying);
     if (pre.length === 0 && dec.length === 0) return;
 
     const rowsOf = (g: Sequence[]): StepRow[] => g.map((s) => ({ row: s.row, tokens: tokensOf.get(s)!, allLogits: s.wantsPromptLogits, hidden: s.wantsHidden }));

@@ -74,7 +74,7 @@ function harness(limits: Partial<SchedulerLimits> = {}, adapters: AdapterSource 
   s.onStep = (st) => steps.push(st);
   const submit = (id: string, r: GenerateRequest) => s.submit(new Sequence(id, r, tok, LIMITS));
   const drain = async (max = 10_000) => { let n = 0; while (!s.idle && n++ < max) await s.tick(); return n; };
-  return { s, log, finished, doneAt, events, steps, submit, drain, lanes, coldDecodeReads };
+  return { s, log, finished, doneAt, events, steps, submit, drain, lanes, coldDecodeReads, runner };
 }
 
 const readySource = (): AdapterSource => ({
@@ -205,6 +205,29 @@ describe('scheduler', () => {
     expect(h.lanes.lanes.every((l) => l.used === 0)).toBe(true);
     // the growing sequence's row in the bigger lane was warmed before it moved there
     expect(h.coldDecodeReads).toEqual([]);
+  });
+
+  it('a sequence cancelled while an earlier step of its tick runs is left out of its own step; the rest go on', async () => {
+    const h = harness({}, null);
+    h.submit('short', request({ maxTokens: 50 }));
+    h.submit('long', request({ promptTokens: Array.from({ length: 600 }, (_, i) => 3 + (i % 400)), maxTokens: 50 }));
+    while (!h.log.some((l) => l.kind === 'decode' && l.capacity === 1024)) await h.s.tick();
+    // a tick steps each lane apart (128 and 1024); the sequence of the lane not stepping yet is
+    // cancelled (its client gone) during the tick's first step
+    const runGroups = h.runner.runGroups.bind(h.runner);
+    let cancelled: string | null = null;
+    h.runner.runGroups = async (groups, merged) => {
+      const r = await runGroups(groups, merged);
+      if (!cancelled && groups[1]) h.s.cancel(cancelled = groups[1].kv.capacity === 128 ? 'long' : 'short');
+      return r;
+    };
+    await h.drain();
+    const survivor = cancelled === 'long' ? 'short' : 'long';
+    expect(cancelled).not.toBeNull();
+    for (const id of ['short', 'long']) expect((h.events.get(id) ?? []).filter((e) => e.type === 'error'), id).toEqual([]);
+    expect(h.events.get(survivor)!.filter((e) => e.type === 'token')).toHaveLength(50);
+    expect(h.finished).toEqual([survivor]);
+    expect(h.lanes.lanes.every((l) => l.used === 0)).toBe(true);
   });
 
   it('small lanes fold into a bigger active lane when the padding reads less than another weight pass', async () => {

@@ -103,6 +103,9 @@ export function resolveAdapter(model: string, modelName: string, registry: Adapt
 
 export async function* runJob(job: GenerationJob, deps: GenerationDeps, signal: AbortSignal, resolved?: Target): AsyncGenerator<ChoiceEvent> {
   const target = resolved ?? await resolveTarget(job, deps);
+  // cancelled before it started (a WebSocket's response.cancel right behind its create, while the
+  // prompt was prepared): nothing runs. The listener below only hears an abort still to come
+  if (signal.aborted) return;
   const adapterName = target.adapter;
   const total = job.prompts.length * job.n;
   const group = randomUUID(); // this request's choices share one fair share of the batch

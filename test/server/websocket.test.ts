@@ -70,6 +70,18 @@ describe('WebSocket /v1/stream', () => {
     expect(await idle()).toBe(true);
   });
 
+  it('a cancel sent right behind its create (while the prompt is prepared) stops it before it runs', async () => {
+    const { ws, events, until } = await connect();
+    ws.send(JSON.stringify({ type: 'response.create', response_id: 'gone', model: 'stories260K', prompt: 'Once', max_tokens: 450, ignore_eos: true }));
+    ws.send(JSON.stringify({ type: 'response.cancel', response_id: 'gone' }));
+    ws.send(JSON.stringify({ type: 'response.create', response_id: 'next', model: 'stories260K', prompt: 'Once', max_tokens: 5, temperature: 0 }));
+    expect((await until((e) => e.response_id === 'gone' && e.type === 'response.incomplete')).reason).toBe('cancelled');
+    await until((e) => e.type === 'response.completed' && e.response_id === 'next');
+    expect(events.filter((e) => e.response_id === 'gone').map((e) => e.type)).toEqual(['response.incomplete']);
+    ws.close();
+    expect(await idle()).toBe(true);
+  });
+
   it('closing the socket cancels all of its responses and frees the batch', async () => {
     const { ws, until } = await connect();
     for (let i = 0; i < 3; i++) ws.send(JSON.stringify({ type: 'response.create', response_id: `c${i}`, model: 'stories260K', prompt: 'Once', max_tokens: 450, ignore_eos: true }));

@@ -8,7 +8,8 @@
 // run at once on one socket; closing the socket cancels all of them. `response.created` is sent
 // only once the request is admitted (a 404 or 429 is an `error` event alone). Backpressure: past
 // SOCKET_HIGH_BYTES unsent, responses stop pulling events until the socket drains; a client that
-// reads nothing for the stall timeout is disconnected, which cancels its responses.
+// reads nothing for the stall timeout is disconnected, which cancels its responses. With `echo`, a
+// choice's first delta is its prompt's text (its logprobs too, when asked), and the done text holds it.
 // A message's own fields are checked by wsEnvelopeSchema, its keys as an HTTP body's (json-body.ts),
 // and a response.create's fields by the very validator of POST /v1/completions (or, with
 // `messages`, /v1/chat/completions): the same input is refused with the same status and param.
@@ -118,6 +119,15 @@ export function registerWebSocket(app: FastifyInstance, deps: CompletionDeps, ap
           if (ev.type === 'error') throw deserializeError(ev.error);
           if (!created) { created = true; send({ type: 'response.created', response_id: id, model: job.model }); }
           if (!(await roomToSend())) return;
+          // echo: the prompt's text comes first, as its own delta (with its tokens' logprobs when
+          // asked: the first has none), and is part of the choice's whole text
+          if (job.echo && !texts.has(e.index)) {
+            const text = job.promptTexts[e.prompt];
+            texts.set(e.index, text);
+            const delta: Record<string, unknown> = { type: 'response.output_text.delta', response_id: id, output_index: e.index, delta: text };
+            if (job.logprobs !== null) delta.logprobs = ev.type === 'prompt' ? ev.logprobs.map((t) => ({ token: b.tokenString(t.id, t.tokenText), logprob: t.logprob, top_logprobs: t.top.map((x) => ({ token: b.tokenString(x.id, x.text), logprob: x.logprob })) })) : [];
+            send(delta);
+          }
           if (ev.type === 'token') {
             texts.set(e.index, (texts.get(e.index) ?? '') + ev.text);
             const delta: Record<string, unknown> = { type: 'response.output_text.delta', response_id: id, output_index: e.index, delta: ev.text };

@@ -82,6 +82,24 @@ describe('WebSocket /v1/stream', () => {
     expect(await idle()).toBe(true);
   });
 
+  it('echo: the prompt comes first, as its own delta with its logprobs, and the done text is what HTTP returns', async () => {
+    const body = { model: 'stories260K', prompt: 'Once upon a time', max_tokens: 6, temperature: 0, echo: true, logprobs: 1 };
+    const http = await (await fetch(`${server.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })).json();
+    const { ws, events, until } = await connect();
+    ws.send(JSON.stringify({ type: 'response.create', response_id: 'e', ...body }));
+    const done = await until((e) => e.type === 'response.output_text.done' && e.response_id === 'e');
+    expect(done.text).toBe(http.choices[0].text);
+    const deltas = events.filter((e) => e.type === 'response.output_text.delta' && e.response_id === 'e');
+    expect(deltas[0].delta).toBe('Once upon a time');
+    const promptTokens = http.usage.prompt_tokens;
+    expect(deltas[0].logprobs).toHaveLength(promptTokens);
+    expect(deltas[0].logprobs[0].logprob).toBeNull();
+    // the prompt's logprobs are those HTTP gives (its token_logprobs, prompt part)
+    expect(deltas[0].logprobs.map((t: Ev) => t.logprob)).toEqual(http.choices[0].logprobs.token_logprobs.slice(0, promptTokens));
+    expect(deltas.slice(1).map((d) => d.delta).join('')).toBe(http.choices[0].text.slice('Once upon a time'.length));
+    ws.close();
+  });
+
   it('closing the socket cancels all of its responses and frees the batch', async () => {
     const { ws, until } = await connect();
     for (let i = 0; i < 3; i++) ws.send(JSON.stringify({ type: 'response.create', response_id: `c${i}`, model: 'stories260K', prompt: 'Once', max_tokens: 450, ignore_eos: true }));

@@ -164,13 +164,14 @@ async function pump(deps: GenerationDeps, req: GenerateRequest, index: number, p
   const m = deps.metrics;
   const tokenTimes: number[] = [];
   let finished = false;
-  // waiting until the engine's first event for it, then running (lora-activity.ts)
-  const adapter = req.adapter?.name ?? null;
+  // waiting until the engine's first event for it, then running (lora-activity.ts), under the names
+  // of the adapters it uses: a mixture's inputs (its own name holds weights: a label value per blend)
+  const adapters = req.adapter ? [...new Set(req.adapter.mixture ? req.adapter.mixture.map((p) => p.ref.name) : [req.adapter.name])] : [];
   let started = false;
-  if (adapter !== null) m.lora.queued(adapter);
+  for (const a of adapters) m.lora.queued(a);
   try {
     for await (const event of deps.engine.generate(req, signal)) {
-      if (!started && adapter !== null) { started = true; m.lora.started(adapter); }
+      if (!started) { started = true; for (const a of adapters) m.lora.started(a); }
       if (event.type === 'token') tokenTimes.push(performance.now());
       if (event.type === 'error') finished = true;
       if (event.type === 'done') {
@@ -190,7 +191,7 @@ async function pump(deps: GenerationDeps, req: GenerateRequest, index: number, p
     finished = true;
     await push({ index, prompt, event: { type: 'error', error: serializeError(err) } });
   } finally {
-    if (adapter !== null) m.lora.finished(adapter, started);
+    for (const a of adapters) m.lora.finished(a, started);
     // cancelled (the client left, or the consumer stopped): counted, with the tokens it got
     if (!finished && signal.aborted) {
       m.requests.inc({ endpoint, finish_reason: 'cancelled' });

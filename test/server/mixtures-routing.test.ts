@@ -134,6 +134,22 @@ describe('per-request mixtures', () => {
     expect(metrics).toMatch(/loraserve_generation_tokens_total\{adapter="mixture"\} [1-9]/);
   });
 
+  it('vllm:lora_requests_info lists a running mixture under its inputs\' names, never its weights (a label value per blend)', async () => {
+    const seen = new Set<string>();
+    for (let round = 0; round < 3 && !(seen.has('a') && seen.has('b')); round++) {
+      const r = await fetch(`${server.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'a*0.25+b*0.75', prompt: 'Once', max_tokens: 450, n: 4, ignore_eos: true, stream: true }) });
+      const reader = r.body!.getReader();
+      await reader.read(); // its first chunk: it runs
+      const text = await (await fetch(`${server.url}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith('vllm:lora_requests_info{'))!;
+      const running = /running_lora_adapters="([^"]*)"/.exec(line)![1];
+      expect(line).not.toMatch(/[*]/);
+      for (const name of running.split(',').filter(Boolean)) seen.add(name);
+      while (!(await reader.read()).done) { /* to the end */ }
+    }
+    expect([...seen].sort()).toEqual(['a', 'b']);
+  });
+
   it('refuses an unknown adapter (404), too many, a non-finite weight, a weight over the bound, another base, and a mixture with a non-base model (400)', async () => {
     const cases: [Record<string, unknown>, number, string, RegExp][] = [
       [{ model: 'a*0.5+nope*0.5' }, 404, 'model', /`nope`/],

@@ -41,7 +41,9 @@ export function hostAllowed(hostHeader: string | undefined, cfg: GuardConfig): b
   if (cfg.allowedHosts.includes(name)) return true;
   const listen = cfg.host.toLowerCase();
   if (isLoopbackAddress(listen) || listen === 'localhost') return LOOPBACK_NAMES.has(name) || (isIP(name) === 4 && name.startsWith('127.'));
-  if (listen === '0.0.0.0' || listen === '::' || listen === '[::]') return cfg.allowedHosts.length === 0 || LOOPBACK_NAMES.has(name);
+  // on every address: any name, or the names allowed, loopback ones and IP literals (a kubelet's
+  // probe or a scraper dials the pod's IP; rebinding needs a name, so an IP Host is never one)
+  if (listen === '0.0.0.0' || listen === '::' || listen === '[::]') return cfg.allowedHosts.length === 0 || LOOPBACK_NAMES.has(name) || isIP(name.replace(/^\[(.*)\]$/, '$1')) !== 0;
   return name === listen || name === `[${listen}]` || LOOPBACK_NAMES.has(name);
 }
 

@@ -53,6 +53,10 @@ describe('who may call', () => {
     expect(hostAllowed('app.internal:8080', { host: '0.0.0.0', allowedHosts: [], corsOrigins: [] })).toBe(true);
     expect(hostAllowed('evil.example', { host: '0.0.0.0', allowedHosts: ['app.internal'], corsOrigins: [] })).toBe(false);
     expect(hostAllowed('app.internal', { host: '0.0.0.0', allowedHosts: ['app.internal'], corsOrigins: [] })).toBe(true);
+    // a probe or a scraper that dials the pod's IP passes; a name that is not allowed does not
+    expect(hostAllowed('10.244.1.7:8000', { host: '0.0.0.0', allowedHosts: ['app.internal'], corsOrigins: [] })).toBe(true);
+    expect(hostAllowed('[fd00::7]:8000', { host: '::', allowedHosts: ['app.internal'], corsOrigins: [] })).toBe(true);
+    expect(hostAllowed('10.244.1.7.nip.io', { host: '0.0.0.0', allowedHosts: ['app.internal'], corsOrigins: [] })).toBe(false);
   });
 
   it('a cross-origin upload is refused even with local admin; an allowed origin gets CORS headers', async () => {

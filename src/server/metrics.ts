@@ -51,7 +51,7 @@ export class Metrics {
   readonly mergedMisses = new Counter({ name: 'loraserve_merged_cache_misses_total', help: 'Single-adapter decode steps without merged weights ready', registers: [this.registry] });
   readonly mergedBytes = new Gauge({ name: 'loraserve_merged_cache_bytes', help: 'Bytes of merged weights held', registers: [this.registry] });
   readonly mergedBuilds = new Counter({ name: 'loraserve_merged_cache_builds_total', help: 'Merged-weight sessions built', registers: [this.registry] });
-  readonly mergedRequantError = new Gauge({ name: 'loraserve_merged_requant_error_ratio', help: 'Over a quantized base (--quantize): the last merged build\'s re-quantization error relative to the adapter\'s delta, ||Q(W0+dW) - Q(W0) - dW|| / ||dW|| (absent before one)', registers: [this.registry] });
+  readonly mergedRequantError = new Gauge({ name: 'loraserve_merged_requant_error_ratio', help: 'Over a quantized base (--quantize): the last merged build\'s re-quantization error relative to the adapter\'s delta, ||Q(W0+dW) - Q(W0) - dW|| / ||dW|| (absent before one)', registers: [] }); // registered at its first value: a gauge without labels reads 0 until set
   readonly mergedDeclined = new Counter({ name: 'loraserve_merged_declined_total', help: 'Adapter versions --lora-mode auto did not merge over a quantized base because re-quantizing would change their delta by more than --merged-quant-error', registers: [this.registry] });
   readonly kvReserved = new Gauge({ name: 'loraserve_kv_cache_reserved_bytes', help: 'KV cache bytes reserved by running sequences', registers: [this.registry] });
   readonly kvBudget = new Gauge({ name: 'loraserve_kv_cache_budget_bytes', help: 'Configured KV cache budget', registers: [this.registry] });
@@ -131,7 +131,10 @@ export class Metrics {
     this.mirror(this.mergedMisses, s.merged.misses);
     this.mergedBytes.set(s.merged.bytes);
     this.mirror(this.mergedBuilds, s.merged.builds);
-    if (!Number.isNaN(s.merged.lastRequantError)) this.mergedRequantError.set(s.merged.lastRequantError);
+    if (!Number.isNaN(s.merged.lastRequantError)) {
+      if (!this.registry.getSingleMetric('loraserve_merged_requant_error_ratio')) this.registry.registerMetric(this.mergedRequantError);
+      this.mergedRequantError.set(s.merged.lastRequantError);
+    }
     this.mirror(this.mergedDeclined, s.merged.declined);
   }
 

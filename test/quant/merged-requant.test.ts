@@ -14,7 +14,7 @@ import { loadModel } from '../../src/runtime/model-loader.ts';
 import { decodeAdapter } from '../../src/adapters/lora-adapter.ts';
 import { prepareAdapter } from '../../src/adapters/host-cache.ts';
 import type { PreparedAdapter } from '../../src/runtime/lora-arena.ts';
-import { adapterFiles } from '../helpers/server.ts';
+import { adapterFiles, startTestServer, upload } from '../helpers/server.ts';
 import { STORIES_DIR } from '../helpers/fixtures.ts';
 import { quantReference } from '../reference/quant-reference.ts';
 
@@ -115,4 +115,23 @@ describe('--lora-mode auto over a quantized base', () => {
     expect(m.isMerged(a.version)).toBe(true);
     expect(Number.isNaN(m.stats.lastRequantError)).toBe(true);
   });
+
+  it('over HTTP, loraserve_merged_requant_error_ratio is absent until a merged build measures one, then reports it', async () => {
+    const server = await startTestServer({ quantize: int(8), loraMode: 'merged' });
+    try {
+      const metric = async (): Promise<string | undefined> => /^loraserve_merged_requant_error_ratio (\S+)$/m.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1];
+      expect(await metric()).toBeUndefined();
+      expect((await upload(server.url, 'hot', adapterFiles({ rank: 8, seed: 12, scaleB: 1 }))).status).toBe(201);
+      let value: string | undefined;
+      for (let i = 0; i < 100 && value === undefined; i++) {
+        const r = await fetch(`${server.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'hot', prompt: 'Once', max_tokens: 4 }) });
+        expect(r.status).toBe(200);
+        value = await metric();
+      }
+      expect(Number(value)).toBeGreaterThan(0);
+      expect(Number(value)).toBeLessThan(1);
+    } finally {
+      await server.close();
+    }
+  }, 60_000);
 });

@@ -118,7 +118,13 @@ export function registerAdapterRoutes(app: FastifyInstance, deps: AdapterRouteDe
   app.post('/v1/load_lora_adapter', { preValidation: admin, schema: schemas.load }, async (req, reply) => {
     const b = req.body as { lora_name: string; lora_path: string; load_inplace?: boolean | null };
     const dir = resolveAdapterPath(b.lora_path, adapterPathRoots(registry.store.root, config.allowAdapterDirs));
-    await counted(registry.loadDir(b.lora_name, dir, { replace: b.load_inplace === true, register: true }));
+    try {
+      await counted(registry.loadDir(b.lora_name, dir, { replace: b.load_inplace === true, register: true }));
+    } catch (err) {
+      // a name already loaded: 400, as vLLM answers it (its clients test for that), not upload's 409
+      if (err instanceof LoraserveError && err.code === 'conflict') throw new LoraserveError('invalid_request', err.message, { param: 'lora_name' });
+      throw err;
+    }
     reply.type('text/plain; charset=utf-8');
     return `Success: LoRA adapter '${b.lora_name}' added successfully.`;
   });

@@ -134,7 +134,9 @@ describe('adapter lifecycle over HTTP', () => {
       expect(ok.status).toBe(200);
       expect(await ok.text()).toBe("Success: LoRA adapter 'ok' added successfully.");
       expect((await complete(server.url, 'ok')).status).toBe(200);
-      expect((await post('/v1/load_lora_adapter', { lora_name: 'ok', lora_path: join(allowed, 'ok') })).status).toBe(409);
+      const again = await post('/v1/load_lora_adapter', { lora_name: 'ok', lora_path: join(allowed, 'ok') });
+      expect(again.status).toBe(400); // as vLLM answers a name already loaded (an upload's is 409)
+      expect((await again.json()).error).toMatchObject({ param: 'lora_name', message: expect.stringMatching(/has already been loaded/) });
       expect((await post('/v1/load_lora_adapter', { lora_name: 'ok', lora_path: join(allowed, 'ok'), load_inplace: true })).status).toBe(200);
       expect((await post('/v1/load_lora_adapter', { lora_name: 'no', lora_path: join(outside, 'no') })).status).toBe(403);
       expect((await post('/v1/load_lora_adapter', { lora_name: 'sneaky', lora_path: join(allowed, 'sneaky') })).status).toBe(403);

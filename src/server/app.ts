@@ -173,7 +173,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   }));
   app.get<{ Params: { id: string } }>('/v1/models/:id', { preValidation: inference, schema: modelSchemas.one }, async (req) => {
     if (req.params.id === modelName) return baseCard();
-    const a = registry.get(req.params.id);
+    // "<base>:<adapter>" (a fine-tuning job's fine_tuned_model, SGLang's form) names the adapter too
+    const id = req.params.id;
+    const a = registry.get(id) ?? (id.startsWith(`${modelName}:`) ? registry.get(id.slice(modelName.length + 1)) : undefined);
     if (!a) throw new LoraserveError('model_not_found', `The model \`${req.params.id}\` does not exist.`, { param: 'model' });
     return card(a.name, modelName, adapterFields(a));
   });

@@ -62,7 +62,7 @@ export function registerFileRoutes(app: FastifyInstance, deps: FilesRouteDeps): 
     let list = files.list();
     if (req.query.purpose) list = list.filter((f) => f.purpose === req.query.purpose);
     if (req.query.order === 'asc') list.reverse();
-    return page(list, req.query.after, limitOf(req.query.limit, 10_000, 10_000), isFileId);
+    return page(list, req.query.after, limitOf(req.query.limit, 10_000, 10_000), isFileId, req.query.order === 'asc' ? 'asc' : 'desc');
   });
 
   app.get<{ Params: { file_id: string } }>('/v1/files/:file_id', { preValidation: admin, schema: schemas.get }, async (req) => files.require(req.params.file_id));

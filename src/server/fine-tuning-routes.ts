@@ -15,7 +15,8 @@ import type { EngineClient } from '../runtime/engine-client.ts';
 import { FineTuningManager, page } from '../train/jobs/manager.ts';
 import type { JobUpdate } from '../train/jobs/manager.ts';
 import type { JobRequest } from '../train/jobs/job-spec.ts';
-import { isEventId } from '../train/jobs/ids.ts';
+import type { FineTuningJob } from '../train/jobs/job-types.ts';
+import { isCheckpointId, isEventId, isJobId } from '../train/jobs/ids.ts';
 import { isTerminal } from '../train/jobs/job-types.ts';
 import { checkAdminKey } from './auth.ts';
 import { dataDirOf } from './config.ts';
@@ -23,6 +24,9 @@ import type { ServerConfig } from './config.ts';
 import { registerFileRoutes, limitOf } from './files-routes.ts';
 import { fineTuningSchemas } from './fine-tuning-schemas.ts';
 import { writeSse } from './sse.ts';
+
+// A cancel answers once the running job has stopped (at its next step), or after this long, saying running.
+const CANCEL_WAIT_MS = 10_000;
 
 export interface FineTuningDeps {
   config: ServerConfig;
@@ -60,7 +64,7 @@ export function registerFineTuning(app: FastifyInstance, deps: FineTuningDeps): 
   registerFileRoutes(app, { manager: need, admin, limits: { maxBytes: config.maxTrainingFileBytes, maxLines: config.maxTrainingFileLines } });
   const schemas = fineTuningSchemas(modelName);
   type JobParams = { Params: { fine_tuning_job_id: string } };
-  type PageQuery = { Querystring: { after?: string; limit?: string; stream?: string } };
+  type PageQuery = { Querystring: { after?: string; limit?: string; stream?: string; [metadata: string]: string | undefined } };
 
   app.post('/v1/fine_tuning/jobs', { preValidation: admin, schema: schemas.create }, async (req) => {
     const job = need().create(req.body as JobRequest);
@@ -68,7 +72,7 @@ export function registerFineTuning(app: FastifyInstance, deps: FineTuningDeps): 
     return job;
   });
 
-  app.get<PageQuery>('/v1/fine_tuning/jobs', { preValidation: admin, schema: schemas.list }, async (req) => page(need().list(), req.query.after, limitOf(req.query.limit, 20)));
+  app.get<PageQuery>('/v1/fine_tuning/jobs', { preValidation: admin, schema: schemas.list }, async (req) => page(need().list().filter(metadataFilter(req.query)), req.query.after, limitOf(req.query.limit, 20), isJobId));
 
   app.get<JobParams>('/v1/fine_tuning/jobs/:fine_tuning_job_id', { preValidation: admin, schema: schemas.get }, async (req) => need().get(req.params.fine_tuning_job_id));
 
@@ -82,10 +86,10 @@ export function registerFineTuning(app: FastifyInstance, deps: FineTuningDeps): 
     return reply;
   });
 
-  app.get<JobParams & PageQuery>('/v1/fine_tuning/jobs/:fine_tuning_job_id/checkpoints', { preValidation: admin, schema: schemas.checkpoints }, async (req) => page(need().checkpoints(req.params.fine_tuning_job_id), req.query.after, limitOf(req.query.limit, 10)));
+  app.get<JobParams & PageQuery>('/v1/fine_tuning/jobs/:fine_tuning_job_id/checkpoints', { preValidation: admin, schema: schemas.checkpoints }, async (req) => page(need().checkpoints(req.params.fine_tuning_job_id), req.query.after, limitOf(req.query.limit, 10), isCheckpointId));
 
   app.post<JobParams>('/v1/fine_tuning/jobs/:fine_tuning_job_id/cancel', { preValidation: admin, schema: schemas.cancel }, async (req) => {
-    const job = need().cancel(req.params.fine_tuning_job_id);
+    const job = await need().cancelSettled(req.params.fine_tuning_job_id, CANCEL_WAIT_MS);
     req.log.info({ job: job.id, status: job.status }, 'fine-tuning job cancel requested');
     return job;
   });
@@ -118,4 +122,12 @@ export async function* liveEvents(manager: FineTuningManager, id: string, signal
     unsubscribe();
     signal.removeEventListener('abort', onAbort);
   }
+}
+
+// OpenAI's metadata filter of the jobs list: metadata[key]=value for each pair that must match, or
+// metadata=null for jobs without metadata (the schema admits only those keys).
+function metadataFilter(query: Record<string, string | undefined>): (job: FineTuningJob) => boolean {
+  const want = Object.entries(query).flatMap(([k, v]) => (k.startsWith('metadata[') && v !== undefined ? [[k.slice('metadata['.length, -1), v] as const] : []));
+  const none = query.metadata === 'null';
+  return (job) => (none ? job.metadata === null || Object.keys(job.metadata).length === 0 : true) && want.every(([k, v]) => job.metadata?.[k] === v);
 }

@@ -139,7 +139,7 @@ export function fileSchemas() {
     list: {
       summary: 'Every file, newest first',
       tags: ['fine-tuning'],
-      querystring: pageQuery({ purpose: { type: 'string', enum: ['fine-tune', 'fine-tune-results'] }, order: { type: 'string', enum: ['asc', 'desc'] } }),
+      querystring: pageQuery({ purpose: { type: 'string', maxLength: 64, description: 'only files of this purpose (any of OpenAI\'s; this server stores fine-tune and fine-tune-results)' }, order: { type: 'string', enum: ['asc', 'desc'] } }),
       response: { 200: listOf(fileObject), ...errorResponses },
     },
     get: { summary: 'One file', tags: ['fine-tuning'], params: fileParams, response: { 200: fileObject, ...errorResponses } },
@@ -187,7 +187,13 @@ export function fineTuningSchemas(modelName: string) {
       },
       response: { 200: jobObject, ...errorResponses },
     },
-    list: { summary: 'Fine-tuning jobs, newest first', tags: ['fine-tuning'], querystring: pageQuery(), response: { 200: listOf(jobObject), ...errorResponses } },
+    list: {
+      summary: 'Fine-tuning jobs, newest first',
+      description: 'Filter by metadata as OpenAI does: metadata[key]=value (all given must match), or metadata=null for jobs without metadata.',
+      tags: ['fine-tuning'],
+      querystring: { ...pageQuery({ metadata: { type: 'string', enum: ['null'], description: 'null: only jobs without metadata' } }), patternProperties: { '^metadata\\[[^\\[\\]]{1,64}\\]$': { type: 'string', maxLength: 512 } } },
+      response: { 200: listOf(jobObject), ...errorResponses },
+    },
     get: { summary: 'One fine-tuning job', tags: ['fine-tuning'], params: jobParams, response: { 200: jobObject, ...errorResponses } },
     events: {
       summary: "A job's events, newest first; ?stream=true: server-sent events, oldest first, live until the job ends",

@@ -24,6 +24,8 @@ export interface SourcedExample extends Example {
 export interface ReadDatasetOptions {
   maxTokens: number;     // the longest example allowed (--seq-len, itself ≤ the model's context)
   flag?: string;         // the flag that named the file, for messages (--data, --eval-data)
+  name?: string;         // how messages name the file instead of its path (a job: "training_file file-…")
+  limit?: string;        // how messages name the length bound (default --seq-len; a job: lora.seq_len)
 }
 
 const ROLES = ['system', 'developer', 'user', 'assistant', 'tool'];
@@ -33,31 +35,33 @@ export function readDataset(path: string, encoder: ExampleEncoder, opts: ReadDat
   try {
     text = readFileSync(path, 'utf8');
   } catch (e) {
-    throw new Error(`${opts.flag ?? '--data'} ${path}: cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    throw new Error(`${opts.name ?? `${opts.flag ?? '--data'} ${path}`}: cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   text = text.replace(/^\uFEFF/, '');
   const units = path.toLowerCase().endsWith('.txt') ? paragraphs(text) : jsonLines(text);
   const out: SourcedExample[] = [];
   for (const { line, body } of units) {
-    const at = `${path}:${line}`;
+    const at = opts.name ? `${opts.name}, line ${line}` : `${path}:${line}`;
     let ex: Example;
     try {
       ex = path.toLowerCase().endsWith('.txt') ? encoder.text(body) : encodeJsonLine(body, encoder);
     } catch (e) {
       throw new Error(`${at}: ${(e as Error).message}`);
     }
-    if (ex.ids.length > opts.maxTokens) throw new Error(`${at}: the example is ${ex.ids.length} tokens, longer than --seq-len ${opts.maxTokens}; shorten it or raise --seq-len (up to the model's context)`);
+    const limit = opts.limit ?? '--seq-len';
+    if (ex.ids.length > opts.maxTokens) throw new Error(`${at}: the example is ${ex.ids.length} tokens, longer than ${limit} ${opts.maxTokens}; shorten it or raise ${limit} (up to the model's context)`);
     if (!ex.lossMask.some((m) => m === 1)) throw new Error(`${at}: the example has no target tokens, so there is nothing to learn from it`);
     out.push({ ...ex, line });
   }
-  if (out.length === 0) throw new Error(`${path}: no examples (the file is empty or only blank lines)`);
+  if (out.length === 0) throw new Error(`${opts.name ?? path}: no examples (the file is empty or only blank lines)`);
   return out;
 }
 
 // The run's training and eval examples: --eval-data, or --eval-split of --data (seeded by --seed).
-export function loadTrainEval(args: Pick<TrainArgs, 'data' | 'evalData' | 'evalSplit' | 'seqLen' | 'seed'>, encoder: ExampleEncoder): { train: SourcedExample[]; eval: SourcedExample[] } {
-  const data = readDataset(args.data, encoder, { maxTokens: args.seqLen, flag: '--data' });
-  if (args.evalData !== null) return { train: data, eval: readDataset(args.evalData, encoder, { maxTokens: args.seqLen, flag: '--eval-data' }) };
+export function loadTrainEval(args: Pick<TrainArgs, 'data' | 'evalData' | 'evalSplit' | 'seqLen' | 'seed' | 'names'>, encoder: ExampleEncoder): { train: SourcedExample[]; eval: SourcedExample[] } {
+  const n = args.names;
+  const data = readDataset(args.data, encoder, { maxTokens: args.seqLen, flag: '--data', name: n?.data, limit: n?.seqLen });
+  if (args.evalData !== null) return { train: data, eval: readDataset(args.evalData, encoder, { maxTokens: args.seqLen, flag: '--eval-data', name: n?.evalData ?? undefined, limit: n?.seqLen }) };
   return splitEval(data, args.evalSplit, args.seed);
 }
 

@@ -50,6 +50,9 @@ export interface TrainArgs {
   saveEvery: number | null;     // steps; null: no intermediate checkpoints
   resume: string | null;        // a checkpoint-<step> directory
   threads: number | null;       // onnxruntime intra-op threads; null: all cores (session.ts intraOpThreadCount)
+  // how data errors name the files and the length bound, where not the paths and flags (an API job
+  // names its file ids and lora.seq_len: a client never sees a server path); absent from the CLI
+  names?: { data: string; evalData: string | null; seqLen: string };
 }
 
 const OPTIONS = {

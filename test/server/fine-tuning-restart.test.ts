@@ -79,7 +79,7 @@ describe('restart during a job', () => {
     expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
     const r = await c2.completions.create({ model: done.fine_tuned_model!, prompt: PROMPTS[0], max_tokens: 8, temperature: 0 });
     expect(r.choices[0].text.length).toBeGreaterThan(0);
-    expect(readdirSync(adapters).filter((e) => e.startsWith('ft-'))).toEqual([`ft-after-${queued.id.slice(6, 14)}`]);
+    expect(readdirSync(adapters).filter((e) => e.startsWith('ft-'))).toEqual([`ft-after-${queued.id.slice(-8)}`]);
 
     // a clean shutdown mid-job: the same rule
     const again = await c2.fineTuning.jobs.create({ model: MODEL, training_file: file.id, suffix: 'stop', ...LONG_JOB, ...({ lora: LORA_FAST } as object) });

@@ -74,6 +74,7 @@ export function resolveSpec(req: JobRequest, model: ModelConfig, maxRank: number
 // an eval pass and a checkpoint once per epoch (examples / batch size steps).
 export function trainArgsFor(p: {
   modelDir: string; jobDir: string; trainPath: string; validationPath: string | null; examples: number;
+  trainFile: string; validationFile: string | null;
   hyperparameters: Hyperparameters; lora: LoraSettings; seed: number; threads: number;
 }): TrainArgs {
   const stepsPerEpoch = Math.max(1, Math.ceil(p.examples / p.hyperparameters.batch_size));
@@ -106,5 +107,6 @@ export function trainArgsFor(p: {
     saveEvery: stepsPerEpoch,
     resume: null,
     threads: p.threads,
+    names: { data: `training_file ${p.trainFile}`, evalData: p.validationFile ? `validation_file ${p.validationFile}` : null, seqLen: 'lora.seq_len' },
   };
 }

@@ -194,6 +194,20 @@ export class FineTuningManager {
     return { ...job };
   }
 
+  // Cancels, then waits (at most `waitMs`) for a running job to stop at its next step, so that the
+  // answer says cancelled, as OpenAI's does; past the wait it says running (the stop is requested).
+  async cancelSettled(id: string, waitMs: number): Promise<FineTuningJob> {
+    const job = this.cancel(id);
+    if (job.status !== 'running') return job;
+    await new Promise<void>((resolve) => {
+      const done = (): void => { clearTimeout(timer); off(); resolve(); };
+      const timer = setTimeout(done, waitMs);
+      const off = this.subscribe(id, (u) => { if (u.type === 'status' && isTerminal(u.job.status)) done(); });
+      if (isTerminal(this.entry(id).record.job.status)) done();
+    });
+    return { ...this.entry(id).record.job };
+  }
+
   // Live updates: each new event, then the job once it ends. Returns the unsubscribe function.
   subscribe(id: string, fn: (u: JobUpdate) => void): () => void {
     const entry = this.entry(id);
@@ -232,7 +246,7 @@ export class FineTuningManager {
 
   private pump(): void {
     if (this.current || this.closing || this.pumping) return;
-    const next = [...this.jobs.values()].filter((e) => e.record.job.status === 'queued').sort((a, b) => a.record.job.created_at - b.record.job.created_at)[0];
+    const next = [...this.jobs.values()].filter((e) => e.record.job.status === 'queued').sort((a, b) => a.record.job.created_at - b.record.job.created_at || (a.record.job.id < b.record.job.id ? -1 : 1))[0];
     if (!next) return;
     const id = next.record.job.id;
     this.pumping = true;
@@ -252,6 +266,7 @@ export class FineTuningManager {
     const args = trainArgsFor({
       modelDir: opts.modelDir, jobDir: dir, trainPath: this.files.contentPath(job.training_file),
       validationPath: job.validation_file ? this.files.contentPath(job.validation_file) : null, examples: train.lines ?? 1,
+      trainFile: job.training_file, validationFile: job.validation_file,
       hyperparameters: job.hyperparameters, lora: job.lora, seed: job.seed, threads: opts.threads,
     });
     this.setStatus(entry, 'running');
@@ -379,13 +394,16 @@ export class FineTuningManager {
   }
 }
 
-// A page of a newest-first list after the item `after` (its id), OpenAI's cursor pagination.
-export function page<T extends { id: string }>(items: T[], after: string | undefined, limit: number, valid: (id: string) => boolean = () => true): { object: 'list'; data: T[]; has_more: boolean; first_id: string | null; last_id: string | null } {
+// A page of a list (newest first, or oldest first with `order` asc) after the item `after` (its id),
+// OpenAI's cursor pagination. Ids sort in creation order (ids.ts), so an `after` deleted since the
+// page before still marks a place: the page starts at the first item past it.
+export function page<T extends { id: string }>(items: T[], after: string | undefined, limit: number, valid: (id: string) => boolean = () => true, order: 'asc' | 'desc' = 'desc'): { object: 'list'; data: T[]; has_more: boolean; first_id: string | null; last_id: string | null } {
   let start = 0;
   if (after !== undefined) {
-    const i = valid(after) ? items.findIndex((x) => x.id === after) : -1;
-    if (i === -1) throw new LoraserveError('invalid_request', `'after' names no item of this list: ${JSON.stringify(after)}`, { param: 'after' });
-    start = i + 1;
+    if (!valid(after)) throw new LoraserveError('invalid_request', `'after' must be the id of an item of this list, got ${JSON.stringify(after)}`, { param: 'after' });
+    const i = items.findIndex((x) => x.id === after);
+    const past = items.findIndex((x) => (order === 'desc' ? x.id < after : x.id > after));
+    start = i !== -1 ? i + 1 : past === -1 ? items.length : past;
   }
   const data = items.slice(start, start + limit);
   return { object: 'list', data, has_more: start + limit < items.length, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null };

@@ -114,7 +114,11 @@ docs.push(
   `Rank-4 batches (${rk.streams} streams on ${rk.rank4_adapters.length} rank-4 adapters, 16-token prompts, ${rk.tokens} tokens each) before ` +
     `any rank-64 request, then after each of ${rk.samples.filter((x) => x.phase === 'rank-64').length} requests on a rank-64 adapter ` +
     '(run alone); decode tok/s from the server\'s decode steps; LoRA arena = `loraserve_lora_arena_bytes`, the largest value read ' +
-    `while the batch ran and the value once it was done (${mb(rk.arena_idle_start_bytes)} MB on the idle server before the first).`,
+    `while the batch ran and the value once it was done (${mb(rk.arena_idle_start_bytes)} MB on the idle server before the first). ` +
+    (rk.samples.some((x) => x.phase === 'control')
+      ? 'Each after batch has a control: the same prompts on a twin server that never ran a rank-64 request, run just before or after it ' +
+        `(alternating), so that both see the machine at the same minute; after / control = ${num(rk.control_ratio, 2)}×, after / before = ${num(rk.speed_ratio, 2)}×.`
+      : ''),
   '',
   '| batch | decode tok/s | output tok/s | TPOT median ms | mean decode batch | arena MB (max / done) |',
   '|---|---|---|---|---|---|',
@@ -137,7 +141,7 @@ const readme: string[] = [
     `8 on 8 distinct adapters${d8 ? ` (${tok(d8.output_throughput)} tok/s)` : ''} reach ${checkFigure(c('ideal_8x8'))} the ideal of the prefill and batch-8 decode rates measured in the same run (${said(c('ideal_8x8'))}), ` +
     `with inter-token latency p99 ${checkFigure(c('itl_8x8'))} (${said(c('itl_8x8'))}). ` +
     `A served batch-1 decode step after a 512-token prompt takes ${ms(b1.served_ms)} ms, ${checkFigure(c('served_b1'))} the plain graph's ${ms(b1.plain_ms)} ms at context 16 (${said(c('served_b1'))}). ` +
-    `Rank-4 batches after a rank-64 request decode at ${checkFigure(c('rank_after_64'))} their speed before it (${said(c('rank_after_64'))}), ` +
+    `Rank-4 batches after a rank-64 request decode at ${checkFigure(c('rank_after_64'))} their speed without it (a twin server's, measured in turn; ${said(c('rank_after_64'))}), ` +
     `and the LoRA arena holds ${mb(rk.arena_rank4_before_bytes)} MB for them before, ${mb(rk.arena_rank64_bytes)} MB with rank 64 and ${mb(rk.arena_rank4_after_bytes)} MB after (${said(c('arena_follows'))}).`,
 ];
 const extra: string[] = [];

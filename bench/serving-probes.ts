@@ -5,7 +5,10 @@
 //     openPlainGraph: buildLlamaGraph's default, one StepRunner, no server), timed in this process
 //     and interleaved with the served stream so that machine noise falls on both.
 //   - rankAfterRank64: rank-4 batches' decode speed before any rank-64 request and after each of a
-//     few rank-64 requests, with loraserve_lora_arena_bytes sampled during each.
+//     few rank-64 requests, with loraserve_lora_arena_bytes sampled during each; and, in turn with
+//     each of those, the same batch on a twin server that never ran a rank-64 request (the control:
+//     this VM's speed drifts 10–30% between minutes, so "before" measured minutes earlier is not
+//     the speed the after batch would have had without the rank-64 request).
 // Nothing here asserts; the suite turns the figures into checks and prints them.
 import { runServing, serverSnapshot } from './serving-bench.ts';
 import type { ServingMetrics, ServingOptions } from './serving-bench.ts';
@@ -91,7 +94,7 @@ export async function servedVsPlain(o: { base: BaseOptions; modelDir: string; pr
 }
 
 export interface RankSample {
-  phase: 'before' | 'rank-64' | 'after';
+  phase: 'before' | 'rank-64' | 'after' | 'control';
   decode_tok_s: number;               // the server's decode steps: tokens / their time (else client output tok/s)
   out_tok_s: number;                  // client: output tokens / wall
   tpot_med_ms: number;
@@ -110,6 +113,8 @@ export interface RankAfterRank64 {
   before_tok_s: number;               // median over the before samples
   after_tok_s: number;                // median over the after samples
   speed_ratio: number;                // after / before
+  control_tok_s: number;              // median over the control samples (NaN without a control server)
+  control_ratio: number;              // after / control
   arena_rank4_before_bytes: number;   // largest during a rank-4 batch before any rank-64 request
   arena_rank64_bytes: number;         // largest during the rank-64 requests
   arena_rank4_after_bytes: number;    // largest during a rank-4 batch after one
@@ -119,14 +124,18 @@ export interface RankAfterRank64 {
 
 // Rank-4 batches (streams × tokens, 16-token prompts, one rank-4 adapter a stream): `before` of them
 // before any rank-64 request, then `after` rounds of [one rank-64 request, a rank-4 batch].
-export async function rankAfterRank64(o: { base: BaseOptions; rank4: string[]; rank64: string; tokens: number; before: number; after: number }): Promise<RankAfterRank64> {
+// `control`: the URL of a twin server with the same rank-4 adapters that never runs a rank-64
+// request; each round then runs the rank-4 batch there too, in turn with the after batch (its
+// order alternating between rounds), so both see the machine as it is at that minute.
+export async function rankAfterRank64(o: { base: BaseOptions; rank4: string[]; rank64: string; tokens: number; before: number; after: number; control?: string }): Promise<RankAfterRank64> {
   const url = o.base.url;
   const samples: RankSample[] = [];
-  let seed = 9300;
-  const batch = async (phase: RankSample['phase']): Promise<void> => {
+  // a round's after and control batches send the same prompts (one seed)
+  const batch = async (phase: RankSample['phase'], seed: number): Promise<void> => {
     const adapters = phase === 'rank-64' ? [o.rank64] : o.rank4;
     const n = phase === 'rank-64' ? 1 : o.rank4.length;
-    const { result, maxBytes, endBytes } = await sampleArena(url, () => runServing({ ...o.base, inputLen: 16, outputLen: o.tokens, numPrompts: n, adapters, popularity: 'round-robin', seed: seed++, label: `rank probe ${phase}` }));
+    const on = phase === 'control' ? o.control! : url;
+    const { result, maxBytes, endBytes } = await sampleArena(on, () => runServing({ ...o.base, url: on, inputLen: 16, outputLen: o.tokens, numPrompts: n, adapters, popularity: 'round-robin', seed, label: `rank probe ${phase}` }));
     const m = result.metrics;
     if (m.failed) throw new Error(`rank probe (${phase}) failed: ${m.errors.join('; ')}`);
     samples.push({
@@ -137,19 +146,25 @@ export async function rankAfterRank64(o: { base: BaseOptions; rank4: string[]; r
   };
   const idleStart = (await serverSnapshot(url))?.loraArenaBytes ?? NaN;
   // the rank-4 batch's first run (its shapes), not counted
-  await runServing({ ...o.base, inputLen: 16, outputLen: 4, numPrompts: o.rank4.length, adapters: o.rank4, popularity: 'round-robin', seed: 9299, label: 'rank probe warm-up' });
-  for (let k = 0; k < o.before; k++) await batch('before');
-  for (let k = 0; k < o.after; k++) { await batch('rank-64'); await batch('after'); }
+  for (const on of o.control ? [url, o.control] : [url]) await runServing({ ...o.base, url: on, inputLen: 16, outputLen: 4, numPrompts: o.rank4.length, adapters: o.rank4, popularity: 'round-robin', seed: 9299, label: 'rank probe warm-up' });
+  for (let k = 0; k < o.before; k++) await batch('before', 9300 + k);
+  for (let k = 0; k < o.after; k++) {
+    await batch('rank-64', 9350 + k);
+    if (o.control && k % 2 === 1) await batch('control', 9400 + k);
+    await batch('after', 9400 + k);
+    if (o.control && k % 2 === 0) await batch('control', 9400 + k);
+  }
   const of = (phase: RankSample['phase']): RankSample[] => samples.filter((s) => s.phase === phase);
   const maxOf = (xs: number[]): number => xs.reduce((a, b) => Math.max(a, b), -Infinity);
   const before = median(of('before').map((s) => s.decode_tok_s));
   const after = median(of('after').map((s) => s.decode_tok_s));
+  const control = median(of('control').map((s) => s.decode_tok_s));
   const a4b = maxOf(of('before').map((s) => s.arena_max_bytes));
   const a4a = maxOf(of('after').map((s) => s.arena_max_bytes));
   return {
     rank4_adapters: o.rank4, rank64_adapter: o.rank64, streams: o.rank4.length, tokens: o.tokens,
     arena_idle_start_bytes: idleStart, samples,
-    before_tok_s: before, after_tok_s: after, speed_ratio: after / before,
+    before_tok_s: before, after_tok_s: after, speed_ratio: after / before, control_tok_s: control, control_ratio: after / control,
     arena_rank4_before_bytes: a4b, arena_rank64_bytes: maxOf(of('rank-64').map((s) => s.arena_max_bytes)),
     arena_rank4_after_bytes: a4a, arena_idle_after_rank64_bytes: of('rank-64').at(-1)?.arena_end_bytes ?? NaN,
     arena_ratio: a4a / a4b,

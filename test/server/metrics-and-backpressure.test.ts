@@ -87,7 +87,8 @@ describe('backpressure and disconnects', () => {
       const ac = new AbortController();
       const pending = fetch(`${server.url}/v1/embeddings`, { method: 'POST', signal: ac.signal, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stories260K', input }) }).catch(() => null);
       const health = async (): Promise<{ running: number; waiting: number }> => (await fetch(`${server.url}/health`)).json();
-      for (let i = 0; i < 400 && (await health()).running === 0; i++) await new Promise((res) => setTimeout(res, 5));
+      // until a text runs (a busy machine may take seconds to tokenize the 64 texts first)
+      for (let i = 0; i < 6000 && (await health()).running === 0; i++) await new Promise((res) => setTimeout(res, 5));
       ac.abort();
       expect(await pending).toBeNull();
       let freed = false;

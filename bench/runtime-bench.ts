@@ -58,7 +58,7 @@ export interface PlainGraph {
   // best of `reps` single-row prefill steps of `len` tokens (ms each)
   prefill(len: number, reps: number): Promise<number[]>;
   // median step time of one row decoding `steps` tokens after a context of `ctx` (the first 2 dropped)
-  decodeAt(ctx: number, steps: number): Promise<number>;
+  decodeAt(ctx: number, steps: number, capacity?: number): Promise<number>;
   release(): Promise<void>;
 }
 
@@ -87,9 +87,12 @@ export async function openPlainGraph(name: string, dir: string): Promise<PlainGr
       return times;
     },
     // a fresh arena per context, so its capacity is that context's (the arena is shared by all rows)
-    async decodeAt(ctx: number, steps: number): Promise<number> {
-      // the lane a sequence of this context lives in (lanes.ts): capacity = next power of two
-      const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim, laneCapacity(ctx + steps));
+    async decodeAt(ctx: number, steps: number, capacity?: number): Promise<number> {
+      // the lane a sequence of this context lives in (lanes.ts): capacity = next power of two, or
+      // the one given (the served lanes grow by 1.5)
+      const cap = capacity ?? laneCapacity(ctx + steps);
+      if (cap < ctx + steps) throw new Error(`decodeAt: capacity ${cap} < ${ctx} + ${steps} positions`);
+      const kv = new KvArena(cfg.numLayers, cfg.numKvHeads, cfg.headDim, cap);
       const runner = new StepRunner(session, cfg, maxPositions, kv, null);
       for (let off = 0; off < ctx; off += 256) await runner.run([{ row: 0, tokens: prompt(Math.min(256, ctx - off)) }]);
       const times: number[] = [];

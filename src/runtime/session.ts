@@ -6,6 +6,9 @@ import type { Graph } from './graph/ir.ts';
 import { EXTERNAL_DATA_PATH, exportOnnx } from './graph/onnx-export.ts';
 
 export type ExecutionProvider = 'cpu' | 'cuda';
+// 'during-run': intra-op threads spin while a run lasts and stop when it returns; 'off': they sleep
+// between parallel ops; 'always': they also spin between runs (onnxruntime's own default)
+export type Spinning = 'during-run' | 'off' | 'always';
 
 export interface SessionOptions {
   executionProvider?: ExecutionProvider;
@@ -13,6 +16,7 @@ export interface SessionOptions {
   useExternalData?: boolean;     // force the external-data path (tests); default: only above ~1.8 GB
   memoryPattern?: boolean;       // onnxruntime's memory-pattern planning (default on); the training
                                  // graph turns it off: ~800 MB more and a slow extra warm-up run there
+  spinning?: Spinning;           // default 'during-run'; the others are for the spinning bench's comparison
 }
 
 export async function createSession(graph: Graph, opts: SessionOptions = {}): Promise<ort.InferenceSession> {
@@ -25,11 +29,18 @@ export async function createSession(graph: Graph, opts: SessionOptions = {}): Pr
     interOpNumThreads: 1,
     executionMode: 'sequential',
     enableMemPattern: opts.memoryPattern ?? true,
-    // An idle intra-op pool would otherwise spin and burn a core between steps (notes §4).
-    extra: { session: { intra_op: { allow_spinning: '0' } } },
+    // The intra-op pool spins while a run lasts (a woken thread costs each parallel op tens of µs
+    // here) and stops when the run returns, so it burns no core between steps (notes §4 measured
+    // an always-spinning pool's idle cost; architecture.md, "Spinning").
+    extra: { session: spinningConfig(opts.spinning ?? 'during-run') },
     ...(externalData ? { externalData: [{ path: EXTERNAL_DATA_PATH, data: externalData }] } : {}),
   };
   return ort.InferenceSession.create(model, options);
+}
+
+function spinningConfig(s: Spinning): Record<string, unknown> {
+  if (s === 'off') return { intra_op: { allow_spinning: '0' } };
+  return { intra_op: { allow_spinning: '1' }, force_spinning_stop: s === 'during-run' ? '1' : '0' };
 }
 
 // 0 (or nothing) means every core this process may run on. It is resolved here rather than left to

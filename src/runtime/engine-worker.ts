@@ -16,6 +16,7 @@ import type { TokenEvent } from './generate-request.ts';
 import type { AdapterHost, MergedStore } from './adapter-source.ts';
 import type { EngineCall, EngineFault, EngineOptions, EngineStats, FromWorker, ToWorker } from './engine-messages.ts';
 import { collectGarbage } from './collect-garbage.ts';
+import { releaseFreedMemory } from './release-memory.ts';
 
 const ENGINE_NICE = 5;
 
@@ -40,7 +41,10 @@ async function run(port: MessagePort, opts: EngineOptions, makeTiers: MakeTiers,
   try { setPriority(0, ENGINE_NICE); } catch { /* not permitted: run at normal priority */ }
   const rt = await createModelRuntime({ ...opts.runtime, maxRunning: opts.scheduler.maxRunning });
   const { hostCache, merged } = makeTiers(rt, opts);
-  collectGarbage(); // the loader's float32 weights are garbage now: give their memory back before serving
+  // the loader's float32 weights are garbage now, and the session's build freed its copies in the C
+  // heap: give both back before serving
+  collectGarbage();
+  releaseFreedMemory();
   let outbox: { id: string; events: TokenEvent[] }[] = [];
   const cost = { weightBytes: rt.info.weightBytes, kvBytesPerPosition: 2 * rt.config.numLayers * rt.config.numKvHeads * rt.config.headDim * 4 };
   const scheduler = new Scheduler(rt.runner, rt.lanes, opts.scheduler, (id, events) => outbox.push({ id, events }), hostCache, merged, cost);
@@ -101,6 +105,7 @@ async function run(port: MessagePort, opts: EngineOptions, makeTiers: MakeTiers,
         return null;
       case 'gc':
         collectGarbage();
+        releaseFreedMemory();
         return null;
       case 'stats': {
         const stats: EngineStats = {

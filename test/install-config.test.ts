@@ -78,9 +78,13 @@ describe('install configuration (.npmrc)', () => {
     const lock = JSON.parse(readFileSync(join(ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { hasInstallScript?: boolean }> };
     const withScripts = Object.entries(lock.packages).filter(([, p]) => p.hasInstallScript).map(([path]) => path.replace(/^node_modules\//, '')).sort();
     // a new one must be checked to work without its script before it is added here
-    expect(withScripts).toEqual(['esbuild', 'onnxruntime-node', 'protobufjs']);
+    expect(withScripts).toEqual(['esbuild', 'koffi', 'onnxruntime-node', 'protobufjs']);
     const esbuild = await import('esbuild'); // tsx's compiler: its binary comes from the @esbuild/* optional dependency
     expect((await esbuild.transform('const a: number = 1', { loader: 'ts' })).code.trim()).toBe('const a = 1;');
+    // koffi's script would build from source only where no prebuilt binary fits; on linux-x64 its
+    // binary comes from the @koromix/koffi-linux-x64 optional dependency
+    const koffi = (await import('koffi')).default;
+    expect(typeof koffi.load('libc.so.6').func('int getpid()')()).toBe('number');
     const ort = await import('onnxruntime-node'); // the bundled CPU binding
     expect(ort.listSupportedBackends().find((b) => b.name === 'cpu')?.bundled).toBe(true);
     const scripts = Object.keys((JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts);

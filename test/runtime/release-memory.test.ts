@@ -32,7 +32,11 @@ const settle = async (): Promise<void> => {
 };
 
 describe('releaseFreedMemory', () => {
-  it.runIf(process.platform === 'linux' && glibc)('gives the memory a session build freed back to the OS (glibc)', async () => {
+  it('gives the memory a session build freed back to the OS (glibc); elsewhere it is a no-op', async () => {
+    if (process.platform !== 'linux' || !glibc) {
+      expect(releaseFreedMemory()).toBe(false);
+      return;
+    }
     const session = await createSession(weightyGraph(), { intraOpThreads: 1 });
     await settle(); // the JS graph and its ONNX bytes are garbage now
     const before = rss();
@@ -41,9 +45,5 @@ describe('releaseFreedMemory', () => {
     await session.release();
     // 59–63 MB came back in runs here; without the trim, 0
     expect((before - after) / MB).toBeGreaterThan(32);
-  });
-
-  it.runIf(process.platform !== 'linux' || !glibc)('is a no-op without glibc', () => {
-    expect(releaseFreedMemory()).toBe(false);
   });
 });

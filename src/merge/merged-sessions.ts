@@ -46,6 +46,7 @@ import { isMergedOnly } from '../runtime/lora-arena.ts';
 import type { PreparedAdapter } from '../runtime/lora-arena.ts';
 import type { MergedPath } from '../runtime/scheduler.ts';
 import { LoraserveError } from '../runtime/errors.ts';
+import { releaseFreedMemorySoon } from '../runtime/release-memory.ts';
 import { mergeDelta, mergePrepared } from './merge-lora.ts';
 import { requantizationError } from '../runtime/quantize.ts';
 
@@ -169,6 +170,7 @@ export class MergedSessions implements MergedPath {
     this.cache.delete(version);
     this.stats.bytes -= e.bytes;
     await e.session.release();
+    releaseFreedMemorySoon(); // its weights' memory back to the OS (architecture.md, "Trimming the C heap")
   }
 
   private shouldBuild(version: string, batch: number): boolean {
@@ -228,6 +230,7 @@ export class MergedSessions implements MergedPath {
     this.stats.builds++;
     this.stats.lastBuildMs = performance.now() - t0;
     this.stats.lastBuildBytes = bytes;
+    releaseFreedMemorySoon(); // the build's merged weights and freed copies back to the OS
     return session;
   }
 

@@ -7,17 +7,20 @@
 // pages cost ~15–20 µs each on this VM), so this runs at moments of our choosing, not per step.
 // Elsewhere than glibc (musl, macOS, Windows) there is nothing to call and it returns false.
 import koffi from 'koffi';
+import { collectGarbage } from './collect-garbage.ts';
 
-let trim: ((pad: number) => number) | null | undefined;
+interface Trim { now(pad: number): number; later(pad: number, done: (err: unknown) => void): void }
 
-function loadTrim(): ((pad: number) => number) | null {
+let trim: Trim | null | undefined;
+
+function loadTrim(): Trim | null {
   if (process.platform !== 'linux') return null;
   // only a glibc process has malloc_trim; musl's libc has another name and no such function
   const glibc = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header?.glibcVersionRuntime;
   if (!glibc) return null;
   try {
     const fn = koffi.load('libc.so.6').func('int malloc_trim(size_t pad)');
-    return (pad) => fn(pad) as number;
+    return { now: (pad) => fn(pad) as number, later: (pad, done) => fn.async(pad, (err: unknown) => done(err)) };
   } catch {
     return null;
   }
@@ -27,6 +30,25 @@ function loadTrim(): ((pad: number) => number) | null {
 export function releaseFreedMemory(): boolean {
   if (trim === undefined) trim = loadTrim();
   if (!trim) return false;
-  trim(0);
+  trim.now(0);
   return true;
+}
+
+// The same on a libuv pool thread, so that the calling thread goes on (a trim of a large heap takes
+// tens of ms; the engine calls this after a merged-weights session is built or dropped, while steps
+// run). Resolves to whether the call was made; never rejects.
+export function releaseFreedMemoryLater(): Promise<boolean> {
+  if (trim === undefined) trim = loadTrim();
+  const t = trim;
+  if (!t) return Promise.resolve(false);
+  return new Promise((resolve) => t.later(0, (err) => resolve(!err)));
+}
+
+// After a big piece of work whose arrays are garbage once the caller returns (a merged-weights
+// session's build, or its drop): on the next turn, collect them, then trim on a pool thread.
+export function releaseFreedMemorySoon(): void {
+  setImmediate(() => {
+    collectGarbage();
+    void releaseFreedMemoryLater();
+  });
 }

@@ -115,8 +115,10 @@ describe('who may call', () => {
 
 describe('adapter state under failure', () => {
   let server: RunningServer;
-  // a host cache of 1 byte holds nothing: every request reads its adapter back from the store
-  beforeAll(async () => { server = await startTestServer({ hostCacheBytes: 1, unloadWaitMs: 5000 }); });
+  // a host cache of 1 byte holds nothing: every request reads its adapter back from the store. The
+  // store is this process's alone (--store-sync-ms 0): a shared store's poll would take a hand edit
+  // of the files as another replica's replace within a second, and serve it
+  beforeAll(async () => { server = await startTestServer({ hostCacheBytes: 1, unloadWaitMs: 5000, storeSyncMs: 0 }); });
   afterAll(async () => { await server?.close(); });
 
   it('a DELETE that gives up leaves the adapter served at once; meanwhile new requests get 503, not 404', async () => {

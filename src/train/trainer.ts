@@ -40,6 +40,7 @@ import type { TrainArgs } from './train-args.ts';
 import type { LoraSlot } from './train-graph.ts';
 import { TrainSession } from './train-session.ts';
 import type { TrainBatch } from './train-session.ts';
+import type { Spinning } from '../runtime/session.ts';
 
 export interface TrainReport {
   out: string;
@@ -60,6 +61,9 @@ export interface TrainOptions {
   onMetrics?: (record: MetricsRecord, totalSteps: number, tokens: number) => void; // tokens: the step's input tokens
   onCheckpoint?: (step: number, dir: string) => void;
   beforeStep?: (step: number) => Promise<void> | void;
+  // The intra-op pool's spinning (session.ts). A job inside the server turns it off: its pool would
+  // otherwise spin through each long training run on the cores the serving steps need.
+  spinning?: Spinning;
 }
 
 export async function train(args: TrainArgs, opts: TrainOptions = {}): Promise<TrainReport> {
@@ -98,7 +102,7 @@ async function run(
   trainSet: Example[], evalSet: Example[], resumed: CheckpointState | null, out: OutputDir, opts: TrainOptions,
 ): Promise<Omit<TrainReport, 'seconds'>> {
   // 3. build
-  const session = await TrainSession.create(cfg, weights, { slots, maxPositions: args.seqLen, dropout: args.dropout, session: { intraOpThreads: args.threads ?? 0 } });
+  const session = await TrainSession.create(cfg, weights, { slots, maxPositions: args.seqLen, dropout: args.dropout, session: { intraOpThreads: args.threads ?? 0, spinning: opts.spinning } });
   try {
     const lora = resumed ? factorMap(resumed.lora) : initLora(cfg, slots, args.init, args.seed);
     const opt = new AdamW({ lr: args.lr, weightDecay: args.weightDecay });

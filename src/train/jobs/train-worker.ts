@@ -24,6 +24,7 @@ const quiet = new Writable({ write(_chunk, _enc, cb) { cb(); } });
 try {
   const report = await train(data.args, {
     stream: quiet,
+    spinning: 'off', // beside the serving engine (trainer.ts TrainOptions)
     onMetrics: (record, total, tokens) => post({ type: 'metrics', record, totalSteps: total, tokens }),
     onCheckpoint: (step, dir) => post({ type: 'checkpoint', step, dir }),
     beforeStep: async () => {

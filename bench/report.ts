@@ -157,7 +157,7 @@ const readme: string[] = [
   `Figures of ${day}, through HTTP on the synthetic 110M Llama (${machine}; \`npm run bench -- --only serving${s.quick ? ' --quick' : ''}\`, ` +
     `then \`npm run bench:report\`, which writes this paragraph; ratios within one run).${quickNote} ` +
     `${d32 ? `32 concurrent ${lens}-token requests on 32 distinct rank-16 adapters produce ${tok(d32.output_throughput)} output tok/s, ` : ''}` +
-    `${checkFigure(c('scale_32'))} one stream (${said(c('scale_32'))}) and ${checkFigure(c('vs_base_32'))} the same load on the base model (${said(c('vs_base_32'))}). ` +
+    `${checkFigure(c('scale_32'))} one stream (measured just before and after it; ${said(c('scale_32'))}) and ${checkFigure(c('vs_base_32'))} the same load on the base model (${said(c('vs_base_32'))}). ` +
     `8 on 8 distinct adapters${d8 ? ` (${tok(d8.output_throughput)} tok/s)` : ''} reach ${checkFigure(c('ideal_8x8'))} the ideal of the prefill and batch-8 decode rates measured in the same run (${said(c('ideal_8x8'))}), ` +
     `with inter-token latency p99 ${checkFigure(c('itl_8x8'))} (${said(c('itl_8x8'))}). ` +
     `A served batch-1 decode step after a 512-token prompt takes ${ms(b1.served_ms)} ms, ${checkFigure(c('served_b1'))} the plain graph's ${ms(b1.plain_ms)} ms at context 16 (${rounds ? `median of ${rounds.ratios.length} rounds; ` : ''}${said(c('served_b1'))})${rounds ? `, of which the ${b1.prompt_tokens}-token context alone costs the plain graph ${num(rounds.ctxRatio, 2)}×` : ''}. ` +

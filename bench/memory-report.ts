@@ -2,25 +2,22 @@
 // `memory`, from the latest `npm run bench -- --only memory` (bench/results/latest.json when that
 // run has it), else the copy kept in docs/figures/memory.json (to re-render); the run's JSON is
 // kept there.
-import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { writeBlock } from './markers.ts';
+import { figuresSource } from './figures-source.ts';
 
 const here = (p: string): string => fileURLToPath(new URL(p, import.meta.url));
-const LATEST = here('./results/latest.json');
-const KEPT = here('../docs/figures/memory.json');
 const DOCS = here('../docs/benchmarks.md');
 
 interface Row { adapters: number; rss_mb: number; rss_over_model_mb: number; host_cache_mb: number; host_cache_entries: number }
 interface Run { date: string; cores: number; cpus: string; node: string; quick?: boolean; memory?: { rssBeforeModelMb: number; rssAfterModelMb: number; weightMb: number; adapterFileBytes: number; rows: Row[] } }
 
-const read = (file: string): Run => JSON.parse(readFileSync(file, 'utf8')) as Run;
-const src = existsSync(LATEST) && read(LATEST).memory ? LATEST : existsSync(KEPT) ? KEPT : null;
+const figures = figuresSource<Run>('memory', 'memory');
 
-if (!src) {
+if (!figures) {
   console.log('no memory figures yet: run `npm run bench -- --only memory`');
 } else {
-  const run = read(src);
+  const { run, file: src } = figures;
   const m = run.memory!;
   const mb = (v: number): string => v.toFixed(0);
   const body = [
@@ -34,6 +31,6 @@ if (!src) {
     ...m.rows.map((r) => `| ${r.adapters} | ${mb(r.rss_mb)} | ${r.rss_over_model_mb.toFixed(1)} | ${r.host_cache_mb.toFixed(0)} | ${r.host_cache_entries} |`),
   ];
   writeBlock(DOCS, 'memory', body.join('\n'), (text, block) => `${text.trimEnd()}\n\n${block}\n`);
-  if (src !== KEPT) copyFileSync(src, KEPT);
+  figures.keep();
   console.log(`docs/benchmarks.md: memory figures of ${run.date}${run.quick ? ' (quick run)' : ''} from ${src}`);
 }

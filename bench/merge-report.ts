@@ -2,25 +2,22 @@
 // bench/train-report.ts), so that no number there is typed by hand: block `merge`, from the latest
 // `npm run bench -- --only merge` (bench/results/latest.json when that run has it), else the copy
 // kept in docs/figures/merge.json (to re-render); the run's JSON is kept there.
-import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { writeBlock } from './markers.ts';
+import { figuresSource } from './figures-source.ts';
 import type { MergeBench } from './merge-bench.ts';
 
 const here = (p: string): string => fileURLToPath(new URL(p, import.meta.url));
-const LATEST = here('./results/latest.json');
-const KEPT = here('../docs/figures/merge.json');
 const DOCS = here('../docs/benchmarks.md');
 
 interface Run { date: string; cores: number; cpus: string; node: string; merge?: MergeBench & { loadavg_1min?: { start: number; end: number } } }
 
-const read = (file: string): Run => JSON.parse(readFileSync(file, 'utf8')) as Run;
-const src = existsSync(LATEST) && read(LATEST).merge ? LATEST : existsSync(KEPT) ? KEPT : null;
+const figures = figuresSource<Run>('merge', 'merge');
 
-if (!src) {
+if (!figures) {
   console.log('no merge figures yet: run `npm run bench -- --only merge`');
 } else {
-  const run = read(src);
+  const { run, file: src } = figures;
   const m = run.merge!;
   const day = run.date.slice(0, 10);
   const machine = `${run.cores}-core ${run.cpus}, Node ${run.node}`;
@@ -48,6 +45,6 @@ if (!src) {
       (slow.length ? ` The starred types cost ${msf(Math.min(...slow.map((t) => t.per_target_ms)))}–${msf(Math.max(...slow.map((t) => t.per_target_ms)))} ms a target: three full ΔW_i formed and pruned, then a dense float64 SVD of the merged ΔW.` : ''),
   ];
   writeBlock(DOCS, 'merge', body.join('\n'), (text, block) => `${text.trimEnd()}\n\n## Merging adapters (\`--only merge\`)\n\n${block}\n`);
-  if (src !== KEPT) copyFileSync(src, KEPT);
+  figures.keep();
   console.log(`docs/benchmarks.md: merge figures of ${run.date}${m.quick ? ' (quick run)' : ''} from ${src}`);
 }

@@ -2,25 +2,22 @@
 // `sampling`, from the latest `npm run bench -- --only sampling` (bench/results/latest.json when
 // that run has it), else the copy kept in docs/figures/sampling.json (to re-render); the run's JSON
 // is kept there.
-import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { writeBlock } from './markers.ts';
+import { figuresSource } from './figures-source.ts';
 
 const here = (p: string): string => fileURLToPath(new URL(p, import.meta.url));
-const LATEST = here('./results/latest.json');
-const KEPT = here('../docs/figures/sampling.json');
 const DOCS = here('../docs/benchmarks.md');
 
 interface Row { vocab: number; case: string; general_path_us: number; served_path_us: number }
 interface Run { date: string; cores: number; cpus: string; node: string; quick?: boolean; sampling?: { rounds: number; rows: Row[] } }
 
-const read = (file: string): Run => JSON.parse(readFileSync(file, 'utf8')) as Run;
-const src = existsSync(LATEST) && read(LATEST).sampling ? LATEST : existsSync(KEPT) ? KEPT : null;
+const figures = figuresSource<Run>('sampling', 'sampling');
 
-if (!src) {
+if (!figures) {
   console.log('no sampling figures yet: run `npm run bench -- --only sampling`');
 } else {
-  const run = read(src);
+  const { run, file: src } = figures;
   const m = run.sampling!;
   const us = (v: number): string => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
   const body = [
@@ -35,6 +32,6 @@ if (!src) {
     ...m.rows.map((r) => `| ${r.vocab} | ${r.case} | ${us(r.general_path_us)} | ${r.served_path_us > 0 ? us(r.served_path_us) : '0 (from the graph)'} | ${r.served_path_us > 0 ? `${(r.general_path_us / r.served_path_us).toFixed(1)}×` : '–'} |`),
   ];
   writeBlock(DOCS, 'sampling', body.join('\n'), (text, block) => `${text.trimEnd()}\n\n## Sampling (\`--only sampling\`)\n\n${block}\n`);
-  if (src !== KEPT) copyFileSync(src, KEPT);
+  figures.keep();
   console.log(`docs/benchmarks.md: sampling figures of ${run.date}${run.quick ? ' (quick run)' : ''} from ${src}`);
 }

@@ -2,26 +2,23 @@
 // `spinning`, from the latest `npm run bench -- --only spinning` (bench/results/latest.json when
 // that run has it), else the copy kept in docs/figures/spinning.json (to re-render); the run's JSON
 // is kept there.
-import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { writeBlock } from './markers.ts';
+import { figuresSource } from './figures-source.ts';
 
 const here = (p: string): string => fileURLToPath(new URL(p, import.meta.url));
-const LATEST = here('./results/latest.json');
-const KEPT = here('../docs/figures/spinning.json');
 const DOCS = here('../docs/benchmarks.md');
 
 interface Step { weights: string; case: string; off_ms: number; during_run_ms: number; always_ms: number; speedup_during_run: number }
 interface Idle { weights: string; off_cpu_ms: number; during_run_cpu_ms: number; always_cpu_ms: number }
 interface Run { date: string; cores: number; cpus: string; node: string; quick?: boolean; spinning?: { rounds: number; steps_per_round: number; steps: Step[]; idle_cpu: Idle[] } }
 
-const read = (file: string): Run => JSON.parse(readFileSync(file, 'utf8')) as Run;
-const src = existsSync(LATEST) && read(LATEST).spinning ? LATEST : existsSync(KEPT) ? KEPT : null;
+const figures = figuresSource<Run>('spinning', 'spinning');
 
-if (!src) {
+if (!figures) {
   console.log('no spinning figures yet: run `npm run bench -- --only spinning`');
 } else {
-  const run = read(src);
+  const { run, file: src } = figures;
   const m = run.spinning!;
   const ms = (v: number): string => v.toFixed(2);
   const cases: Record<string, string> = { b1_ctx16: 'batch 1, context 16', b1_ctx512: 'batch 1, context 512 (lane 640)', b16_ctx16: 'batch 16, context 16' };
@@ -42,6 +39,6 @@ if (!src) {
     ...m.idle_cpu.map((r) => `| ${r.weights} | ${r.off_cpu_ms.toFixed(0)} | ${r.during_run_cpu_ms.toFixed(0)} | ${r.always_cpu_ms.toFixed(0)} |`),
   ];
   writeBlock(DOCS, 'spinning', body.join('\n'), (text, block) => `${text.trimEnd()}\n\n## Intra-op spinning (\`--only spinning\`)\n\n${block}\n`);
-  if (src !== KEPT) copyFileSync(src, KEPT);
+  figures.keep();
   console.log(`docs/benchmarks.md: spinning figures of ${run.date}${run.quick ? ' (quick run)' : ''} from ${src}`);
 }

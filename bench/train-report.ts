@@ -4,13 +4,12 @@
 //     from the latest `npm run bench -- --only train` (kept in docs/figures/train.json);
 //   - README.md, block `train`: the same, and the pirate demo adapter's run (its training args,
 //     held-out loss before and after, loss curve), read from models/default-adapters/pirate/.
-import { copyFileSync, existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { before, writeBlock } from './markers.ts';
+import { figuresSource } from './figures-source.ts';
 
 const here = (p: string): string => fileURLToPath(new URL(p, import.meta.url));
-const LATEST = here('./results/latest.json');
-const KEPT = here('../docs/figures/train.json');
 const DOCS = here('../docs/benchmarks.md');
 const README = here('../README.md');
 const PIRATE = here('../models/default-adapters/pirate');
@@ -22,13 +21,12 @@ interface TrainFigures {
 }
 interface Run { date: string; cores: number; cpus: string; node: string; quick?: boolean; train?: TrainFigures }
 
-const read = (file: string): Run => JSON.parse(readFileSync(file, 'utf8')) as Run;
-const src = existsSync(LATEST) && read(LATEST).train ? LATEST : existsSync(KEPT) ? KEPT : null;
+const figures = figuresSource<Run>('train', 'train');
 const f = (v: number, d = 0): string => v.toFixed(d);
 
 const lines: string[] = [];
-if (src) {
-  const run = read(src);
+if (figures) {
+  const { run } = figures;
   const t = run.train!;
   const day = run.date.slice(0, 10);
   const machine = `${run.cores}-core ${run.cpus}, Node ${run.node}`;
@@ -44,7 +42,7 @@ if (src) {
       `${t.train_step_ms.map((x) => f(x)).join(' ')} | ${t.prefill_step_ms.map((x) => f(x)).join(' ')} | ${f(t.optimizer_step_ms, 1)} | ${f(t.peak_rss_mb)} |`,
   ];
   writeBlock(DOCS, 'train', body.join('\n'), (text, block) => `${text.trimEnd()}\n\n## Training (\`--only train\`)\n\n${block}\n`);
-  if (src !== KEPT) copyFileSync(src, KEPT);
+  figures.keep();
   lines.push(`Training speed on the synthetic 110M model, batch ${t.batch} × ${t.seq_len}, rank ${t.rank} on all targets: ${f(t.train_tok_s)} training tokens/s against ` +
     `${f(t.prefill_tok_s)} prefill tokens/s on the same batch shape (${f(t.train_over_prefill, 2)}×; target ≥ ${t.target_ratio}), peak RSS ${f(t.peak_rss_mb)} MB ` +
     `(${day}, docs/benchmarks.md).`);
@@ -65,5 +63,5 @@ if (existsSync(`${PIRATE}/metrics.jsonl`) && existsSync(`${PIRATE}/training_args
 }
 if (lines.length) {
   writeBlock(README, 'train', lines.join('\n'), before('## Configuration'));
-  console.log(`README.md${src ? ' and docs/benchmarks.md' : ''}: trainer figures${src ? ` of ${read(src).date}` : ''}`);
+  console.log(`README.md${figures ? ' and docs/benchmarks.md' : ''}: trainer figures${figures ? ` of ${figures.run.date}` : ''}`);
 } else console.log('no trainer figures yet: run `npm run bench -- --only train` (and `npm run make-demo-adapters`)');

@@ -11,24 +11,24 @@ import { collectGarbage } from './collect-garbage.ts';
 
 interface Trim { now(pad: number): number; later(pad: number, done: (err: unknown) => void): void }
 
-let trim: Trim | null | undefined;
+let loaded: Trim | null | undefined;
 
-function loadTrim(): Trim | null {
-  if (process.platform !== 'linux') return null;
-  // only a glibc process has malloc_trim; musl's libc has another name and no such function
-  const glibc = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header?.glibcVersionRuntime;
-  if (!glibc) return null;
+// malloc_trim from glibc, loaded once; null elsewhere: no libc.so.6 (musl, macOS, Windows), or one
+// without the symbol (a compatibility shim), which koffi reports by throwing
+function trimFn(): Trim | null {
+  if (loaded !== undefined) return loaded;
+  loaded = null;
+  if (process.platform !== 'linux') return loaded;
   try {
     const fn = koffi.load('libc.so.6').func('int malloc_trim(size_t pad)');
-    return { now: (pad) => fn(pad) as number, later: (pad, done) => fn.async(pad, (err: unknown) => done(err)) };
-  } catch {
-    return null;
-  }
+    loaded = { now: (pad) => fn(pad) as number, later: (pad, done) => fn.async(pad, (err: unknown) => done(err)) };
+  } catch { /* not glibc */ }
+  return loaded;
 }
 
 // True when the call was made (it returns whether any memory went back; that is not ours to report).
 export function releaseFreedMemory(): boolean {
-  if (trim === undefined) trim = loadTrim();
+  const trim = trimFn();
   if (!trim) return false;
   trim.now(0);
   return true;
@@ -38,10 +38,9 @@ export function releaseFreedMemory(): boolean {
 // tens of ms; the engine calls this after a merged-weights session is built or dropped, while steps
 // run). Resolves to whether the call was made; never rejects.
 export function releaseFreedMemoryLater(): Promise<boolean> {
-  if (trim === undefined) trim = loadTrim();
-  const t = trim;
-  if (!t) return Promise.resolve(false);
-  return new Promise((resolve) => t.later(0, (err) => resolve(!err)));
+  const trim = trimFn();
+  if (!trim) return Promise.resolve(false);
+  return new Promise((resolve) => trim.later(0, (err) => resolve(!err)));
 }
 
 // After a big piece of work whose arrays are garbage once the caller returns (a merged-weights

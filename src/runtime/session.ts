@@ -16,7 +16,7 @@ export interface SessionOptions {
   useExternalData?: boolean;     // force the external-data path (tests); default: only above ~1.8 GB
   memoryPattern?: boolean;       // onnxruntime's memory-pattern planning (default on); the training
                                  // graph turns it off: ~800 MB more and a slow extra warm-up run there
-  spinning?: Spinning;           // default 'during-run'; the others are for the spinning bench's comparison
+  spinning?: Spinning;           // default 'during-run'; 'off' for fine-tuning jobs beside the engine (trainer.ts); all three in the spinning bench
 }
 
 export async function createSession(graph: Graph, opts: SessionOptions = {}): Promise<ort.InferenceSession> {

@@ -1,4 +1,4 @@
-// npm run bench [-- --only memory|runtime|lora|batching|serving|train|merge|mixture|quant|sampling|spinning (repeatable)] [-- --quick]
+// npm run bench [-- --only memory|runtime|lora|batching|serving|train|merge|mixture|quant|sampling|spinning|kv (repeatable)] [-- --quick]
 //   serving only: [-- --itl-target-ms N (default: the server's, 200)] [-- --scheduling goodput|strict (default goodput)]
 // Then `npm run bench:report` writes docs/benchmarks.md's serving section and the README's summary
 // from bench/results/latest.json.
@@ -17,6 +17,7 @@ import { mixtureBench } from './mixture-bench.ts';
 import { quantBench } from './quant-bench.ts';
 import { samplingBench } from './sampling-bench.ts';
 import { spinningBench } from './spinning-bench.ts';
+import { kvDtypeProbe } from './kv-dtype-probe.ts';
 import type { Scheduling } from './serving-suite.ts';
 
 const { values } = parseArgs({ options: {
@@ -52,6 +53,7 @@ if (want('mixture')) results.mixture = await mixtureBench({ quick: values.quick 
 if (want('quant')) results.quant = await quantBench({ quick: values.quick });
 if (want('sampling')) results.sampling = await samplingBench({ quick: values.quick });
 if (want('spinning')) results.spinning = await spinningBench({ quick: values.quick });
+if (want('kv')) results.kv = await kvDtypeProbe({ quick: values.quick });
 
 const dir = fileURLToPath(new URL('./results/', import.meta.url));
 mkdirSync(dir, { recursive: true });

@@ -195,6 +195,7 @@ export async function servingBench(o: ServingSuiteOptions): Promise<Record<strin
     // output tok/s if the wall time were only the engine's steps: what a faster step would buy,
     // apart from scheduling and the time between steps
     const atSteps = (c: ServingCase): number => c.total_output_tokens / (c.server?.step_s ?? NaN);
+    const ceiling = scaleCeiling({ single: singleTokS, adapters: d32, base: b32, prefillTokS: prefill.adapter, inputLen, outputLen, factor: 3 });
     const checks: Check[] = [
       check('ideal_8x8', `8 concurrent × ${lens} on 8 distinct adapters: output tok/s ≥ 0.8× the ideal`,
         i8.measured_over_ideal as number, '>=', 0.8, '×',
@@ -204,7 +205,8 @@ export async function servingBench(o: ServingSuiteOptions): Promise<Record<strin
         `ITL median ${fmt(d8.median_itl_ms, 1)} ms, max ${fmt(d8.max_itl_ms, 0)} ms${flagsAccepted ? '' : '; the server did not take --itl-target-ms'}`),
       check('scale_32', `32 concurrent × ${lens} on 32 distinct rank-16 adapters: output tok/s ≥ 3× one stream's (the mean of one stream just before and just after it)`,
         d32.output_throughput / singleTokS, '>=', 3, '×',
-        `${fmt(d32.output_throughput, 1)} vs ${fmt(singleTokS, 1)} tok/s (1 stream on 1 adapter, just before and after: ${singleAround.map((m) => fmt(m.output_throughput, 1)).join(' and ')}; the 1× case minutes earlier: ${fmt(one1.output_throughput, 1)}, ${fmt(d32.output_throughput / one1.output_throughput)}×); ${fmt(atSteps(d32) / atSteps(one1), 2)}× at the engine's own step time, nothing between steps (steps ${fmt(d32.server?.step_s ?? NaN, 1)} of ${fmt(d32.duration_s, 1)} s and ${fmt(one1.server?.step_s ?? NaN, 2)} of ${fmt(one1.duration_s, 2)} s)`),
+        `${fmt(d32.output_throughput, 1)} vs ${fmt(singleTokS, 1)} tok/s (1 stream on 1 adapter, just before and after: ${singleAround.map((m) => fmt(m.output_throughput, 1)).join(' and ')}; the 1× case minutes earlier: ${fmt(one1.output_throughput, 1)}, ${fmt(d32.output_throughput / one1.output_throughput)}×); ${fmt(atSteps(d32) / atSteps(one1), 2)}× at the engine's own step time, nothing between steps (steps ${fmt(d32.server?.step_s ?? NaN, 1)} of ${fmt(d32.duration_s, 1)} s and ${fmt(one1.server?.step_s ?? NaN, 2)} of ${fmt(one1.duration_s, 2)} s). ` +
+        `Ceiling: 3× is ${fmt(ceiling.target_wall_s, 1)} s for the case; its ${ceiling.prompts} prompts prefilled at the single-prompt rate (${fmt(ceiling.prefill_tok_s, 0)} tok/s) take ${fmt(ceiling.prefill_s, 1)} s of it, leaving ${fmt(ceiling.step_budget_ms, 0)} ms per batch-${ceiling.prompts} decode step against ${fmt(ceiling.step_ms, 0)} ms measured (base model: ${fmt(ceiling.base_step_ms, 0)} ms); the base model under the same load, with no LoRA work, reaches ${fmt(ceiling.base_over_single)}× the same stream`),
       check('vs_base_32', `32 concurrent × ${lens} on 32 distinct rank-16 adapters: output tok/s ≥ 0.8× the same load on the base model`,
         d32.output_throughput / b32.output_throughput, '>=', 0.8, '×',
         `${fmt(d32.output_throughput, 1)} vs ${fmt(b32.output_throughput, 1)} tok/s`),
@@ -233,9 +235,40 @@ export async function servingBench(o: ServingSuiteOptions): Promise<Record<strin
       ideal: { formula, prefill_tok_s: prefill, decode_probe: decodeProbe, decode_probe_short_ctx: shortProbe, by_case: Object.fromEntries(ideal.map((r) => [r.case, r])) },
       served_vs_plain: b1,
       scale_single_around_tok_s: singleAround.map((m) => m.output_throughput), // scale_32's denominator: one stream just before and after the 32-adapter case
+      scale_ceiling: ceiling,
       rank_after_rank64: rank,
     };
   } finally {
     await server.stop();
   }
+}
+
+// What scale_32's bound leaves for the batched decode steps, from the run's own figures: the case's
+// wall time at `factor` × the single stream's output tok/s, less its prompts prefilled one after
+// another at the measured single-prompt rate (prefill is compute-bound here: batching prompts does
+// not make it cheaper), spread over the output-len − 1 decode steps; beside it the batch steps the
+// case measured (/metrics), and where the base model under the same load lands.
+export interface ScaleCeiling {
+  factor: number;
+  prompts: number;
+  target_wall_s: number;     // output tokens / (factor × single tok/s)
+  prefill_tok_s: number;     // the single-prompt adapter prefill rate (prompt tokens / TTFT)
+  prefill_s: number;         // prompts × input-len / that rate
+  step_budget_ms: number;    // (target_wall_s − prefill_s) / (output-len − 1)
+  step_ms: number;           // the case's mean decode step (/metrics)
+  base_step_ms: number;      // the base model's under the same load
+  base_over_single: number;  // the base model's output tok/s under the same load / the single stream's
+}
+
+export function scaleCeiling(o: { single: number; adapters: ServingCase; base: ServingCase; prefillTokS: number; inputLen: number; outputLen: number; factor: number }): ScaleCeiling {
+  const prompts = o.adapters.num_prompts;
+  const targetWallS = o.adapters.total_output_tokens / (o.factor * o.single);
+  const prefillS = (prompts * o.inputLen) / o.prefillTokS;
+  return {
+    factor: o.factor, prompts, target_wall_s: targetWallS, prefill_tok_s: o.prefillTokS, prefill_s: prefillS,
+    step_budget_ms: ((targetWallS - prefillS) / (o.outputLen - 1)) * 1000,
+    step_ms: o.adapters.server?.mean_decode_step_ms ?? NaN,
+    base_step_ms: o.base.server?.mean_decode_step_ms ?? NaN,
+    base_over_single: o.base.output_throughput / o.single,
+  };
 }

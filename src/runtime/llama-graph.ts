@@ -6,8 +6,8 @@
 // decode step's single pass over the weights; attention runs per group.
 //   inputs   group_sizes [2] int64 (B_g·S_g), and per group g:
 //            input_ids.g, position_ids.g [B_g,S_g] int64, attention_bias.g [B_g,1,rep·S_g,P_g+S_g]
-//            (0 or -1e9; built by step.ts), past_key.g.l [B_g,Hkv,d,P_g] (keys transposed),
-//            past_value.g.l [B_g,Hkv,P_g,d]: the KV cache, fed in place from the lane arenas
+//            (0 or -1e9; built by step.ts), past_key.g.l and past_value.g.l [B_g,Hkv,P_g,d]:
+//            the KV cache, fed in place from the lane arenas
 //            (P_g may exceed a row's length: the bias masks the rest)
 //            logit_rows [R] int64: flat token indices whose logits are wanted
 //            hidden_rows [H] int64: flat token indices whose final hidden states are wanted (embeddings)
@@ -319,7 +319,7 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
   const positions = b.op('Concat', active.map((i) => b.op('Reshape', [gs[i].positions, groups.shape(b, i, ['N', 1])], { allowzero: int(1) })), { axis: int(0) });
   // per group: [P_g, S_g], the widths of the past and the new part of its attention scores
   const splitSizes = gs.map((g, i) => !active.includes(i) ? '' : b.op('Concat', [
-    b.op('Slice', [b.op('Shape', [`past_key.${i}.0`]), b.int64([3]), b.int64([4])]),
+    b.op('Slice', [b.op('Shape', [`past_key.${i}.0`]), b.int64([2]), b.int64([3])]),
     b.op('Slice', [b.op('Shape', [g.ids]), b.int64([1]), b.int64([2])]),
   ], { axis: int(0) }));
 
@@ -345,17 +345,20 @@ export function buildLlamaGraph(cfg: ModelConfig, weights: Weights, opts: LlamaG
 
     const attnParts = active.map((i) => {
       const g = gs[i];
-      const pastKT = b.input(`past_key.${i}.${l}`, 'float32', [`batch_${i}`, Hkv, d, `past_${i}`]); // Kᵀ per kv head
+      const pastK = b.input(`past_key.${i}.${l}`, 'float32', [`batch_${i}`, Hkv, `past_${i}`, d]);
       const pastV = b.input(`past_value.${i}.${l}`, 'float32', [`batch_${i}`, Hkv, `past_${i}`, d]);
       // Q: [B,S,H·d] → [B,Hkv,rep·S,d]; query head a = g·rep + r uses kv head g (repeat_kv)
       const q5 = b.op('Transpose', [b.op('Reshape', [groups.to3d(b, qRot[i], i, H * d), b.int64([0, 0, Hkv, rep, d])])], { perm: ints([0, 2, 3, 1, 4]) });
       const qG = b.op('Reshape', [q5, groups.shape(b, i, ['B', Hkv, ['S', rep], d])], { allowzero: int(1) });
-      // new keys/values of this step: kᵀ [B,Hkv,d,S], v [B,Hkv,S,d]
-      const kNewT = b.op('Transpose', [b.op('Reshape', [groups.to3d(b, kRot[i], i, kvDim), b.int64([0, 0, Hkv, d])])], { perm: ints([0, 2, 3, 1]) });
-      const vNew = b.op('Transpose', [b.op('Reshape', [groups.to3d(b, vs[i], i, kvDim), b.int64([0, 0, Hkv, d])])], { perm: ints([0, 2, 1, 3]) });
-      // scores against the cached past and the new tokens, side by side: [B,Hkv,rep·S,P+S]
-      // (the cache is read in place: no concat of the past with the new rows)
-      const scores = b.op('Concat', [b.op('MatMul', [qG, pastKT]), b.op('MatMul', [qG, kNewT])], { axis: int(-1) });
+      // new keys/values of this step: [B,Hkv,S,d]
+      const heads = (t: string): string => b.op('Transpose', [b.op('Reshape', [groups.to3d(b, t, i, kvDim), b.int64([0, 0, Hkv, d])])], { perm: ints([0, 2, 1, 3]) });
+      const kNew = heads(kRot[i]);
+      const vNew = heads(vs[i]);
+      // scores against the cached past and the new tokens, side by side: [B,Hkv,rep·S,P+S]. The
+      // cache is read in place (no concat of the past with the new rows), the keys as stored,
+      // position-major: FusedMatMul's transB multiplies by Kᵀ inside the GEMM (docs/architecture.md)
+      const timesKT = (keys: string): string => b.op('FusedMatMul', [qG, keys], { transB: int(1) }, { domain: 'com.microsoft' });
+      const scores = b.op('Concat', [timesKT(pastK), timesKT(kNew)], { axis: int(-1) });
       const probs = b.op('Softmax', [b.op('Add', [scores, g.bias])], { axis: int(-1) });
       const [probsPast, probsNew] = b.opN('Split', [probs, splitSizes[i]], 2, { axis: int(-1) });
       const ctx = b.op('Add', [b.op('MatMul', [probsPast, pastV]), b.op('MatMul', [probsNew, vNew])]); // [B,Hkv,rep·S,d]

@@ -190,9 +190,11 @@ export class StepRunner {
     feeds[`attention_bias.${g}`] = new ort.Tensor('float32', bias, [B, 1, rep * S, T]);
     const { numKvHeads: Hkv, headDim: d } = cfg;
     const rowFloats = kv.rowFloats;
+    // rows [lo, hi) of the arena, in place: keys and values share the layout [B, Hkv, P, d]
+    const past = (a: Float32Array): ort.Tensor => new ort.Tensor('float32', P === 0 ? new Float32Array(0) : a.subarray(lo * rowFloats, hi * rowFloats), [B, Hkv, P, d]);
     for (let l = 0; l < cfg.numLayers; l++) {
-      feeds[`past_key.${g}.${l}`] = P === 0 ? new ort.Tensor('float32', new Float32Array(0), [B, Hkv, d, 0]) : new ort.Tensor('float32', kv.keysT[l].subarray(lo * rowFloats, hi * rowFloats), [B, Hkv, d, P]);
-      feeds[`past_value.${g}.${l}`] = P === 0 ? new ort.Tensor('float32', new Float32Array(0), [B, Hkv, 0, d]) : new ort.Tensor('float32', kv.values[l].subarray(lo * rowFloats, hi * rowFloats), [B, Hkv, P, d]);
+      feeds[`past_key.${g}.${l}`] = past(kv.keys[l]);
+      feeds[`past_value.${g}.${l}`] = past(kv.values[l]);
     }
     return { lo, B, S, offset };
   }
@@ -204,7 +206,7 @@ export class StepRunner {
     feeds[`position_ids.${g}`] = new ort.Tensor('int64', new BigInt64Array(0), [0, 1]);
     feeds[`attention_bias.${g}`] = new ort.Tensor('float32', new Float32Array(0), [0, 1, this.rep, 1]);
     for (let l = 0; l < this.cfg.numLayers; l++) {
-      feeds[`past_key.${g}.${l}`] = new ort.Tensor('float32', new Float32Array(0), [0, Hkv, d, 0]);
+      feeds[`past_key.${g}.${l}`] = new ort.Tensor('float32', new Float32Array(0), [0, Hkv, 0, d]);
       feeds[`past_value.${g}.${l}`] = new ort.Tensor('float32', new Float32Array(0), [0, Hkv, 0, d]);
     }
   }

@@ -49,15 +49,31 @@ export async function resolveTarget(job: GenerationJob, deps: GenerationDeps): P
   if (sel.kind === 'adapter') return { adapter: resolveAdapter(sel.name, deps.modelName, deps.registry), mixture: null, label: sel.name, routed: null };
   if (sel.kind === 'mixture') return mixtureTarget(sel.parts, deps, null);
   if (!deps.router) throw invalidField('model', `semantic routing ("auto") is off on this server`);
-  const decision = await deps.router.decide(await deps.embedText(job.routingText), sel.mix);
-  const routed = (label: string): void => { deps.metrics.routingDecisions.inc({ adapter: label }); };
-  if (decision.mixture) {
-    const t = mixtureTarget(decision.mixture, deps, decision);
-    routed('mixture');
-    return t;
+  const query = await deps.embedText(job.routingText);
+  // The router sees the adapters that are ready when it scores, and then awaits their examples'
+  // embeddings: meanwhile its choice may start unloading, fail a reload or be deleted. Then it
+  // decides again, without it, a few times at most, rather than answer 503 or 404 for an adapter
+  // the client never named.
+  for (let attempt = 1; ; attempt++) {
+    const decision = await deps.router.decide(query, sel.mix);
+    let target: Target;
+    try {
+      target = routedTarget(decision, deps);
+    } catch (err) {
+      const gone = err instanceof LoraserveError && (err.code === 'unavailable' || err.code === 'model_not_found');
+      if (!gone || attempt >= ROUTE_ATTEMPTS) throw err;
+      continue;
+    }
+    deps.metrics.routingDecisions.inc({ adapter: decision.mixture ? 'mixture' : decision.adapter ?? 'base' });
+    return target;
   }
+}
+
+const ROUTE_ATTEMPTS = 3;
+
+function routedTarget(decision: RouteDecision, deps: GenerationDeps): Target {
+  if (decision.mixture) return mixtureTarget(decision.mixture, deps, decision);
   const name = decision.adapter;
-  routed(name ?? 'base');
   return name === null ? { adapter: null, mixture: null, label: deps.modelName, routed: decision } : { adapter: resolveAdapter(name, deps.modelName, deps.registry), mixture: null, label: name, routed: decision };
 }
 

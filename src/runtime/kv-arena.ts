@@ -4,7 +4,8 @@
 //   keys[l], values[l]: [rows, Hkv, capacity, d]
 // Position-major, so a new token's key is one contiguous run of d floats per head. (Until
 // 2026-12-04 keys were stored transposed, [rows, Hkv, d, capacity], for a plain MatMul: writing one
-// token then touched a cache line per float, ~7 ms of a batch-32 decode step on the 110M model.)
+// token then touched a cache line per float: 5.6 ms against 1.0 ms now, in isolation, for one token
+// of 32 rows over the 110M model's 12 layers.)
 // Row r holds positions [0, lengths[r]); the attention bias masks the rest. The capacity is fixed
 // (lanes.ts keeps one arena per capacity class); rows grow geometrically, a freed row is reused.
 //

@@ -54,14 +54,24 @@ export async function resolveTarget(job: GenerationJob, deps: GenerationDeps): P
   // embeddings: meanwhile its choice may start unloading, fail a reload or be deleted. Then it
   // decides again, without it, a few times at most, rather than answer 503 or 404 for an adapter
   // the client never named.
+  // If deciding again fails (its choice was the last adapter with examples: a 400 that would
+  // advise adding examples), the request fails with the first choice's own error (a 503 with
+  // Retry-After, or a 404).
+  let gone: LoraserveError | null = null;
   for (let attempt = 1; ; attempt++) {
-    const decision = await deps.router.decide(query, sel.mix);
+    let decision: RouteDecision;
+    try {
+      decision = await deps.router.decide(query, sel.mix);
+    } catch (err) {
+      throw gone ?? err;
+    }
     let target: Target;
     try {
       target = routedTarget(decision, deps);
     } catch (err) {
-      const gone = err instanceof LoraserveError && (err.code === 'unavailable' || err.code === 'model_not_found');
-      if (!gone || attempt >= ROUTE_ATTEMPTS) throw err;
+      const unservable = err instanceof LoraserveError && (err.code === 'unavailable' || err.code === 'model_not_found');
+      if (!unservable || attempt >= ROUTE_ATTEMPTS) throw err;
+      gone ??= err;
       continue;
     }
     deps.metrics.routingDecisions.inc({ adapter: decision.mixture ? 'mixture' : decision.adapter ?? 'base' });

@@ -3,7 +3,7 @@
 // its choice may be unloading (or gone) by the time the request resolves it. The request is then
 // routed again without it, rather than failing for an adapter the client never named; and it fails
 // with the adapter's own error only when that keeps happening.
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { resolveTarget } from '../../src/server/generation.ts';
 import type { GenerationDeps } from '../../src/server/generation.ts';
 import { SemanticRouter } from '../../src/server/semantic-routing.ts';
@@ -16,8 +16,8 @@ type Status = 'ready' | 'unloading' | 'failed';
 const EXAMPLES: Record<string, number[]> = { a: [1, 0, 0], b: [0.7, 0.7, 0], c: [0, 0, 1] };
 const QUERY = [0.95, 0.3, 0];
 
-function setup(opts: { onEmbed?: (name: string) => void; routerSees?: () => string[] } = {}) {
-  const status = new Map<string, Status>([['a', 'ready'], ['b', 'ready'], ['c', 'ready']]);
+function setup(opts: { onEmbed?: (name: string) => void; routerSees?: () => string[]; only?: string[]; get?: (name: string) => unknown } = {}) {
+  const status = new Map<string, Status>((opts.only ?? ['a', 'b', 'c']).map((n) => [n, 'ready']));
   const decided: string[] = [];
   const embedCalls: string[] = [];
   const ready = (): string[] => [...status].filter(([, s]) => s === 'ready').map(([n]) => n);
@@ -32,13 +32,14 @@ function setup(opts: { onEmbed?: (name: string) => void; routerSees?: () => stri
   const deps = {
     modelName: 'base',
     maxMixture: 4,
-    registry: { has: (n: string) => status.has(n), get: (n: string) => (status.has(n) ? { name: n, status: status.get(n) } : undefined) },
+    registry: { has: (n: string) => status.has(n), get: opts.get ?? ((n: string) => (status.has(n) ? { name: n, status: status.get(n) } : undefined)) },
     router,
     embedText: async () => QUERY,
     metrics: { routingDecisions: { inc: (l: { adapter: string }) => { decided.push(l.adapter); } } },
   } as unknown as GenerationDeps;
   const job = { model: 'auto', adapters: null, routingText: 'a prompt' } as unknown as GenerationJob;
-  return { status, deps, job, decided, embedCalls };
+  const decide = vi.spyOn(router, 'decide');
+  return { status, deps, job, decided, embedCalls, decide };
 }
 
 describe('"auto" routing while adapters change', () => {
@@ -65,13 +66,43 @@ describe('"auto" routing while adapters change', () => {
     expect((await resolveTarget(t.job, t.deps)).adapter).toBe('b');
   });
 
-  it('when every decision meets an adapter that cannot serve, the request fails with its 503 after a few tries', async () => {
+  it('when every decision meets an adapter that cannot serve, the request fails with its 503 after three decisions', async () => {
     const t = setup({ routerSees: () => ['a', 'b', 'c'] }); // a router whose view never catches up
     t.status.set('a', 'unloading');
     const err = await resolveTarget(t.job, t.deps).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(LoraserveError);
     expect((err as LoraserveError).code).toBe('unavailable');
     expect((err as LoraserveError).message).toContain("adapter 'a' is being unloaded");
+    expect(t.decide).toHaveBeenCalledTimes(3);
     expect(t.decided).toEqual([]);
+  });
+
+  it('when the choice was the last adapter with examples, the request fails with its 503, not the 400 of "no examples"', async () => {
+    let s: Map<string, Status> | null = null;
+    const t = setup({ only: ['a'], onEmbed: (name) => { if (name === 'a') s!.set('a', 'unloading'); } });
+    s = t.status;
+    const err = await resolveTarget(t.job, t.deps).catch((e: unknown) => e);
+    expect((err as LoraserveError).code).toBe('unavailable');
+    expect((err as LoraserveError).retryAfterSeconds).toBe(1);
+    expect(t.decide).toHaveBeenCalledTimes(2);
+  });
+
+  it('any other failure resolving the choice is not retried', async () => {
+    const t = setup({ get: () => { throw new LoraserveError('internal', 'registry broke'); } });
+    const err = await resolveTarget(t.job, t.deps).catch((e: unknown) => e);
+    expect((err as LoraserveError).code).toBe('internal');
+    expect(t.decide).toHaveBeenCalledTimes(1);
+  });
+
+  it('auto:mix: a blend part that starts unloading is blended again without it', async () => {
+    let s: Map<string, Status> | null = null;
+    const t = setup({ onEmbed: (name) => { if (name === 'b') s!.set('b', 'unloading'); } });
+    s = t.status;
+    t.job.model = 'auto:mix';
+    const target = await resolveTarget(t.job, t.deps);
+    expect(target.mixture?.map((p) => p.name)).not.toContain('b');
+    expect(target.mixture?.length).toBeGreaterThan(0);
+    expect(t.decide).toHaveBeenCalledTimes(2);
+    expect(t.decided).toEqual(['mixture']);
   });
 });

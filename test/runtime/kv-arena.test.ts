@@ -80,15 +80,21 @@ describe('KV arena layout', () => {
           t0 += count;
         }
         const bigger = new KvArena(layers, heads, d, capacity + 3);
-        bigger.ensure(rows);
-        kv.copyRow(row, bigger, row);
-        expect(bigger.lengths[row]).toBe(t0);
-        for (const a of [kv, bigger]) {
-          for (let l = 0; l < layers; l++) for (let t = 0; t < t0; t++) for (let g = 0; g < heads; g++) for (let j = 0; j < d; j++) {
-            const at = ((row * heads + g) * a.capacity + t) * d + j;
-            expect(a.keys[l][at]).toBe(keyOf(l, t, g, j));
-            expect(a.values[l][at]).toBe(-keyOf(l, t, g, j));
+        bigger.ensure(rows + 1);
+        const dstRow = (row + 1) % (rows + 1); // another row of the bigger arena
+        kv.copyRow(row, bigger, dstRow);
+        expect(bigger.lengths[dstRow]).toBe(t0);
+        for (const [a, r] of [[kv, row], [bigger, dstRow]] as const) {
+          let nonzero = 0;
+          for (let l = 0; l < layers; l++) {
+            for (let t = 0; t < t0; t++) for (let g = 0; g < heads; g++) for (let j = 0; j < d; j++) {
+              const at = ((r * heads + g) * a.capacity + t) * d + j;
+              expect(a.keys[l][at]).toBe(keyOf(l, t, g, j));
+              expect(a.values[l][at]).toBe(-keyOf(l, t, g, j));
+            }
+            for (const arr of [a.keys[l], a.values[l]]) for (const x of arr) if (x !== 0) nonzero++;
           }
+          expect(nonzero).toBe(2 * layers * t0 * heads * d); // nothing written anywhere else
         }
       },
     ), { numRuns: 60 });

@@ -53,6 +53,15 @@ export function checkAdapterName(name: unknown, param = 'name'): string {
   return name;
 }
 
+// Names a new adapter may not take: `model: "auto"` asks for semantic routing (server/model-selector.ts),
+// so an adapter of that name would take routing over. (Adapters stored under it before this rule
+// still load at start-up: nothing on disk is dropped.)
+export const RESERVED_NAMES: readonly string[] = ['auto'];
+
+export function checkNewAdapterName(name: string, param = 'name'): void {
+  if (RESERVED_NAMES.includes(name.toLowerCase())) throw invalidField(param, `'${name}' is reserved: model "${name.toLowerCase()}" asks for semantic routing; choose another name`);
+}
+
 const STAGING = '.staging';
 const MARKER = '.replacing-';
 const OLD = '.old-';

@@ -117,6 +117,9 @@ export function adapterVersion(files: AdapterFiles): string {
 
 export function decodeAdapter(files: AdapterFiles, model: ModelConfig, limits: AdapterLimits): DecodeResult {
   const problems: string[] = [];
+  // the limit reading a directory applies (readAdapterDir), on every path in: an upload over it
+  // would serve now and fail to load back after a restart
+  if (files.config.byteLength > MAX_CONFIG_BYTES) problems.push(`${CONFIG_FILE} is ${files.config.byteLength} bytes, over the limit of ${MAX_CONFIG_BYTES} (1 MiB)`);
   let rawConfig: unknown;
   try {
     rawConfig = JSON.parse(new TextDecoder().decode(files.config));

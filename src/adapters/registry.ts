@@ -15,7 +15,7 @@ import type { AdapterFiles, LoraAdapter } from './lora-adapter.ts';
 import { existsSync, lstatSync, readdirSync } from 'node:fs';
 import { readWhole } from './read-file.ts';
 import { join, resolve } from 'node:path';
-import { ADAPTER_NAME, AdapterStore, checkAdapterName } from './adapter-store.ts';
+import { ADAPTER_NAME, AdapterStore, checkAdapterName, checkNewAdapterName } from './adapter-store.ts';
 import { PathRegistrations } from './path-registrations.ts';
 import type { PathRegistration } from './path-registrations.ts';
 import type { StagedWrite } from './adapter-store.ts';
@@ -281,6 +281,7 @@ export class AdapterRegistry {
   // `meta`: its description and routing examples (adapter-meta.ts), stored as loraserve.json.
   async upload(name: string, files: AdapterFiles, opts: { replace: boolean; recipe?: Record<string, unknown>; meta?: AdapterMeta }): Promise<AdapterInfo> {
     checkAdapterName(name);
+    checkNewAdapterName(name);
     return this.locked(name, async () => {
       // shared store: another replica may have changed the name on disk since the last poll; take
       // that over first, so that the replace check and the version kept for requests are right

@@ -94,7 +94,7 @@ export async function createModelRuntime(opts: RuntimeOptions): Promise<ModelRun
       hiddenSize: cfg.hiddenSize,
       weightBytes,
     },
-    limits: { numLayers: cfg.numLayers, numKvHeads: cfg.numKvHeads, headDim: cfg.headDim, maxContext, eosTokenIds: cfg.eosTokenIds },
+    limits: { numLayers: cfg.numLayers, numKvHeads: cfg.numKvHeads, headDim: cfg.headDim, maxContext, eosTokenIds: cfg.eosTokenIds, vocabSize: cfg.vocabSize },
     sessionOptions,
     readBase: (name) => reader.read(name),
     readServed: quant ? servedReader(cfg, quant, (name) => reader.read(name)) : (name) => reader.read(name),

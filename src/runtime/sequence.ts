@@ -8,6 +8,7 @@ import type { PenaltyState } from './sampler.ts';
 import { StopMatcher } from './stop-matcher.ts';
 import { StreamDecoder } from './tokenizer.ts';
 import type { TextTokenizer } from './tokenizer.ts';
+import { LoraserveError } from './errors.ts';
 import type { Lane } from './lanes.ts';
 import type { FinishReason, GenerateRequest, PromptLogprob, TokenEvent } from './generate-request.ts';
 
@@ -17,6 +18,7 @@ export interface SequenceLimits {
   headDim: number;
   maxContext: number;
   eosTokenIds: number[];
+  vocabSize: number;
 }
 
 export class Sequence {
@@ -41,6 +43,7 @@ export class Sequence {
   readonly enqueuedAt = performance.now();
 
   constructor(readonly id: string, readonly req: GenerateRequest, private readonly tok: TextTokenizer, private readonly limits: SequenceLimits) {
+    checkPrompt(req.promptTokens, limits);
     this.rng = new Rng(req.seed ?? randomSeed());
     this.prefillTokens = req.promptTokens;
     this.penalty = { seen: new Set(req.promptTokens), outputCounts: new Map() };
@@ -193,5 +196,19 @@ export class Sequence {
   // A cancelled or failed sequence ends without a 'done' event.
   cancel(): void {
     this.state = 'done';
+  }
+}
+
+// What a step can run: a prompt the server let through must still fit the model, or its step would
+// fail for every sequence in it (step.ts refuses a position past the context; an id past the vocab
+// would index past the embedding). The server checks requests field by field first; this is the
+// engine's own guard, so one bad request fails alone (engine-worker.ts answers it with an error).
+function checkPrompt(tokens: readonly number[], limits: SequenceLimits): void {
+  if (tokens.length === 0) throw new LoraserveError('invalid_request', 'the prompt has no tokens', { param: 'prompt' });
+  if (tokens.length > limits.maxContext) {
+    throw new LoraserveError('invalid_request', `the prompt has ${tokens.length} tokens; the model's context holds ${limits.maxContext}`, { param: 'prompt' });
+  }
+  for (const t of tokens) {
+    if (!Number.isInteger(t) || t < 0 || t >= limits.vocabSize) throw new LoraserveError('invalid_request', `prompt token id ${t} is outside the vocabulary [0, ${limits.vocabSize})`, { param: 'prompt' });
   }
 }

@@ -18,6 +18,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { AdapterRegistry, AdapterInfo } from '../adapters/registry.ts';
 import { CONFIG_FILE, WEIGHTS_FILE } from '../adapters/lora-adapter.ts';
 import { META_FILE, parseMeta } from '../adapters/adapter-meta.ts';
+import { checkNewAdapterName } from '../adapters/adapter-store.ts';
 import type { AdapterMeta } from '../adapters/adapter-meta.ts';
 import { invalidField, LoraserveError } from '../runtime/errors.ts';
 import type { EngineClient } from '../runtime/engine-client.ts';
@@ -117,6 +118,7 @@ export function registerAdapterRoutes(app: FastifyInstance, deps: AdapterRouteDe
 
   app.post('/v1/load_lora_adapter', { preValidation: admin, schema: schemas.load }, async (req, reply) => {
     const b = req.body as { lora_name: string; lora_path: string; load_inplace?: boolean | null };
+    checkNewAdapterName(b.lora_name, 'lora_name');
     const dir = resolveAdapterPath(b.lora_path, adapterPathRoots(registry.store.root, config.allowAdapterDirs));
     try {
       await counted(registry.loadDir(b.lora_name, dir, { replace: b.load_inplace === true, register: true }));

@@ -25,7 +25,7 @@ import { registerFineTuning } from './fine-tuning-routes.ts';
 import { fineTuningWs } from './fine-tuning-ws.ts';
 import { registerTokenizeRoutes } from './tokenize-routes.ts';
 import { Admission } from './generation.ts';
-import { embedTokens } from './embedder.ts';
+import { embedTokens, routingTokens } from './embedder.ts';
 import { registerRoutingRoutes } from './routing-routes.ts';
 import { SemanticRouter } from './semantic-routing.ts';
 import { errorBody } from './http-errors.ts';
@@ -116,12 +116,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     stallTimeoutMs: config.clientStallTimeoutMs,
     maxMixture: config.maxMixture,
     router: null,
-    embedText: async (text) => (await embedTokens(embedDeps, await deps.prompts.encode([text], true, 'prompt')))[0],
+    embedText: async (text) => (await embedTokens(embedDeps, await routingTokens(deps.prompts, [text], engine.info.maxContext, 'prompt')))[0],
   };
   // semantic routing: adapters with example prompts (loraserve.json), their embeddings cached per version
   completionDeps.router = new SemanticRouter(
-    async (texts) => embedTokens(embedDeps, await deps.prompts.encode(texts, true, 'examples')),
-    () => registry.list().filter((a) => a.status === 'ready').map((a) => ({ name: a.name, version: `${a.version}:${exampleKey(a.examples)}`, examples: a.examples })),
+    async (texts) => embedTokens(embedDeps, await routingTokens(deps.prompts, texts, engine.info.maxContext, 'examples')),
+    () => registry.list().filter((a) => a.status === 'ready').map((a) => ({ name: a.name, version: `${a.version}:${exampleKey(a.examples)}`, examples: a.examples, mixable: !a.useDora && a.rank > 0 })),
     { threshold: config.routeThreshold, mixTopK: config.routeMixK, mixTemperature: config.routeMixTemperature },
   );
 

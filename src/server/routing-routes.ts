@@ -7,13 +7,13 @@
 // as /v1/completions tokenizes a prompt (BOS added); token-id inputs are taken as they are.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { invalidField } from '../runtime/errors.ts';
-import { embedTokens } from './embedder.ts';
+import { embedTokens, routingTokens } from './embedder.ts';
 import { abortOnClose } from './client-abort.ts';
 import type { EmbedDeps } from './embedder.ts';
 import type { PromptPreparer } from './prompt-preparer.ts';
 import type { SemanticRouter } from './semantic-routing.ts';
 import { errorResponses, messagesSchema, modelSchema } from './request-schemas.ts';
-import { mixRoute, pickRoute } from '../adapters/semantic-router.ts';
+import { pickRoute } from '../adapters/semantic-router.ts';
 
 export interface RoutingRouteDeps extends EmbedDeps {
   modelName: string;
@@ -50,14 +50,14 @@ export function registerRoutingRoutes(app: FastifyInstance, deps: RoutingRouteDe
     if ((b.prompt == null) === (b.messages == null)) throw invalidField(b.prompt == null ? 'prompt' : 'messages', `send either 'prompt' or 'messages'`);
     const text = b.prompt ?? b.messages!.filter((m) => m.role === 'user').map((m) => m.content ?? '').join('\n');
     if (text.trim() === '') throw invalidField(b.prompt != null ? 'prompt' : 'messages', 'there is no text to route by');
-    const [ids] = await deps.prompts.encode([text], true, b.prompt != null ? 'prompt' : 'messages');
+    const [ids] = await routingTokens(deps.prompts, [text], deps.limits.maxContext, b.prompt != null ? 'prompt' : 'messages');
     const [query] = await embedTokens(deps, [ids], abortOnClose(req, reply));
     const scores = await deps.router.scores(query);
     const o = deps.router.options;
     return {
       object: 'route',
       adapter: pickRoute(scores, o.threshold),
-      mixture: mixRoute(scores, o.mixTopK, o.mixTemperature, o.threshold),
+      mixture: deps.router.mixture(scores),
       threshold: o.threshold,
       scores: scores.map((s) => ({ adapter: s.name, score: s.score })),
     };

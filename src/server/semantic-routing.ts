@@ -18,6 +18,7 @@ export interface RoutableAdapter {
   name: string;
   version: string;         // the adapter's version and its examples' hash: the cache key
   examples: string[];
+  mixable: boolean;        // may be part of an auto:mix blend (not DoRA, not merged weights only: mixture.ts)
 }
 
 export interface RouteDecision {
@@ -49,8 +50,17 @@ export class SemanticRouter {
     const scores = await this.scores(query);
     const o = this.options;
     if (!mix) return { adapter: pickRoute(scores, o.threshold), mixture: null, scores };
-    const blend = mixRoute(scores, o.mixTopK, o.mixTemperature, o.threshold);
+    const blend = this.mixture(scores);
     return { adapter: null, mixture: blend.length ? blend : null, scores };
+  }
+
+  // The auto:mix blend of these scores, among the adapters that can be blended (a DoRA adapter, or
+  // one kept as merged weights only, would fail the request: mixture.ts); empty when none reaches
+  // the threshold.
+  mixture(scores: RouteScore[]): { name: string; weight: number }[] {
+    const mixable = new Set(this.adapters().filter((a) => a.mixable).map((a) => a.name));
+    const o = this.options;
+    return mixRoute(scores.filter((s) => mixable.has(s.name)), o.mixTopK, o.mixTemperature, o.threshold);
   }
 
   private examplesOf(a: RoutableAdapter): Promise<number[][]> {

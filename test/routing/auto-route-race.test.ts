@@ -26,7 +26,7 @@ function setup(opts: { onEmbed?: (name: string) => void; routerSees?: () => stri
       await new Promise((r) => setImmediate(r)); // the embedding runs on the engine: the request waits
       return texts.map((t) => { embedCalls.push(t); opts.onEmbed?.(t); return EXAMPLES[t]; });
     },
-    () => (opts.routerSees ?? ready)().map((n) => ({ name: n, version: `${n}@1`, examples: [n] })),
+    () => (opts.routerSees ?? ready)().map((n) => ({ name: n, version: `${n}@1`, examples: [n], mixable: true })),
     { threshold: -1, mixTopK: 2, mixTemperature: 0.05 },
   );
   const deps = {
@@ -94,10 +94,15 @@ describe('"auto" routing while adapters change', () => {
     expect(t.decide).toHaveBeenCalledTimes(1);
   });
 
-  it('auto:mix: a blend part that starts unloading is blended again without it', async () => {
-    let s: Map<string, Status> | null = null;
-    const t = setup({ onEmbed: (name) => { if (name === 'b') s!.set('b', 'unloading'); } });
-    s = t.status;
+  it('auto:mix: a blend part that starts unloading after the blend was chosen is blended again without it', async () => {
+    const view = ['a', 'b', 'c']; // what the router sees: b leaves it only after the first decision
+    const t = setup({ routerSees: () => view });
+    t.decide.mockImplementationOnce(async function (this: SemanticRouter, ...args: Parameters<SemanticRouter['decide']>) {
+      const d = await SemanticRouter.prototype.decide.apply(this, args);
+      t.status.set('b', 'unloading');
+      view.splice(view.indexOf('b'), 1);
+      return d;
+    });
     t.job.model = 'auto:mix';
     const target = await resolveTarget(t.job, t.deps);
     expect(target.mixture?.map((p) => p.name)).not.toContain('b');

@@ -18,7 +18,7 @@ import { STORIES_DIR } from '../helpers/fixtures.ts';
 const files = loadModelFiles(STORIES_DIR);
 const tok = new TextTokenizer(files.tokenizerJson, files.tokenizerConfig);
 const V = 512;
-const LIMITS: SequenceLimits = { numLayers: 1, numKvHeads: 1, headDim: 8, maxContext: 4096, eosTokenIds: [2] };
+const LIMITS: SequenceLimits = { numLayers: 1, numKvHeads: 1, headDim: 8, maxContext: 4096, eosTokenIds: [2], vocabSize: V };
 
 // Runs no model: records each step, advances the lanes' KV lengths, and always picks token 300.
 // With `stepMs`, a step also takes that long, as a model's would for its tokens and rows: on a

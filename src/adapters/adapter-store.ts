@@ -38,7 +38,7 @@
 //     fails with 503 'unavailable' instead of reading another version.
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, renameSync, openSync, fsyncSync, closeSync, lstatSync } from 'node:fs';
 import { mkdir, open, rename, rm } from 'node:fs/promises';
-import { basename, join, resolve, sep } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { CONFIG_FILE, WEIGHTS_FILE } from './lora-adapter.ts';
 import type { AdapterFiles } from './lora-adapter.ts';
@@ -198,11 +198,6 @@ export class AdapterStore {
   async removeRetired(name: string, version: string): Promise<void> {
     if (this.shared) return;
     await rm(this.retiredDirOf(name, version), { recursive: true, force: true });
-  }
-
-  contains(path: string): boolean {
-    const p = resolve(path);
-    return p.startsWith(this.root + sep);
   }
 
   list(): string[] {

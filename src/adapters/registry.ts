@@ -265,7 +265,9 @@ export class AdapterRegistry {
     return this.locked(name, async () => {
       const e = this.entries.get(name);
       if (!e) throw new LoraserveError('model_not_found', `The lora adapter '${name}' does not exist.`, { param: 'name' });
-      if (e.source !== 'store') throw new LoraserveError('conflict', `adapter '${name}' is served from ${e.dir}, outside the store, which loraserve never writes: edit its ${META_FILE} there and reload it`, { param: 'name' });
+      if (e.source !== 'store' || resolve(e.dir) !== this.store.dirOf(name)) {
+        throw new LoraserveError('conflict', `adapter '${name}' is served from ${e.dir}, not its own directory in the store, and loraserve never writes there: edit its ${META_FILE} there and reload it`, { param: 'name' });
+      }
       const meta: AdapterMeta = { description: patch.description !== undefined ? patch.description : e.description, examples: patch.examples ?? e.examples };
       await writeFileAtomic(join(e.dir, META_FILE), encodeMeta(meta));
       e.description = meta.description;
@@ -314,7 +316,9 @@ export class AdapterRegistry {
     const recipe = await readRecipe(dir, warnings);
     const meta = readMeta(dir, warnings);
     const serve = async () => {
-      const info = await this.install(name, adapter, warnings, dir, opts.source ?? (this.store.contains(dir) ? 'store' : 'path'), files, undefined, meta, recipe);
+      // 'store' only for the name's own store directory: another adapter's (load_lora_adapter of a
+      // path inside the store, an alias) is that adapter's files, never written through this name
+      const info = await this.install(name, adapter, warnings, dir, opts.source ?? (own ? 'store' : 'path'), files, undefined, meta, recipe);
       if (sig !== null) this.storeSigs.set(name, sig);
       return info;
     };

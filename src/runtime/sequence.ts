@@ -149,6 +149,13 @@ export class Sequence {
 
   private sample(raw: Float32Array, rawLse?: number): TokenEvent[] {
     const { req } = this;
+    // log Σ exp over the row (the graph's logits_lse) is NaN or infinite when any logit is: an
+    // adapter whose weights overflow float32 (finite but huge values pass validation). Sampling
+    // from such a row would return tokens picked from nothing, as a success.
+    if (rawLse !== undefined && !Number.isFinite(rawLse)) {
+      const what = req.adapter ? `adapter '${req.adapter.name}' makes the model's output` : 'the model\'s output is';
+      throw new LoraserveError(req.adapter ? 'invalid_adapter' : 'internal', `${what} not finite (a NaN or infinite logit at output token ${this.output.length + 1}): its weights overflow float32 on this prompt`, { param: req.adapter ? 'model' : null });
+    }
     const lse = req.logprobs !== null ? rawLse ?? logSumExp(raw) : null; // logprobs of the raw distribution
     const work = workingCopy(raw);
     applyBiasAndPenalties(work, req.sampling, this.penalty);

@@ -3,7 +3,11 @@
 // 500), or refused for a field the client never sent; the engine refuses a prompt that does not fit
 // on its own, failing that request alone; auto:mix leaves out adapters that cannot be blended;
 // "auto" cannot be taken as an adapter name; an adapter_config.json over the limit that loading it
-// back applies is refused at upload, not lost at the next restart.
+// back applies is refused at upload, not lost at the next restart; an alias of another stored
+// adapter (load_lora_adapter of its directory) cannot rewrite that adapter's metadata; an adapter
+// whose output overflows float32 fails its requests with a 422 instead of answering empty tokens.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunningServer } from '../../src/server/serve.ts';
 import { adapterFiles, startTestServer, upload, uploadForm } from '../helpers/server.ts';
@@ -109,6 +113,15 @@ describe('adapters', () => {
     expect(r.status, await r.clone().text()).toBe(200);
   });
 
+  it('an adapter whose finite but huge weights overflow the output fails its own requests with a 422, not a 200 of empty tokens', async () => {
+    expect((await upload(server.url, 'huge', adapterFiles({ rank: 4, seed: 21, scaleB: 1e37 }))).status).toBe(201);
+    const { attack, other } = await beside(() => post('/v1/completions', { model: 'huge', prompt: 'Once upon a time', max_tokens: 4, temperature: 0, logprobs: 1 }));
+    const body = await attack.json();
+    expect(attack.status, JSON.stringify(body)).toBe(422);
+    expect(body.error.message).toMatch(/adapter 'huge' makes the model's output not finite/);
+    expect(other).toBe(200);
+  });
+
   it('"auto" is not a name an adapter can take, by upload or load_lora_adapter', async () => {
     const up = await fetch(`${server.url}/v1/adapters`, { method: 'POST', body: uploadForm('auto', adapterFiles({ rank: 2, seed: 1 })) });
     expect(up.status).toBe(400);
@@ -116,6 +129,20 @@ describe('adapters', () => {
     const load = await post('/v1/load_lora_adapter', { lora_name: 'AUTO', lora_path: 'x' });
     expect(load.status).toBe(400);
     expect((await load.json()).error.param).toBe('lora_name');
+  });
+
+  it('an alias of a stored adapter (load_lora_adapter of its store directory) is read-only: PATCH cannot rewrite the other adapter\'s files', async () => {
+    const own = join(server.registry.store.root, 'plain');
+    const before = readFileSync(join(own, 'loraserve.json'), 'utf8');
+    const load = await post('/v1/load_lora_adapter', { lora_name: 'alias', lora_path: own });
+    expect(load.status, await load.clone().text()).toBe(200);
+    const r = await patch('alias', { description: 'not plain', examples: ['x'] });
+    expect(r.status).toBe(409);
+    expect((await r.json()).error.message).toMatch(/not its own directory in the store/);
+    expect(readFileSync(join(own, 'loraserve.json'), 'utf8')).toBe(before);
+    expect((await patch('plain', { description: 'still writable' })).status).toBe(200); // the adapter itself
+    expect((await fetch(`${server.url}/v1/adapters/alias`, { method: 'DELETE' })).status).toBeLessThan(300);
+    expect(readFileSync(join(own, 'loraserve.json'), 'utf8')).toContain('still writable'); // deleting the alias leaves plain's files
   });
 
   it('an adapter_config.json over 1 MiB is refused at upload (reading it back would refuse it after a restart)', async () => {

@@ -120,8 +120,13 @@ function configFacts(input: MergeInputFiles): ConfigFacts {
 // Before any tensor is decoded: the inputs share a base model (where their configs name one: an
 // adapter that names none is taken to be for the served model, like every adapter served here),
 // PEFT's rank rules hold (planMerge on the configs' r) and the result fits the rank limit.
-export function planInputs(inputs: readonly MergeInputFiles[], req: MergeRequest, maxRank: number): { plan: MergePlan; base: string | null } {
-  const facts = inputs.map(configFacts);
+// A base that names the served model (its name, or a path ending in it: "models/default",
+// "/srv/models/default") counts as that model, as decodeAdapter's base check reads it: adapters
+// trained on the same model from different directories, or by a fine-tuning job, merge together.
+export function planInputs(inputs: readonly MergeInputFiles[], req: MergeRequest, limits: AdapterLimits): { plan: MergePlan; base: string | null } {
+  const { maxRank, modelName } = limits;
+  const served = (b: string | null): string | null => (b !== null && (b === modelName || b.endsWith(`/${modelName}`)) ? modelName : b);
+  const facts = inputs.map((x) => { const f = configFacts(x); return { ...f, base: served(f.base) }; });
   const named = facts.map((f, i) => ({ ...f, name: inputs[i].name })).filter((f) => f.base !== null);
   const base = named[0]?.base ?? null;
   const other = named.find((f) => f.base !== base || (f.revision !== null && named[0].revision !== null && f.revision !== named[0].revision));
@@ -141,7 +146,7 @@ export function planInputs(inputs: readonly MergeInputFiles[], req: MergeRequest
 // The whole merge: inputs' files → the merged adapter's files and recipe. Pure but for the clock.
 export function mergeFiles(inputs: readonly MergeInputFiles[], req: MergeRequest, model: ModelConfig, limits: AdapterLimits): MergedFiles {
   if (inputs.length !== req.adapters.length) throw new Error(`mergeFiles: ${inputs.length} inputs for ${req.adapters.length} adapters`);
-  const { base } = planInputs(inputs, req, limits.maxRank);
+  const { base } = planInputs(inputs, req, limits);
   const decoded = inputs.map((x, i) => mergeInputFromAdapter(decodeAdapterOrThrow(x.files, model, limits, x.name).adapter, configFacts(x).r, i));
   const result = mergeAdapters(decoded, req.weights, req.options);
   const { plan } = result;

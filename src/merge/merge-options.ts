@@ -53,13 +53,21 @@ export const isPeftAb = (t: string): t is PeftAbType => (PEFT_AB_TYPES as readon
 export const isPeftSvd = (t: string): t is PeftSvdType => (PEFT_SVD_TYPES as readonly string[]).includes(t);
 export const isDelta = (t: string): t is DeltaType => (DELTA_TYPES as readonly string[]).includes(t);
 
+// |weight| of one input adapter in a merge: the bound per-request mixtures have (adapters/mixture.ts
+// MAX_MIXTURE_WEIGHT); beyond it a merge is almost surely a mistake, and a weight of 1e30 made an
+// adapter whose every request fails (its output overflows float32).
+export const MAX_MERGE_WEIGHT = 8;
+
 // Checks the request and resolves the new adapter's rank as PEFT does.
 //   ranks: each input adapter's r (config "r"), in order.
 export function planMerge(ranks: readonly number[], weights: readonly number[], options: MergeOptions): MergePlan {
   if (!Array.isArray(ranks) || ranks.length === 0) throw invalidField('adapters', 'adapters must list at least one adapter');
   if (!Array.isArray(weights)) throw invalidField('weights', 'weights must be a list of numbers');
   if (weights.length !== ranks.length) throw invalidField('weights', `weights has ${weights.length} entries but adapters has ${ranks.length}; they must be the same length`);
-  weights.forEach((w, i) => { if (typeof w !== 'number' || !Number.isFinite(w)) throw invalidField('weights', `weights[${i}] must be a finite number`); });
+  weights.forEach((w, i) => {
+    if (typeof w !== 'number' || !Number.isFinite(w)) throw invalidField('weights', `weights[${i}] must be a finite number`);
+    if (Math.abs(w) > MAX_MERGE_WEIGHT) throw invalidField('weights', `weights[${i}] is ${w}; |weight| may be at most ${MAX_MERGE_WEIGHT} (a delta amplified past anything it was trained at overflows float32 or serves noise)`);
+  });
   ranks.forEach((r, i) => { if (!(Number.isInteger(r) && r >= 1)) throw invalidField('adapters', `adapters[${i}] has rank ${r}; ranks must be integers ≥ 1`); });
   const requested = options.combination_type;
   if (!(COMBINATION_TYPES as readonly string[]).includes(requested)) {

@@ -43,7 +43,7 @@ export function registerMergeRoute(app: FastifyInstance, deps: MergeRouteDeps): 
       if (version !== info.version) throw new LoraserveError('conflict', `adapters[${i}]: the files of '${name}' changed since version ${info.version} was loaded (they are now ${version}); reload it (POST /v1/adapters/${name}/reload), then merge`, { param: 'adapters' });
       inputs.push({ name, version, files });
     }
-    const { plan } = planInputs(inputs, request, registry.maxRank);
+    const { plan } = planInputs(inputs, request, { maxRank: registry.maxRank, modelName: registry.modelName });
     const started = Date.now();
     const merged = await runMergeOffThread({ inputs, request, model: registry.model, limits: { maxRank: registry.maxRank, modelName: registry.modelName } });
     const info = await deps.counted(registry.upload(request.name, merged.files, { replace: false, recipe: { ...merged.recipe } }));

@@ -65,8 +65,35 @@ export function loadTrainEval(args: Pick<TrainArgs, 'data' | 'evalData' | 'evalS
   return splitEval(data, args.evalSplit, args.seed);
 }
 
-export function jsonLines(text: string): { line: number; body: string }[] {
-  return text.split('\n').map((body, i) => ({ line: i + 1, body: body.replace(/\r$/, '') })).filter((u) => u.body.trim() !== '');
+// The non-blank lines of a text with their 1-based numbers (a trailing \r dropped). It scans, so a
+// blank line costs no string or object: an upload of 32 million newlines once held the server's
+// main thread for seconds (file-store.ts checks uploads with this). `limit`: stop once more than
+// that many are found (the caller refuses the file).
+export function jsonLines(text: string, limit = Infinity): { line: number; body: string }[] {
+  const out: { line: number; body: string }[] = [];
+  let line = 0;
+  for (let at = 0; at <= text.length; ) {
+    let end = text.indexOf('\n', at);
+    if (end === -1) end = text.length;
+    line++;
+    if (hasContent(text, at, end)) {
+      const body = text.slice(at, text.charCodeAt(end - 1) === 13 ? end - 1 : end);
+      out.push({ line, body });
+      if (out.length > limit) return out;
+    }
+    at = end + 1;
+  }
+  return out;
+}
+
+// Whether text[from, to) holds anything but white space (what String.prototype.trim removes).
+function hasContent(text: string, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 32 || (c >= 9 && c <= 13)) continue;
+    if (c < 128 || !/\s/.test(text[i])) return true;
+  }
+  return false;
 }
 
 // Paragraphs separated by blank lines, each starting at its first line; inner newlines kept.

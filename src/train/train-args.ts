@@ -53,6 +53,10 @@ export interface TrainArgs {
   // how data errors name the files and the length bound, where not the paths and flags (an API job
   // names its file ids and lora.seq_len: a client never sees a server path); absent from the CLI
   names?: { data: string; evalData: string | null; seqLen: string };
+  // what adapter_config.json records as base_model_name_or_path; absent: --model as given (the CLI).
+  // A job records the served model's name: no server path in its files, and its adapters merge
+  // with others trained on that model (merge-files.ts planInputs)
+  baseModelName?: string;
 }
 
 const OPTIONS = {

@@ -184,7 +184,7 @@ async function run(
         const ckpt = writeCheckpoint(out.staging, {
           step, epoch: data.epoch, batchInEpoch: data.batchInEpoch, optimizerStep: opt.stepCount,
           lora: factorList(lora, slots), optimizer: optimizerToFlat(opt.exportState()),
-        }, args, args.model, cfg);
+        }, args, args.baseModelName ?? args.model, cfg);
         opts.onCheckpoint?.(step, ckpt);
       }
     }
@@ -193,7 +193,7 @@ async function run(
     // 5. finish
     const records = metrics.read();
     await writeLossChart(records, out.path('loss'), `LoRA r=${args.rank} α=${args.alpha} on ${args.data}`);
-    const dir = out.finish(args, args.model, factorList(lora, slots), cfg);
+    const dir = out.finish(args, args.baseModelName ?? args.model, factorList(lora, slots), cfg);
     const peakRssBytes = process.resourceUsage().maxRSS * 1024;
     return { out: dir, steps: step, trainLoss, evalLossBase, evalLossFinal: evalLoss, trainTokensPerS: trainMs > 0 ? tokensSeen / (trainMs / 1000) : 0, peakRssBytes };
   } finally {

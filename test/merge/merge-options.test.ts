@@ -33,6 +33,10 @@ describe('merge options', () => {
   it('density missing for a pruning type', () => refused(() => planMerge([4, 4], [1, 1], { combination_type: 'dare_linear' }), 'density'));
   it('unequal weights and adapters lists', () => refused(() => planMerge([4, 4], [1], ok), 'weights'));
   it('non-finite weights', () => refused(() => planMerge([4, 4], [1, Number.NaN], ok), 'weights'));
+  it('|weight| above 8 (a 1e30 weight made an adapter whose every request overflowed); 8 and -8 pass', () => {
+    for (const w of [8.001, -9, 1e30, 1e308]) refused(() => planMerge([4, 4], [1, w], { combination_type: 'linear' }), 'weights');
+    expect(planMerge([4, 4], [8, -8], { combination_type: 'cat' }).combination).toBe('cat');
+  });
   it('an empty list', () => refused(() => planMerge([], [], ok), 'adapters'));
   it('svd_rank < 1 or not an integer', () => {
     for (const r of [0, -2, 1.5]) refused(() => planMerge([4, 4], [1, 1], { combination_type: 'svd', svd_rank: r }), 'svd_rank');
@@ -75,5 +79,25 @@ describe('merge ranks follow rank_pattern, as PEFT', () => {
   });
   it('svd without svd_rank: the largest input rank, 8, not r = 4', () => {
     expect(merge('svd').recipe.rank).toBe(8);
+  });
+});
+
+// A base that names the served model by its name or by any path ending in it is that model
+// (adapters trained from different directories, and fine-tuning jobs' adapters, which record the
+// model's name, merge together); another base is still refused.
+describe('merge inputs\' bases', () => {
+  const cfg = loadModelFiles(STORIES_DIR).config;
+  const input = (seed: number, base: string | null) => {
+    const a = buildAdapter(cfg, { rank: 4, seed });
+    const config = { ...a.config, base_model_name_or_path: base };
+    return { name: `a${seed}`, version: `v${seed}`, files: { config: new TextEncoder().encode(JSON.stringify(config)), weights: encodeSafetensors(a.tensors) } };
+  };
+  const merge = (bases: (string | null)[]) => mergeFiles(bases.map((b, i) => input(i + 1, b)), parseMergeRequest({ name: 'm', adapters: bases.map((_, i) => `a${i + 1}`), weights: bases.map(() => 1), combination_type: 'cat' }), cfg, { maxRank: 64, modelName: 'stories260K' });
+  it('the served model\'s name, a relative and an absolute path ending in it, and none: one base', () => {
+    expect(merge(['stories260K', 'models/stories260K', '/srv/x/stories260K', null]).recipe.rank).toBe(16);
+  });
+  it('another model, or a name that only ends like it, is refused naming both', () => {
+    refused(() => merge(['stories260K', 'other/model']), 'adapters');
+    refused(() => merge(['models/stories260K', 'xstories260K']), 'adapters');
   });
 });

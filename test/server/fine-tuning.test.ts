@@ -9,7 +9,7 @@
 //   - cancel mid-run: cancelled, no adapter registered, nothing left in the store
 //   - events live over SSE (?stream=true) and a WebSocket subscription
 //   - bad input: each a clear 4xx; a bounded queue (429)
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import OpenAI, { toFile } from 'openai';
@@ -128,6 +128,10 @@ describe('jobs', () => {
     // in the store, atomically, and served
     expect(storeEntries()).toContain(`ft-ball-${short}`);
     expect(storeEntries().filter((e) => e.startsWith('.'))).toEqual([]);
+    // its config names the served model, not the server's directory (no path leaks; it merges with
+    // other adapters of the model: merge-files.ts)
+    const stored = JSON.parse(readFileSync(join(storeDir, `ft-ball-${short}`, 'adapter_config.json'), 'utf8'));
+    expect(stored.base_model_name_or_path).toBe(MODEL);
     expect((await client.models.list()).data.map((m) => m.id)).toContain(`ft-ball-${short}`);
     expect((await client.models.retrieve(job.fine_tuned_model!)).id).toBe(`ft-ball-${short}`); // the name the job gives works here too
     const req = { prompt: PROMPTS[0], max_tokens: 24, temperature: 0 };

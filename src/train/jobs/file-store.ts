@@ -45,9 +45,9 @@ export function checkTrainingJsonl(bytes: Uint8Array, limits: FileLimits): numbe
   } catch {
     throw new LoraserveError('invalid_file', 'the training file is not valid UTF-8 text', { param: 'file', problems: ['not valid UTF-8'] });
   }
-  const units = jsonLines(text);
+  const units = jsonLines(text, limits.maxLines);
   if (units.length > limits.maxLines) {
-    throw new LoraserveError('payload_too_large', `the training file holds ${units.length} examples (non-blank lines), more than the limit of ${limits.maxLines} (--max-training-file-lines)`, { param: 'file' });
+    throw new LoraserveError('payload_too_large', `the training file holds more than ${limits.maxLines} examples (non-blank lines), the limit (--max-training-file-lines)`, { param: 'file' });
   }
   const problems: string[] = [];
   let bad = 0;

@@ -73,13 +73,14 @@ export function resolveSpec(req: JobRequest, model: ModelConfig, maxRank: number
 // The trainer's arguments for a job: its data files, its output under the job's directory,
 // an eval pass and a checkpoint once per epoch (examples / batch size steps).
 export function trainArgsFor(p: {
-  modelDir: string; jobDir: string; trainPath: string; validationPath: string | null; examples: number;
+  modelDir: string; modelName: string; jobDir: string; trainPath: string; validationPath: string | null; examples: number;
   trainFile: string; validationFile: string | null;
   hyperparameters: Hyperparameters; lora: LoraSettings; seed: number; threads: number;
 }): TrainArgs {
   const stepsPerEpoch = Math.max(1, Math.ceil(p.examples / p.hyperparameters.batch_size));
   return {
     model: p.modelDir,
+    baseModelName: p.modelName,
     data: p.trainPath,
     out: join(p.jobDir, 'adapter'),
     overwrite: true,

@@ -264,7 +264,7 @@ export class FineTuningManager {
     const dir = this.jobDir(job.id);
     const train = this.files.get(job.training_file)!;
     const args = trainArgsFor({
-      modelDir: opts.modelDir, jobDir: dir, trainPath: this.files.contentPath(job.training_file),
+      modelDir: opts.modelDir, modelName: job.model, jobDir: dir, trainPath: this.files.contentPath(job.training_file),
       validationPath: job.validation_file ? this.files.contentPath(job.validation_file) : null, examples: train.lines ?? 1,
       trainFile: job.training_file, validationFile: job.validation_file,
       hyperparameters: job.hyperparameters, lora: job.lora, seed: job.seed, threads: opts.threads,

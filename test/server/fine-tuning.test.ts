@@ -278,6 +278,20 @@ describe('jobs', () => {
     await client.fineTuning.jobs.cancel(a.id);
     expect((await waitForJob(client, a.id)).status).toBe('cancelled');
   }, 120_000);
+
+  it('a queued job whose adapter name was taken meanwhile (an upload) fails when its turn comes, before training, naming suffix', async () => {
+    const a = await client.fineTuning.jobs.create({ model: MODEL, training_file: trainId, ...LONG_JOB, ...({ lora: LORA_FAST } as object) });
+    await waitForJob(client, a.id, ['running']);
+    const b = await client.fineTuning.jobs.create({ model: MODEL, training_file: trainId, suffix: 'taken', ...({ lora: LORA_FAST } as object) });
+    expect((await waitForJob(client, b.id, ['queued'])).status).toBe('queued');
+    expect((await upload(server.url, `ft-taken-${b.id.slice(-8)}`, adapterFiles({ rank: 2, seed: 5 }))).status).toBe(201);
+    await client.fineTuning.jobs.cancel(a.id);
+    const ended = await waitForJob(client, b.id);
+    expect(ended.status).toBe('failed');
+    expect(ended.error).toMatchObject({ code: 'conflict', param: 'suffix' });
+    expect(ended.error?.message).toMatch(/was created \(uploaded or merged\) after this job/);
+    expect(ended.trained_tokens ?? 0).toBe(0);
+  }, 120_000);
 });
 
 describe('configuration', () => {

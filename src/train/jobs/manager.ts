@@ -249,6 +249,13 @@ export class FineTuningManager {
     const next = [...this.jobs.values()].filter((e) => e.record.job.status === 'queued').sort((a, b) => a.record.job.created_at - b.record.job.created_at || (a.record.job.id < b.record.job.id ? -1 : 1))[0];
     if (!next) return;
     const id = next.record.job.id;
+    // its output name taken meanwhile (an upload or a merge while it was queued): fail it now, not
+    // after a whole training run whose adapter could not be registered
+    if (this.opts.registry.has(next.record.adapter)) {
+      this.finish(next, 'failed', { code: 'conflict', message: nameTaken(next.record.adapter), param: 'suffix' });
+      setImmediate(() => this.pump());
+      return;
+    }
     this.pumping = true;
     try {
       const { handle, done } = this.start(next);
@@ -338,7 +345,10 @@ export class FineTuningManager {
         } else {
           const e = toLoraserveError(err);
           opts.log?.warn({ job: job.id, error: e.message }, 'fine-tuning job failed');
-          this.finish(entry, 'failed', { code: e.code === 'internal' ? 'training_failed' : e.code, message: e.message, param: e.param });
+          // the output name taken while it trained: say so in the job's terms (the registry's
+          // conflict speaks of upload fields)
+          if (e.code === 'conflict' && entry.registering) this.finish(entry, 'failed', { code: 'conflict', message: nameTaken(adapter), param: 'suffix' });
+          else this.finish(entry, 'failed', { code: e.code === 'internal' ? 'training_failed' : e.code, message: e.message, param: e.param });
         }
       } finally {
         if (poll) clearInterval(poll);
@@ -409,6 +419,8 @@ export function page<T extends { id: string }>(items: T[], after: string | undef
   return { object: 'list', data, has_more: start + limit < items.length, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null };
 }
 
+
+const nameTaken = (adapter: string): string => `an adapter named '${adapter}' was created (uploaded or merged) after this job was, so the job's adapter cannot take that name; create the job again (another suffix gives another name)`;
 
 function readEvents(path: string): JobEvent[] {
   if (!existsSync(path)) return [];

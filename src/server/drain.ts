@@ -27,10 +27,17 @@ export interface DrainResult {
 export class Drain {
   private state: 'serving' | 'draining' = 'serving';
   private requests = 0;
+  private readonly starts: (() => Promise<void> | void)[] = [];
 
   constructor(private readonly app: FastifyInstance, private readonly sequences: () => number) {}
 
   get draining(): boolean { return this.state === 'draining'; }
+
+  // Work to stop when the drain starts, not when the app closes after it: what would otherwise
+  // keep going through the drain (a fine-tuning job, and the event streams watching it).
+  onStart(fn: () => Promise<void> | void): void {
+    this.starts.push(fn);
+  }
   get inFlight(): { requests: number; sequences: number } { return { requests: this.requests, sequences: this.sequences() }; }
 
   private busy(): boolean { return this.requests > 0 || this.sequences() > 0; }
@@ -41,6 +48,9 @@ export class Drain {
     const t0 = Date.now();
     this.state = 'draining';
     this.app.log.info({ inFlight: this.inFlight, timeoutMs }, 'draining: readiness is false, new requests are refused');
+    for (const fn of this.starts) {
+      Promise.resolve().then(fn).catch((err: unknown) => this.app.log.error({ error: (err as Error).message }, 'a drain hook failed'));
+    }
     await until(() => !this.busy(), timeoutMs);
     const cancelled = this.requests;
     const drained = !this.busy();

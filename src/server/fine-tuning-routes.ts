@@ -24,6 +24,7 @@ import type { ServerConfig } from './config.ts';
 import { registerFileRoutes, limitOf } from './files-routes.ts';
 import { fineTuningSchemas } from './fine-tuning-schemas.ts';
 import { writeSse } from './sse.ts';
+import { drainOf } from './drain.ts';
 
 // A cancel answers once the running job has stopped (at its next step), or after this long, saying running.
 const CANCEL_WAIT_MS = 10_000;
@@ -60,6 +61,7 @@ export function registerFineTuning(app: FastifyInstance, deps: FineTuningDeps): 
     return started;
   };
   app.addHook('onClose', async () => started?.close());
+  drainOf(app)?.onStart(() => started?.close()); // a job stops at once on SIGTERM, not after the drain
   const admin = async (req: FastifyRequest): Promise<void> => checkAdminKey(req, config.adminKey, config.enableLocalAdmin);
   registerFileRoutes(app, { manager: need, admin, limits: { maxBytes: config.maxTrainingFileBytes, maxLines: config.maxTrainingFileLines } });
   const schemas = fineTuningSchemas(modelName);

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { BIN } from '../helpers/cli.ts';
 import { STORIES_DIR } from '../helpers/fixtures.ts';
 import { loadConfig } from '../../src/server/config.ts';
+import { LONG_JOB, LORA_FAST, trainingJsonl, waitFor } from '../helpers/fine-tuning.ts';
 
 interface Served { url: string; child: ChildProcess; exited: Promise<number | null>; log: () => string }
 
@@ -126,4 +127,53 @@ describe('graceful drain on SIGTERM', () => {
     expect(loadConfig(['--model', STORIES_DIR], { LORASERVE_DRAIN_TIMEOUT: '0' }).drainTimeoutMs).toBe(0);
     expect(() => loadConfig(['--model', STORIES_DIR, '--drain-timeout', '-1'], {})).toThrow(/--drain-timeout/);
   });
+});
+
+// Found by the attack pass of 2026-12-04: a fine-tuning job went on training through the drain (and
+// the queued one after it started and finished), and an open events stream held the process until
+// --drain-timeout. Now the drain's start stops the running job at its next step (failed with
+// server_restarted, as a restart finds it), starts nothing queued, and ends the event streams.
+describe('a drain with a fine-tuning job running', () => {
+  it('stops the job at once, ends its events stream, keeps the queued job queued; the process exits 0, drained', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'loraserve-drain-ft-'));
+    const args = ['--drain-timeout', '60', '--data-dir', dataDir, '--enable-local-admin'];
+    const s = await serve(args);
+    const json = (r: Response) => r.json() as Promise<Record<string, unknown>>;
+    const post = (path: string, body: unknown) => fetch(`${s.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    let exited = false;
+    try {
+      const form = new FormData();
+      form.append('purpose', 'fine-tune');
+      form.append('file', new Blob([trainingJsonl()]), 'train.jsonl');
+      const file = await json(await fetch(`${s.url}/v1/files`, { method: 'POST', body: form }));
+      const create = async () => json(await post('/v1/fine_tuning/jobs', { model: 'stories260K', training_file: file.id, ...LONG_JOB, lora: LORA_FAST }));
+      const a = await create();
+      const b = await create();
+      await waitFor('job a running', async () => (await json(await fetch(`${s.url}/v1/fine_tuning/jobs/${a.id}`))).status === 'running');
+      const events = await fetch(`${s.url}/v1/fine_tuning/jobs/${a.id}/events?stream=true`);
+      expect(events.status).toBe(200);
+      const streamed = events.text();
+      s.child.kill('SIGTERM');
+      const text = await streamed; // ends: it does not wait for --drain-timeout
+      expect(text).toMatch(/The job failed/);
+      expect(await s.exited).toBe(0);
+      exited = true;
+      expect(s.log()).toMatch(/"drained":true/);
+
+      const again = await serve(args);
+      try {
+        const ja = await json(await fetch(`${again.url}/v1/fine_tuning/jobs/${a.id}`));
+        expect(ja.status).toBe('failed');
+        expect((ja.error as { code: string }).code).toBe('server_restarted');
+        const jb = await json(await fetch(`${again.url}/v1/fine_tuning/jobs/${b.id}`));
+        expect(['queued', 'running']).toContain(jb.status); // had it started before the restart, it would be failed
+        await fetch(`${again.url}/v1/fine_tuning/jobs/${b.id}/cancel`, { method: 'POST' });
+      } finally {
+        again.child.kill('SIGTERM');
+        await again.exited;
+      }
+    } finally {
+      if (!exited) { s.child.kill('SIGKILL'); await s.exited; }
+    }
+  }, 120_000);
 });

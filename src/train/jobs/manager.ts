@@ -228,10 +228,20 @@ export class FineTuningManager {
     return this.current?.id ?? null;
   }
 
-  // Shutdown: the running job stops at its next step (or its worker is terminated after `graceMs`)
-  // and is failed with RESTART_ERROR, exactly as a restart finds it.
+  // Shutdown (a drain's start, then the app's close): no queued job starts; the running job stops
+  // at its next step (or its worker is terminated after `graceMs`) and is failed with
+  // RESTART_ERROR, exactly as a restart finds it; then every live subscription (an events stream,
+  // a WebSocket) gets its job's state and ends, so that none holds the drain open.
   async close(graceMs = 5000): Promise<void> {
     this.closing = true;
+    await this.stopCurrent(graceMs);
+    for (const e of this.jobs.values()) {
+      for (const fn of e.listeners) fn({ type: 'status', job: { ...e.record.job } });
+      e.listeners.clear();
+    }
+  }
+
+  private async stopCurrent(graceMs: number): Promise<void> {
     const cur = this.current;
     if (!cur) return;
     cur.handle.cancel();

@@ -182,7 +182,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   registerAdapterRoutes(app, { registry, engine, config, metrics, schemaCtx });
   // files and fine-tuning jobs (OpenAI's shapes), trained in a worker thread while serving
   const fineTuning = registerFineTuning(app, { config, registry, engine, modelName });
-  registerWebSocket(app, completionDeps, config.apiKey, [fineTuningWs(fineTuning, config)]);
+  registerWebSocket(app, completionDeps, config.apiKey, [fineTuningWs(fineTuning, config)], config.adminKey);
 
   // Liveness and readiness both say whether the engine answers now: 503 while it restarts, or if
   // it does not answer within 5 s; /ready also waits for the adapter store to be served.

@@ -5,7 +5,8 @@
 //           far, then each new one; {"type": "fine_tuning.job.done", "fine_tuning_job_id", "job": {…}}
 //           once the job has ended (at once for a job that had already ended)
 // Subscribing needs the admin key (or --enable-local-admin), as the HTTP routes do; a refusal is an
-// `error` event. Closing the socket ends its subscriptions.
+// `error` event. Closing the socket ends its subscriptions. Events are sent as the client reads them:
+// one that reads nothing for --client-stall-timeout-ms is dropped, as for streamed responses.
 import type { FastifyRequest } from 'fastify';
 import type { FineTuningManager } from '../train/jobs/manager.ts';
 import { checkAdminKey } from './auth.ts';
@@ -18,6 +19,9 @@ export interface WsContext {
   req: FastifyRequest;
   send(ev: Record<string, unknown>): void;
   fail(responseId: string | null, err: unknown): void;
+  // waits while the socket holds too much unsent; false once the client has been dropped for reading
+  // nothing for the stall timeout (websocket.ts: the same rule as streamed responses)
+  roomToSend(): Promise<boolean>;
 }
 
 export interface WsSession {
@@ -54,8 +58,12 @@ export function fineTuningWs(need: () => FineTuningManager, config: Pick<ServerC
             subs.set(job.id, ac);
             void (async () => {
               try {
-                for await (const event of liveEvents(manager, job.id, ac.signal)) ctx.send({ type: 'fine_tuning.job.event', fine_tuning_job_id: job.id, event });
-                if (!ac.signal.aborted) ctx.send({ type: 'fine_tuning.job.done', fine_tuning_job_id: job.id, job: manager.get(job.id) });
+                // a replay of a long job's events is megabytes: sent as the client reads them
+                for await (const event of liveEvents(manager, job.id, ac.signal)) {
+                  if (!(await ctx.roomToSend())) return;
+                  ctx.send({ type: 'fine_tuning.job.event', fine_tuning_job_id: job.id, event });
+                }
+                if (!ac.signal.aborted && await ctx.roomToSend()) ctx.send({ type: 'fine_tuning.job.done', fine_tuning_job_id: job.id, job: manager.get(job.id) });
               } catch (err) {
                 ctx.fail(null, err);
               } finally {

@@ -33,7 +33,10 @@ export const WS_PATH = '/v1/stream';
 const MAX_PER_SOCKET = 64;
 
 // extensions: other message types on the same socket (fine-tuning-ws.ts: job event subscriptions)
-export function registerWebSocket(app: FastifyInstance, deps: CompletionDeps, apiKey: string | null, extensions: WsExtension[] = []): void {
+// A socket opens with the API key, or with the admin key: a socket carries one Authorization header,
+// and job subscriptions (fine-tuning-ws.ts) need the admin key, so with both keys set a subscriber
+// could not open one otherwise. The admin key can do on it what the API key can.
+export function registerWebSocket(app: FastifyInstance, deps: CompletionDeps, apiKey: string | null, extensions: WsExtension[] = [], adminKey: string | null = null): void {
   const envelope = validatorFor(wsEnvelopeSchema, 'message');
   // @fastify/websocket marks the route hidden (OpenAPI has no WebSocket operation): the
   // description says it, in /openapi.json's info (app.ts)
@@ -48,13 +51,18 @@ export function registerWebSocket(app: FastifyInstance, deps: CompletionDeps, ap
       send({ type: 'error', response_id: responseId, status, error: body.error });
     };
     try {
-      checkApiKey(req, apiKey);
+      try {
+        checkApiKey(req, apiKey);
+      } catch (err) {
+        if (adminKey === null) throw err;
+        checkApiKey(req, adminKey, 'API key (or admin key)');
+      }
     } catch (err) {
       fail(null, err);
       socket.close(1008, 'unauthorized');
       return;
     }
-    const sessions = extensions.map((x) => x.open({ req, send, fail }));
+    const sessions = extensions.map((x) => x.open({ req, send, fail, roomToSend: () => roomToSend() }));
     socket.on('close', () => { for (const ac of running.values()) ac.abort(); running.clear(); for (const s of sessions) s.close(); });
 
     socket.on('message', (data) => {

@@ -297,6 +297,7 @@ export class FineTuningManager {
         job.trained_tokens = tokens;
         const loss = Number.isFinite(r.loss) ? r.loss : null;
         const data = { step: r.step, total_steps: total, train_loss: loss, eval_loss: r.eval_loss ?? null, tokens_per_s: r.tokens_per_s, lr: r.lr };
+        if (!reportsStep(r.step, total, r.eval_loss !== undefined)) return;
         const msg = r.step === 0 ? `Eval loss before training (the base model): ${fmt(r.eval_loss ?? null)}` : `Step ${r.step}/${total}: training loss=${fmt(loss)}${r.eval_loss !== undefined ? `, eval loss=${fmt(r.eval_loss)}` : ''}`;
         this.event(entry, msg, { type: 'metrics', data });
       },
@@ -429,6 +430,17 @@ export function page<T extends { id: string }>(items: T[], after: string | undef
   return { object: 'list', data, has_more: start + limit < items.length, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null };
 }
 
+
+// Metrics events per job at most (about: each eval and the last step are always reported).
+export const MAX_METRICS_EVENTS = 1000;
+
+// Whether step `step` of `total` gets a metrics event: every step of a job up to `max` steps;
+// beyond, every k-th, each step with an eval loss, and the last. A job's events are kept in memory
+// and each is appended durably, so a job of a million steps must not make a million of them.
+export function reportsStep(step: number, total: number, hasEval: boolean, max = MAX_METRICS_EVENTS): boolean {
+  const every = Math.max(1, Math.ceil(total / max));
+  return step === 0 || step % every === 0 || step === total || hasEval;
+}
 
 const nameTaken = (adapter: string): string => `an adapter named '${adapter}' was created (uploaded or merged) after this job was, so the job's adapter cannot take that name; create the job again (another suffix gives another name)`;
 

@@ -121,7 +121,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // semantic routing: adapters with example prompts (loraserve.json), their embeddings cached per version
   completionDeps.router = new SemanticRouter(
     async (texts) => embedTokens(embedDeps, await routingTokens(deps.prompts, texts, engine.info.maxContext, 'examples')),
-    () => registry.list().filter((a) => a.status === 'ready').map((a) => ({ name: a.name, version: `${a.version}:${exampleKey(a.examples)}`, examples: a.examples, mixable: !a.useDora && a.rank > 0 })),
+    () => registry.list().filter((a) => a.status === 'ready').map((a) => ({ name: a.name, version: `${a.version}:${exampleKey(a.examples)}`, examples: a.examples, mixable: !a.useDora && a.rank > 0 })), // rank 0: merged weights only (an adapter holds factors or deltas, never both: decodeAdapter)
     { threshold: config.routeThreshold, mixTopK: config.routeMixK, mixTemperature: config.routeMixTemperature },
   );
 

@@ -3,13 +3,16 @@
 //           {"type": "fine_tuning.job.unsubscribe", "fine_tuning_job_id"}
 //   server  {"type": "fine_tuning.job.event", "fine_tuning_job_id", "event": {…}} for every event so
 //           far, then each new one; {"type": "fine_tuning.job.done", "fine_tuning_job_id", "job": {…}}
-//           once the job has ended (at once for a job that had already ended)
+//           once the job has ended (at once for a job that had already ended); an `unavailable`
+//           error event instead when the server shuts down before the job ends
 // Subscribing needs the admin key (or --enable-local-admin), as the HTTP routes do; a refusal is an
 // `error` event. Closing the socket ends its subscriptions. Events are sent as the client reads them:
 // one that reads nothing for --client-stall-timeout-ms is dropped, as for streamed responses.
 import type { FastifyRequest } from 'fastify';
 import type { FineTuningManager } from '../train/jobs/manager.ts';
 import { checkAdminKey } from './auth.ts';
+import { LoraserveError } from '../runtime/errors.ts';
+import { isTerminal } from '../train/jobs/job-types.ts';
 import type { ServerConfig } from './config.ts';
 import { liveEvents } from './fine-tuning-routes.ts';
 import { validatorFor } from './schema-validator.ts';
@@ -63,7 +66,11 @@ export function fineTuningWs(need: () => FineTuningManager, config: Pick<ServerC
                   if (!(await ctx.roomToSend())) return;
                   ctx.send({ type: 'fine_tuning.job.event', fine_tuning_job_id: job.id, event });
                 }
-                if (!ac.signal.aborted && await ctx.roomToSend()) ctx.send({ type: 'fine_tuning.job.done', fine_tuning_job_id: job.id, job: manager.get(job.id) });
+                if (ac.signal.aborted || !(await ctx.roomToSend())) return;
+                const ended = manager.get(job.id);
+                // a job that has not ended, at a shutdown: say so rather than "done"
+                if (isTerminal(ended.status)) ctx.send({ type: 'fine_tuning.job.done', fine_tuning_job_id: job.id, job: ended });
+                else ctx.fail(null, new LoraserveError('unavailable', `the server is shutting down; job ${job.id} is ${ended.status} and goes on after the restart: subscribe again then`, { param: 'fine_tuning_job_id', retryAfterSeconds: 1 }));
               } catch (err) {
                 ctx.fail(null, err);
               } finally {

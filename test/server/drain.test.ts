@@ -4,6 +4,7 @@
 // the process exits 0. Past --drain-timeout, what is left is cancelled and the process still exits 0.
 import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
+import WebSocket from 'ws';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -153,9 +154,19 @@ describe('a drain with a fine-tuning job running', () => {
       const events = await fetch(`${s.url}/v1/fine_tuning/jobs/${a.id}/events?stream=true`);
       expect(events.status).toBe(200);
       const streamed = events.text();
+      // a WebSocket open before the drain, which subscribes to the queued job after it started
+      const ws = new WebSocket(`${s.url.replace('http', 'ws')}/v1/stream`);
+      await new Promise((r, j) => { ws.on('open', r); ws.on('error', j); });
+      const wsEvents: Record<string, unknown>[] = [];
+      ws.on('message', (d) => wsEvents.push(JSON.parse(String(d))));
       s.child.kill('SIGTERM');
       const text = await streamed; // ends: it does not wait for --drain-timeout
       expect(text).toMatch(/The job failed/);
+      ws.send(JSON.stringify({ type: 'fine_tuning.job.subscribe', fine_tuning_job_id: b.id }));
+      const refused = await waitFor('the late subscription answered', async () => wsEvents.find((e) => e.type === 'error' || e.type === 'fine_tuning.job.done'), 20_000);
+      expect(refused).toMatchObject({ type: 'error', status: 503 });
+      expect(JSON.stringify(refused)).toMatch(/shutting down/);
+      ws.close();
       expect(await s.exited).toBe(0);
       exited = true;
       expect(s.log()).toMatch(/"drained":true/);

@@ -209,8 +209,14 @@ export class FineTuningManager {
   }
 
   // Live updates: each new event, then the job once it ends. Returns the unsubscribe function.
+  // Once the manager is closing (a drain has started), the job's state comes at once and nothing
+  // more: a queued job will not start before the restart, and no watcher may hold the drain open.
   subscribe(id: string, fn: (u: JobUpdate) => void): () => void {
     const entry = this.entry(id);
+    if (this.closing) {
+      fn({ type: 'status', job: { ...entry.record.job } });
+      return () => undefined;
+    }
     entry.listeners.add(fn);
     return () => entry.listeners.delete(fn);
   }

@@ -142,20 +142,24 @@ export class Sequence {
       const id = prompt[this.prefilled + i + 1];
       const row = logits.subarray(i * vocab, (i + 1) * vocab);
       const lse = rowLse && rowLse.length === n ? rowLse[i] : logSumExp(row);
+      this.checkFinite(lse, `prompt token ${this.prefilled + i + 2}`);
       entries.push({ id, tokenText: this.tok.tokenText(id), logprob: row[id] - lse, top: topK(row, k).map((t) => ({ id: t.id, text: this.tok.tokenText(t.id), logprob: t.value - lse })) });
     }
     return { type: 'prompt', logprobs: entries };
   }
 
+  // A row's log Σ exp is NaN or infinite when any of its logits is: an adapter whose (finite but
+  // huge) weights overflow float32. Logprobs or tokens from such a row would be made up, as a 200.
+  private checkFinite(lse: number, at: string): void {
+    if (Number.isFinite(lse)) return;
+    const a = this.req.adapter;
+    const what = a ? `adapter '${a.name}' makes the model's output` : 'the model\'s output is';
+    throw new LoraserveError(a ? 'invalid_adapter' : 'internal', `${what} not finite (a NaN or infinite logit at ${at}): its weights overflow float32 on this prompt`, { param: a ? 'model' : null });
+  }
+
   private sample(raw: Float32Array, rawLse?: number): TokenEvent[] {
     const { req } = this;
-    // log Σ exp over the row (the graph's logits_lse) is NaN or infinite when any logit is: an
-    // adapter whose weights overflow float32 (finite but huge values pass validation). Sampling
-    // from such a row would return tokens picked from nothing, as a success.
-    if (rawLse !== undefined && !Number.isFinite(rawLse)) {
-      const what = req.adapter ? `adapter '${req.adapter.name}' makes the model's output` : 'the model\'s output is';
-      throw new LoraserveError(req.adapter ? 'invalid_adapter' : 'internal', `${what} not finite (a NaN or infinite logit at output token ${this.output.length + 1}): its weights overflow float32 on this prompt`, { param: req.adapter ? 'model' : null });
-    }
+    if (rawLse !== undefined) this.checkFinite(rawLse, `output token ${this.output.length + 1}`);
     const lse = req.logprobs !== null ? rawLse ?? logSumExp(raw) : null; // logprobs of the raw distribution
     const work = workingCopy(raw);
     applyBiasAndPenalties(work, req.sampling, this.penalty);

@@ -120,6 +120,11 @@ describe('adapters', () => {
     expect(attack.status, JSON.stringify(body)).toBe(422);
     expect(body.error.message).toMatch(/adapter 'huge' makes the model's output not finite/);
     expect(other).toBe(200);
+    // the prompt's own logprobs (echo, no output tokens) too
+    const echo = await post('/v1/completions', { model: 'huge', prompt: 'Once upon a time', max_tokens: 0, echo: true, logprobs: 1 });
+    const echoed = await echo.json();
+    expect(echo.status, JSON.stringify(echoed)).toBe(422);
+    expect(echoed.error.message).toMatch(/not finite \(a NaN or infinite logit at prompt token 2\)/);
   });
 
   it('"auto" is not a name an adapter can take, by upload or load_lora_adapter', async () => {

@@ -154,11 +154,16 @@ describe('a drain with a fine-tuning job running', () => {
       const events = await fetch(`${s.url}/v1/fine_tuning/jobs/${a.id}/events?stream=true`);
       expect(events.status).toBe(200);
       const streamed = events.text();
-      // a WebSocket open before the drain, which subscribes to the queued job after it started
+      // a WebSocket open before the drain, which subscribes to the queued job after it started; an
+      // upload whose body never ends holds the drain open meanwhile (it is in flight until aborted)
       const ws = new WebSocket(`${s.url.replace('http', 'ws')}/v1/stream`);
       await new Promise((r, j) => { ws.on('open', r); ws.on('error', j); });
       const wsEvents: Record<string, unknown>[] = [];
       ws.on('message', (d) => wsEvents.push(JSON.parse(String(d))));
+      const hold = new AbortController();
+      const body = new ReadableStream({ start: (c) => c.enqueue(new TextEncoder().encode('--x\r\n')) });
+      const held = fetch(`${s.url}/v1/files`, { method: 'POST', body, duplex: 'half', headers: { 'content-type': 'multipart/form-data; boundary=x' }, signal: hold.signal } as RequestInit).catch(() => null);
+      await new Promise((r) => setTimeout(r, 300)); // its headers are in: the drain counts it
       s.child.kill('SIGTERM');
       const text = await streamed; // ends: it does not wait for --drain-timeout
       expect(text).toMatch(/The job failed/);
@@ -167,9 +172,12 @@ describe('a drain with a fine-tuning job running', () => {
       expect(refused).toMatchObject({ type: 'error', status: 503 });
       expect(JSON.stringify(refused)).toMatch(/shutting down/);
       ws.close();
+      hold.abort();
+      await held;
       expect(await s.exited).toBe(0);
       exited = true;
       expect(s.log()).toMatch(/"drained":true/);
+      expect(s.log()).toMatch(/"inFlight":\{"requests":[12]/); // the held upload (and the events stream) when it started
 
       const again = await serve(args);
       try {

@@ -256,12 +256,17 @@ describe('scheduler', () => {
   });
 
   it('a short prompt sent just after a long one does not wait for the long one\'s whole prefill', async () => {
-    // prompt tokens cost 0.2 ms each (aging compares time waited with prefill time left)
+    // prompt tokens cost 0.2 ms each (aging compares time waited with prefill time left), on the
+    // fake clock: on the real one, a slow first tick under load (over ~65 ms) aged the long prompt
+    // past the short one
+    const clock = vi.spyOn(performance, 'now').mockImplementation(() => fakeClock.ms);
     const h = harness({ prefillChunk: 64 }, null, undefined, undefined, (tokens) => 0.2 * tokens);
-    h.submit('long', request({ promptTokens: Array.from({ length: 394 }, (_, i) => 3 + (i % 400)), maxTokens: 2 }));
-    await h.s.tick(); // the long prompt's first chunk
-    h.submit('short', request({ promptTokens: [1, 403], maxTokens: 1 }));
-    await h.drain();
+    try {
+      h.submit('long', request({ promptTokens: Array.from({ length: 394 }, (_, i) => 3 + (i % 400)), maxTokens: 2 }));
+      await h.s.tick(); // the long prompt's first chunk
+      h.submit('short', request({ promptTokens: [1, 403], maxTokens: 1 }));
+      await h.drain();
+    } finally { clock.mockRestore(); }
     expect(h.doneAt.get('short')!).toBeLessThan(h.doneAt.get('long')!);
     expect(h.doneAt.get('short')!).toBeLessThanOrEqual(3); // within a step or two of arriving
   });

@@ -241,10 +241,13 @@ export class FineTuningManager {
   async close(graceMs = 5000): Promise<void> {
     this.closing = true;
     await this.stopCurrent(graceMs);
-    for (const e of this.jobs.values()) {
-      for (const fn of e.listeners) fn({ type: 'status', job: { ...e.record.job } });
-      e.listeners.clear();
-    }
+    for (const e of this.jobs.values()) this.endListeners(e);
+  }
+
+  // Every live subscription of a job gets its state, and ends (liveEvents ends on a status).
+  private endListeners(entry: Entry): void {
+    for (const fn of entry.listeners) fn({ type: 'status', job: { ...entry.record.job } });
+    entry.listeners.clear();
   }
 
   private async stopCurrent(graceMs: number): Promise<void> {
@@ -401,8 +404,7 @@ export class FineTuningManager {
     if (status === 'failed') this.event(entry, `The job failed: ${error?.message ?? 'unknown error'}`, { level: 'error' });
     else if (status === 'cancelled') this.event(entry, 'The job was cancelled');
     else this.event(entry, message ?? 'The job has successfully completed');
-    for (const fn of entry.listeners) fn({ type: 'status', job: { ...job } });
-    entry.listeners.clear();
+    this.endListeners(entry);
   }
 
   private event(entry: Entry, message: string, o: { level?: JobEvent['level']; type?: JobEvent['type']; data?: Record<string, unknown> } = {}): void {
